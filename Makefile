@@ -1,0 +1,40 @@
+# Every target sets up its own virtualenv first, so each works on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+SQLITE_TEST_DB ?= /tmp/celery-workflows-test.sqlite3
+
+.PHONY: demo test test-postgres test-sqlite lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) example_project/demo.py
+
+# the whole suite, on PostgreSQL and on SQLite (the embedded default); needs Redis and PostgreSQL
+test: $(VENV)/.installed test-postgres test-sqlite
+
+test-postgres: $(VENV)/.installed
+	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=redis://127.0.0.1:6379/11 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-sqlite: $(VENV)/.installed
+	DATABASE_URL=sqlite:///$(SQLITE_TEST_DB) TEST_SQLITE_PATH=$(SQLITE_TEST_DB) \
+	CELERY_BROKER_URL=redis://127.0.0.1:6379/12 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check celery_workflows django_app
+	$(VENV)/bin/mypy
+	DATABASE_URL=sqlite:////tmp/cw-makemigrations.sqlite3 DJANGO_SETTINGS_MODULE=tests.proj.settings \
+	PYTHONPATH=. $(PY) -m django makemigrations --check --dry-run
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tox

@@ -1,0 +1,127 @@
+"""What a handler receives: the job and a context to act on it.
+
+Handlers have the signature ``handler(ctx: JobContext[R], job: Job[P]) -> result``. The job
+carries the validated payload and ids; the context carries the logger, the service's resources
+and the job controls (finish, retry, fail, dead-letter, extend the lease, check cancellation).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, NoReturn, TypeVar
+
+from .errors import (
+    DeadLetterRequested,
+    FatalJobError,
+    JobFinished,
+    LeaseLostError,
+    RetryRequested,
+)
+from .store import ClaimedJob, JobStore
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Job(Generic[P]):
+    """One job as the handler sees it."""
+
+    id: str
+    queue: str
+    payload: P
+    #: 1 for the first attempt
+    attempt: int
+    max_attempts: int
+    correlation_id: str
+    enqueued_at: datetime
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+class JobContext(Generic[R]):
+    """The handler's handle on its attempt. Created by the worker, never by user code."""
+
+    def __init__(
+        self,
+        job: Job[Any],
+        claimed: ClaimedJob,
+        store: JobStore,
+        resources: R,
+        logger: logging.LoggerAdapter[logging.Logger],
+        on_lease_extended: Callable[[float], None],
+        visibility_timeout: float,
+    ) -> None:
+        self.job = job
+        self.resources = resources
+        self.log = logger
+        self._claimed = claimed
+        self._store = store
+        self._on_lease_extended = on_lease_extended
+        self._visibility_timeout = visibility_timeout
+
+    @property
+    def payload(self) -> Any:
+        return self.job.payload
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempt
+
+    @property
+    def correlation_id(self) -> str:
+        return self.job.correlation_id
+
+    def extend_lease(self, seconds: float | None = None) -> datetime:
+        """Keep owning the job for ``seconds`` more (default: the queue's visibility timeout).
+
+        Call it periodically from long work. Raises :class:`LeaseLostError` if the lease
+        already expired and the job may be running elsewhere: stop at once in that case.
+        """
+        seconds = self._visibility_timeout if seconds is None else seconds
+        if seconds <= 0:
+            raise ValueError("extend_lease(seconds) needs a positive number of seconds")
+        expires = self._store.extend_lease(self.job.id, self._claimed.lease_token, seconds)
+        if expires is None:
+            raise LeaseLostError(
+                f"job {self.job.id} attempt {self.job.attempt}: the lease was lost; stop working"
+            )
+        self._on_lease_extended(seconds)
+        return expires
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once someone asked to cancel this job; the handler decides how to stop."""
+        return self._store.is_cancel_requested(self.job.id)
+
+    def finish(self, result: Any = None) -> NoReturn:
+        """End the attempt successfully now, with ``result`` (must be JSON-serialisable)."""
+        raise JobFinished(result)
+
+    def retry(
+        self, delay_seconds: float | None = None, reason: str = "retry requested"
+    ) -> NoReturn:
+        """End this attempt and run another after ``delay_seconds`` (default: the backoff).
+
+        Counts as an attempt: when ``max_attempts`` are used the job is dead-lettered instead.
+        """
+        if delay_seconds is not None and delay_seconds < 0:
+            raise ValueError("retry(delay_seconds) must be >= 0")
+        raise RetryRequested(delay_seconds, reason)
+
+    def fail(self, reason: str) -> NoReturn:
+        """Fail for good: no more attempts, straight to the dead-letter queue with ``reason``."""
+        raise FatalJobError(reason)
+
+    def dead_letter(self, reason: str) -> NoReturn:
+        """Park the job in the dead-letter queue for an operator to inspect and re-drive."""
+        raise DeadLetterRequested(reason)

@@ -1,0 +1,108 @@
+"""The exception hierarchy.
+
+Every error a user can hit derives from :class:`WorkflowError`. Configuration mistakes raise
+:class:`ConfigurationError` at declaration or enqueue time, so a wrong value fails early and
+nothing is written. The job-control exceptions (:class:`RetryRequested`, :class:`FatalJobError`
+and friends) are raised by :class:`~celery_workflows.context.JobContext` methods to end an
+attempt in a specific way; handlers normally call those methods rather than raising directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WorkflowError(Exception):
+    """Base class of every error raised by celery-workflows."""
+
+
+class ConfigurationError(WorkflowError):
+    """A declaration or setting is wrong; the message names the queue and the field."""
+
+
+class UnknownQueueError(ConfigurationError):
+    """A queue name was used that no :class:`WorkflowService` declares."""
+
+
+class StoreNotConfiguredError(ConfigurationError):
+    """No ledger store is configured: add ``django_app`` to ``INSTALLED_APPS``."""
+
+
+class PayloadError(WorkflowError):
+    """A payload was rejected before anything was written."""
+
+
+class PayloadNotSerializableError(PayloadError):
+    """The payload cannot be encoded as JSON (the only serialisation we allow)."""
+
+
+class PayloadValidationError(PayloadError):
+    """The payload does not match the queue's pydantic schema."""
+
+
+class JobNotFoundError(WorkflowError):
+    """No job with this id exists in the ledger."""
+
+
+class NotDeadLetteredError(WorkflowError):
+    """Only a dead-lettered job can be re-driven or discarded."""
+
+
+class NonRetryableError(WorkflowError):
+    """Subclass this (or list an exception class in ``Lifecycle.non_retryable``) to skip retries.
+
+    A job whose handler raises a non-retryable error goes to the dead-letter queue at once.
+    """
+
+
+class LeaseLostError(WorkflowError):
+    """This attempt no longer owns its job: its lease expired or was taken over.
+
+    Raised by :meth:`JobContext.extend_lease`. The handler should stop; whatever it writes to
+    the ledger from now on is rejected (fenced by the lease token).
+    """
+
+
+class LeaseExpired(BaseException):
+    """Raised inside a handler that outlives its lease without extending it.
+
+    It derives from :class:`BaseException` so that a handler's ``except Exception`` cannot
+    swallow it and keep running on a job another worker may already own.
+    """
+
+
+class JobControl(Exception):
+    """Base of the exceptions that job-control methods raise to end an attempt."""
+
+
+class RetryRequested(JobControl):
+    """The handler asked for another attempt after ``delay_seconds`` (``None``: use the backoff)."""
+
+    def __init__(self, delay_seconds: float | None, reason: str) -> None:
+        super().__init__(reason)
+        self.delay_seconds = delay_seconds
+        self.reason = reason
+
+
+class FatalJobError(JobControl):
+    """The handler declared the job failed for good: no more attempts, straight to the DLQ."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeadLetterRequested(JobControl):
+    """The handler parked the job in the DLQ for an operator, without calling it an error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JobFinished(JobControl):
+    """The handler finished early with ``result``."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__("finished")
+        self.result = result

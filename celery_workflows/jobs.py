@@ -1,0 +1,16 @@
+"""Reading a job's ledger record and asking for its cancellation."""
+
+from __future__ import annotations
+
+from .store import JobRecord, JobStatus, get_store
+
+
+def get_job(job_id: str) -> JobRecord:
+    """The ledger's record of one job (raises ``JobNotFoundError``)."""
+    return get_store().get_job(job_id)
+
+
+def cancel(job_id: str) -> JobStatus:
+    """Cancel a job: a queued job is cancelled at once; a running one sees
+    ``ctx.cancel_requested`` become true and decides how to stop. Returns the job's status."""
+    return get_store().request_cancel(job_id)

@@ -1,0 +1,84 @@
+"""Leases: one attempt owns a job until its lease expires.
+
+The ledger records each attempt's lease token and expiry; :class:`LeaseAlarm` makes the handler
+honour it from inside the worker process, by raising :class:`LeaseExpired` shortly before the
+lease runs out (the margin leaves time to record the failure under the still-valid lease).
+
+The alarm uses ``SIGALRM``, which interrupts blocking sleeps and most system calls. It only works
+in a process's main thread - which is where Celery's prefork and solo pools run tasks. Under the
+threads or gevent pools the alarm is not armed; the fence in the ledger still rejects whatever
+an overrunning handler writes after its lease has gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from types import FrameType, TracebackType
+
+from .errors import LeaseExpired
+
+#: fraction of the lease kept back so the worker can still record an overrun itself
+ALARM_MARGIN_FRACTION = 0.1
+#: upper bound of that margin, in seconds
+ALARM_MARGIN_MAX_SECONDS = 1.0
+
+
+def new_lease_token() -> str:
+    return uuid.uuid4().hex
+
+
+def worker_name() -> str:
+    """``host:pid`` of this process, recorded on every attempt."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def alarm_margin(lease_seconds: float) -> float:
+    return min(ALARM_MARGIN_MAX_SECONDS, lease_seconds * ALARM_MARGIN_FRACTION)
+
+
+class LeaseAlarm:
+    """Raise :class:`LeaseExpired` in the handler when its lease is about to run out."""
+
+    def __init__(self, lease_seconds: float) -> None:
+        self.lease_seconds = lease_seconds
+        self._armed = False
+        self._previous: object = None
+
+    @property
+    def supported(self) -> bool:
+        return (
+            hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+        )
+
+    def __enter__(self) -> LeaseAlarm:
+        if self.supported:
+            self._previous = signal.signal(signal.SIGALRM, self._fire)
+            self._armed = True
+            self.reset(self.lease_seconds)
+        return self
+
+    def reset(self, lease_seconds: float) -> None:
+        """Re-arm for a lease that now ends ``lease_seconds`` from now (after an extension)."""
+        if self._armed:
+            delay = max(0.001, lease_seconds - alarm_margin(lease_seconds))
+            signal.setitimer(signal.ITIMER_REAL, delay)
+            self._deadline = time.monotonic() + delay
+
+    def _fire(self, signum: int, frame: FrameType | None) -> None:
+        raise LeaseExpired(f"handler exceeded its visibility timeout ({self.lease_seconds:g}s)")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)  # type: ignore[arg-type]
+            self._armed = False

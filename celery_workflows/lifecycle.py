@@ -1,0 +1,106 @@
+"""Per-queue lifecycle settings and the backoff math.
+
+A :class:`Lifecycle` is frozen and validated when the queue is declared, so a wrong number fails
+at import time with the field named. :func:`compute_backoff` is a pure function: the retry
+middleware and the lease sweeper both call it, and the tests check it without a worker.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class RetryStrategy:
+    """Exponential backoff with jitter.
+
+    The delay before attempt ``n + 1`` (after ``n`` failed attempts) is
+    ``min(max_delay, initial_delay * multiplier ** (n - 1))`` seconds, multiplied by a random
+    factor in ``[1 - jitter_factor, 1 + jitter_factor]`` so that jobs failing together do not
+    retry together.
+    """
+
+    #: seconds before the second attempt
+    initial_delay: float = 5.0
+    #: upper bound on any delay, in seconds, before jitter
+    max_delay: float = 60.0
+    #: growth of the delay per failed attempt
+    multiplier: float = 2.0
+    #: relative spread of each delay: 0.1 means +/-10 %
+    jitter_factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.initial_delay < 0:
+            raise ConfigurationError(
+                f"RetryStrategy.initial_delay must be >= 0, got {self.initial_delay}"
+            )
+        if self.max_delay < self.initial_delay:
+            raise ConfigurationError(
+                f"RetryStrategy.max_delay ({self.max_delay}) must be >= initial_delay ({self.initial_delay})"
+            )
+        if self.multiplier < 1:
+            raise ConfigurationError(
+                f"RetryStrategy.multiplier must be >= 1, got {self.multiplier}"
+            )
+        if not 0 <= self.jitter_factor < 1:
+            raise ConfigurationError(
+                f"RetryStrategy.jitter_factor must be in [0, 1), got {self.jitter_factor}"
+            )
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """How a queue owns, retries and dead-letters its jobs.
+
+    ``visibility_timeout`` is the lease: how long one attempt may hold a job before it is
+    considered lost and handed to another worker (extendable from the handler).
+    ``max_attempts`` counts every attempt, including ones whose worker died or overran its
+    lease, so a job that crashes its worker every time still reaches the DLQ.
+    ``non_retryable`` lists exception classes that send a job to the DLQ at once.
+    """
+
+    #: lease length in seconds
+    visibility_timeout: float = 60.0
+    #: attempts before the job is dead-lettered (1 = no retry)
+    max_attempts: int = 5
+    retry: RetryStrategy = field(default_factory=RetryStrategy)
+    non_retryable: tuple[type[BaseException], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.visibility_timeout <= 0:
+            raise ConfigurationError(
+                f"Lifecycle.visibility_timeout must be > 0 seconds, got {self.visibility_timeout}"
+            )
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ConfigurationError(
+                f"Lifecycle.max_attempts must be an int, got {self.max_attempts!r}"
+            )
+        if self.max_attempts < 1:
+            raise ConfigurationError(
+                f"Lifecycle.max_attempts must be >= 1, got {self.max_attempts}"
+            )
+        for cls in self.non_retryable:
+            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+                raise ConfigurationError(
+                    f"Lifecycle.non_retryable must hold exception classes, got {cls!r}"
+                )
+
+
+def compute_backoff(
+    failed_attempts: int, strategy: RetryStrategy, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before the next attempt, after ``failed_attempts`` failures (>= 1)."""
+    if failed_attempts < 1:
+        raise ValueError("failed_attempts must be >= 1")
+    exponent = failed_attempts - 1
+    try:
+        base = strategy.initial_delay * strategy.multiplier**exponent
+    except OverflowError:
+        base = strategy.max_delay
+    base = min(strategy.max_delay, base)
+    spread = strategy.jitter_factor * base
+    draw = (rng or random).uniform(-spread, spread)
+    return max(0.0, base + draw)

@@ -1,0 +1,242 @@
+"""WorkflowService: declares queue workers on an existing Celery app and enqueues their jobs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from celery import Celery
+from pydantic import BaseModel, ValidationError
+
+from . import registry, signals
+from .errors import (
+    ConfigurationError,
+    PayloadNotSerializableError,
+    PayloadValidationError,
+)
+from .lifecycle import Lifecycle
+from .store import Dispatch, EnqueueResult, NewJob, get_store
+from .worker import PUBLISH_HORIZON_SECONDS, Handler, QueueWorker, utcnow
+
+R = TypeVar("R")
+H = TypeVar("H", bound=Handler)
+
+#: priorities accepted by enqueue (Celery's range for brokers that support priority)
+PRIORITY_RANGE = range(0, 10)
+
+
+class WorkflowService(Generic[R]):
+    """A named group of queue workers on one Celery app - the card's "service".
+
+    ``resources`` is any object handed to every handler as ``ctx.resources`` (clients,
+    repositories, settings); it is created once, by you, when the service is declared.
+    """
+
+    def __init__(self, name: str, celery_app: Celery, *, resources: R = None) -> None:  # type: ignore[assignment]
+        registry.check_name("service", name)
+        self.name = name
+        self.celery_app = celery_app
+        self.resources: R = resources
+        self._queues: dict[str, QueueWorker] = {}
+        registry.register_service(self)
+        from .celery_integration import install
+
+        install(celery_app)
+
+    def __repr__(self) -> str:
+        return f"<WorkflowService {self.name!r} queues={sorted(self._queues)}>"
+
+    @property
+    def queues(self) -> dict[str, QueueWorker]:
+        return dict(self._queues)
+
+    def queue_worker(
+        self,
+        name: str,
+        description: str = "",
+        *,
+        payload: type[BaseModel] | None = None,
+        lifecycle: Lifecycle | None = None,
+    ) -> Callable[[H], H]:
+        """Declare ``name`` as a queue worker whose handler is the decorated function.
+
+        The handler is called as ``handler(ctx, job)``; ``job.payload`` is an instance of
+        ``payload`` (validated before the handler runs) or the raw JSON when no schema is given.
+        """
+        registry.check_name("queue", name)
+        if name in self._queues:
+            raise ConfigurationError(f"queue {self.name}.{name} is declared twice")
+        if payload is not None and not (
+            isinstance(payload, type) and issubclass(payload, BaseModel)
+        ):
+            raise ConfigurationError(
+                f"queue {self.name}.{name}: payload must be a pydantic model class, got {payload!r}"
+            )
+        if lifecycle is not None and not isinstance(lifecycle, Lifecycle):
+            raise ConfigurationError(
+                f"queue {self.name}.{name}: lifecycle must be a Lifecycle, got {lifecycle!r}"
+            )
+
+        def decorate(handler: H) -> H:
+            if not callable(handler):
+                raise ConfigurationError(f"queue {self.name}.{name}: handler must be callable")
+            worker = QueueWorker(
+                service=self,
+                name=name,
+                description=description,
+                payload_schema=payload,
+                lifecycle=lifecycle or Lifecycle(),
+                handler=handler,
+            )
+            worker.task = self._make_task(worker)
+            self._queues[name] = worker
+            registry.register_queue(worker)
+            return handler
+
+        return decorate
+
+    def _make_task(self, worker: QueueWorker) -> Any:
+        def run_job(*args: Any, **kwargs: Any) -> None:
+            worker.run_message(args, kwargs)
+
+        run_job.__name__ = run_job.__qualname__ = worker.name
+        run_job.__doc__ = worker.description
+        return self.celery_app.task(
+            name=worker.task_name,
+            ignore_result=True,
+            acks_late=False,
+            typing=False,
+            shared=False,
+        )(run_job)
+
+    def queue(self, name: str) -> QueueWorker:
+        try:
+            return self._queues[name]
+        except KeyError:
+            raise registry.unknown_queue(f"{self.name}.{name}") from None
+
+    def enqueue(
+        self,
+        queue: str,
+        payload: Any,
+        *,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        idempotency_key: str | None = None,
+        priority: int | None = None,
+        correlation_id: str | None = None,
+    ) -> EnqueueResult:
+        """Write a job to the ledger and publish it once the current transaction commits.
+
+        ``delay`` (seconds or timedelta) or ``eta`` (aware datetime) postpone it; jobs due more
+        than a minute out wait in the ledger and are published when due. ``idempotency_key``
+        makes enqueueing the same logical job twice return the first job (``created=False``).
+        ``priority`` (0-9, higher first on brokers that support it) orders waiting jobs.
+        """
+        worker = self.queue(queue)
+        body = validate_payload(worker, payload)
+        available_at = _available_at(worker, delay, eta)
+        if priority is not None and (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or priority not in PRIORITY_RANGE
+        ):
+            raise ConfigurationError(
+                f"queue {worker.qualified_name}: priority must be an int 0-9, got {priority!r}"
+            )
+        if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
+            raise ConfigurationError(
+                f"queue {worker.qualified_name}: idempotency_key must be 1-200 characters"
+            )
+        return submit(
+            worker,
+            body,
+            available_at=available_at,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            correlation_id=correlation_id or uuid.uuid4().hex,
+        )
+
+
+def validate_payload(worker: QueueWorker, payload: Any) -> Any:
+    """Return the JSON form of ``payload`` or raise naming the queue and the problem."""
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json", by_alias=True)
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PayloadNotSerializableError(
+            f"queue {worker.qualified_name}: payload is not JSON-serialisable ({exc}); "
+            "pass plain dicts/lists/str/numbers or a pydantic model"
+        ) from exc
+    if worker.payload_schema is not None:
+        try:
+            worker.payload_schema.model_validate(payload)
+        except ValidationError as exc:
+            raise PayloadValidationError(
+                f"queue {worker.qualified_name}: payload does not match "
+                f"{worker.payload_schema.__name__}: {exc}"
+            ) from exc
+    return payload
+
+
+def _available_at(
+    worker: QueueWorker, delay: float | timedelta | None, eta: datetime | None
+) -> datetime:
+    now = utcnow()
+    if delay is not None and eta is not None:
+        raise ConfigurationError(f"queue {worker.qualified_name}: pass delay or eta, not both")
+    if eta is not None:
+        if eta.tzinfo is None:
+            raise ConfigurationError(
+                f"queue {worker.qualified_name}: eta must be timezone-aware, got naive {eta}"
+            )
+        return max(now, eta)
+    if delay is None:
+        return now
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if seconds < 0:
+        raise ConfigurationError(f"queue {worker.qualified_name}: delay must be >= 0, got {delay}")
+    return now + timedelta(seconds=seconds)
+
+
+def submit(
+    worker: QueueWorker,
+    payload: Any,
+    *,
+    available_at: datetime,
+    correlation_id: str,
+    idempotency_key: str | None = None,
+    priority: int | None = None,
+    redriven_from: str | None = None,
+) -> EnqueueResult:
+    """Insert an already-validated job and publish it after commit if it is due soon."""
+    store = get_store()
+    countdown = max(0.0, (available_at - utcnow()).total_seconds())
+    publish = countdown <= PUBLISH_HORIZON_SECONDS
+    job = NewJob(
+        id=uuid.uuid4().hex,
+        service=worker.service.name,
+        queue=worker.qualified_name,
+        payload=payload,
+        max_attempts=worker.lifecycle.max_attempts,
+        available_at=available_at,
+        correlation_id=correlation_id,
+        published=publish,
+        idempotency_key=idempotency_key,
+        priority=priority,
+        redriven_from=redriven_from,
+    )
+    result = (
+        store.insert_job(job) if redriven_from is None else store.mark_redriven(redriven_from, job)
+    )
+    if result.created and publish:
+        dispatch = Dispatch(job.id, worker.qualified_name, 1, priority, countdown)
+        store.on_commit(lambda: worker.publish(dispatch))
+    signals.job_enqueued.send(
+        sender=worker, job_id=result.job_id, queue=worker.qualified_name, created=result.created
+    )
+    return result

@@ -1,0 +1,231 @@
+"""The ledger protocol: what the Celery side needs from storage, and nothing more.
+
+The database is the ledger: it says which jobs are owed, who holds each lease and what every
+attempt did. The broker only carries "job X, attempt N is ready" notices. Every write that
+belongs to an attempt is *fenced*: it names the attempt's lease token and only succeeds while
+that lease is held and unexpired, so a zombie worker cannot overwrite a newer attempt.
+
+The Django app (``django_app.store.DjangoJobStore``) implements this protocol and registers
+itself with :func:`configure` when Django starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from .errors import StoreNotConfiguredError
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life. Only ``queued`` and ``running`` jobs are still owed work."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    REDRIVEN = "redriven"
+    DISCARDED = "discarded"
+    CANCELLED = "cancelled"
+
+
+class AttemptOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRY_REQUESTED = "retry_requested"
+    FATAL = "fatal"
+    DEAD_LETTERED = "dead_lettered"
+    INVALID_PAYLOAD = "invalid_payload"
+    LEASE_EXPIRED = "lease_expired"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt as the audit trail keeps it."""
+
+    attempt: int
+    worker: str
+    started_at: datetime
+    finished_at: datetime
+    outcome: AttemptOutcome
+    error: str = ""
+    traceback: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "worker": self.worker,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "duration_ms": round((self.finished_at - self.started_at).total_seconds() * 1000, 1),
+            "outcome": str(self.outcome),
+            "error": self.error,
+            "traceback": self.traceback,
+        }
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to insert. ``published`` says the caller will publish it right after commit."""
+
+    id: str
+    service: str
+    queue: str
+    payload: Any
+    max_attempts: int
+    available_at: datetime
+    correlation_id: str
+    published: bool
+    idempotency_key: str | None = None
+    priority: int | None = None
+    redriven_from: str | None = None
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    job_id: str
+    #: False when an existing job with the same idempotency key was returned instead
+    created: bool
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker learns when it wins an attempt."""
+
+    id: str
+    queue: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    correlation_id: str
+    lease_token: str
+    lease_expires_at: datetime
+    started_at: datetime
+    attempt_log: list[dict[str, Any]]
+    created_at: datetime
+    priority: int | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A read-only view of one ledger row."""
+
+    id: str
+    service: str
+    queue: str
+    status: JobStatus
+    payload: Any
+    result: Any
+    attempts: int
+    max_attempts: int
+    correlation_id: str
+    available_at: datetime
+    created_at: datetime
+    finished_at: datetime | None
+    worker: str
+    dead_reason: str
+    idempotency_key: str | None
+    cancel_requested: bool
+    redriven_from: str | None
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A notice the sweeper must publish: job ``job_id`` is ready for attempt ``attempt``."""
+
+    job_id: str
+    queue: str
+    attempt: int
+    priority: int | None
+    countdown: float = 0.0
+
+
+class JobStore(Protocol):
+    """Storage operations, each a single short transaction.
+
+    Methods that take a ``lease_token`` return ``False`` when the fence rejects them.
+    """
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` after the current transaction commits (at once outside one)."""
+
+    def insert_job(self, job: NewJob) -> EnqueueResult: ...
+
+    def claim(
+        self, job_id: str, attempt: int, lease_token: str, worker: str, lease_seconds: float
+    ) -> ClaimedJob | None: ...
+
+    def extend_lease(
+        self, job_id: str, lease_token: str, lease_seconds: float
+    ) -> datetime | None: ...
+
+    def complete(self, job: ClaimedJob, result: Any, attempt: AttemptRecord) -> bool: ...
+
+    def retry_later(
+        self, job: ClaimedJob, attempt: AttemptRecord, available_at: datetime, published: bool
+    ) -> bool: ...
+
+    def dead_letter(self, job: ClaimedJob, attempt: AttemptRecord, reason: str) -> bool: ...
+
+    def record_unroutable(self, queue: str, body: Any, reason: str) -> str: ...
+
+    def expire_leases(self, now: datetime, limit: int) -> list[ExpiredLease]: ...
+
+    def settle_expired(
+        self,
+        lease: ExpiredLease,
+        attempt: AttemptRecord,
+        available_at: datetime | None,
+        published: bool,
+    ) -> bool: ...
+
+    def take_due(self, now: datetime, stale_before: datetime, limit: int) -> list[Dispatch]: ...
+
+    def get_job(self, job_id: str) -> JobRecord: ...
+
+    def list_dead_letters(self, queue: str | None, limit: int) -> list[JobRecord]: ...
+
+    def mark_redriven(self, job_id: str, new_job: NewJob) -> EnqueueResult: ...
+
+    def discard(self, job_id: str) -> None: ...
+
+    def request_cancel(self, job_id: str) -> JobStatus: ...
+
+    def is_cancel_requested(self, job_id: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ExpiredLease:
+    """A running attempt whose lease ran out: its worker died, hung or lost the network."""
+
+    job_id: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    lease_token: str
+    worker: str
+    started_at: datetime | None
+    priority: int | None
+
+
+_store: JobStore | None = None
+
+
+def configure(store: JobStore | None) -> None:
+    """Install the ledger store (the Django app does this in ``AppConfig.ready``)."""
+    global _store
+    _store = store
+
+
+def get_store() -> JobStore:
+    if _store is None:
+        raise StoreNotConfiguredError(
+            "No workflow ledger is configured: add 'django_app' to INSTALLED_APPS and call "
+            "django.setup() before enqueueing or running jobs."
+        )
+    return _store

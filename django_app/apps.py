@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class CeleryWorkflowsConfig(AppConfig):
+    name = "django_app"
+    label = "celery_workflows"
+    verbose_name = "Celery workflows"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from celery_workflows.store import configure
+
+        from .store import DjangoJobStore
+
+        configure(DjangoJobStore())

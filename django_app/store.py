@@ -1,0 +1,339 @@
+"""The Django ORM implementation of :class:`celery_workflows.store.JobStore`.
+
+Each method is one short transaction on the project's default database. Fenced writes are
+``UPDATE ... WHERE id = %s AND lease_token = %s AND lease_expires_at > now`` and report success
+by their row count, so a worker whose lease has gone changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, close_old_connections, transaction
+from django.utils import timezone
+
+from celery_workflows.errors import JobNotFoundError, NotDeadLetteredError
+from celery_workflows.store import (
+    AttemptRecord,
+    ClaimedJob,
+    Dispatch,
+    EnqueueResult,
+    ExpiredLease,
+    JobRecord,
+    JobStatus,
+    NewJob,
+)
+
+from .models import Job
+
+Q = JobStatus
+
+
+class DjangoJobStore:
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        transaction.on_commit(callback)
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    def _row(self, job: NewJob, now: datetime) -> Job:
+        return Job(
+            id=job.id,
+            service=job.service,
+            queue=job.queue,
+            status=Q.QUEUED,
+            payload=job.payload,
+            max_attempts=job.max_attempts,
+            priority=job.priority,
+            correlation_id=job.correlation_id,
+            idempotency_key=job.idempotency_key,
+            available_at=job.available_at,
+            published_at=job.available_at if job.published else None,
+            redriven_from_id=job.redriven_from,
+            created_at=now,
+        )
+
+    def insert_job(self, job: NewJob) -> EnqueueResult:
+        row = self._row(job, timezone.now())
+        if job.idempotency_key is None:
+            row.save(force_insert=True)
+            return EnqueueResult(job.id, True)
+        try:
+            with transaction.atomic():
+                row.save(force_insert=True)
+        except IntegrityError:
+            existing = (
+                Job.objects.filter(queue=job.queue, idempotency_key=job.idempotency_key)
+                .values_list("id", flat=True)
+                .first()
+            )
+            if existing is None:
+                raise
+            return EnqueueResult(existing, False)
+        return EnqueueResult(job.id, True)
+
+    def mark_redriven(self, job_id: str, new_job: NewJob) -> EnqueueResult:
+        with transaction.atomic():
+            changed = Job.objects.filter(id=job_id, status=Q.DEAD).update(status=Q.REDRIVEN)
+            if not changed:
+                raise NotDeadLetteredError(f"job {job_id} is no longer dead-lettered")
+            self._row(new_job, timezone.now()).save(force_insert=True)
+        return EnqueueResult(new_job.id, True)
+
+    # -- attempts ---------------------------------------------------------------------------
+
+    def claim(
+        self, job_id: str, attempt: int, lease_token: str, worker: str, lease_seconds: float
+    ) -> ClaimedJob | None:
+        now = timezone.now()
+        expires = now + timedelta(seconds=lease_seconds)
+        won = Job.objects.filter(id=job_id, status=Q.QUEUED, attempts=attempt - 1).update(
+            status=Q.RUNNING,
+            attempts=attempt,
+            lease_token=lease_token,
+            lease_expires_at=expires,
+            worker=worker,
+            started_at=now,
+        )
+        if not won:
+            return None
+        row = (
+            Job.objects.filter(id=job_id)
+            .values(
+                "queue",
+                "payload",
+                "max_attempts",
+                "correlation_id",
+                "attempt_log",
+                "created_at",
+                "priority",
+            )
+            .get()
+        )
+        return ClaimedJob(
+            id=job_id,
+            queue=row["queue"],
+            payload=row["payload"],
+            attempt=attempt,
+            max_attempts=row["max_attempts"],
+            correlation_id=row["correlation_id"],
+            lease_token=lease_token,
+            lease_expires_at=expires,
+            started_at=now,
+            attempt_log=row["attempt_log"],
+            created_at=row["created_at"],
+            priority=row["priority"],
+        )
+
+    def _fenced(self, job_id: str, lease_token: str) -> Any:
+        return Job.objects.filter(
+            id=job_id,
+            status=Q.RUNNING,
+            lease_token=lease_token,
+            lease_expires_at__gt=timezone.now(),
+        )
+
+    def extend_lease(self, job_id: str, lease_token: str, lease_seconds: float) -> datetime | None:
+        expires = timezone.now() + timedelta(seconds=lease_seconds)
+        if self._fenced(job_id, lease_token).update(lease_expires_at=expires):
+            return expires
+        return None
+
+    def complete(self, job: ClaimedJob, result: Any, attempt: AttemptRecord) -> bool:
+        return bool(
+            self._fenced(job.id, job.lease_token).update(
+                status=Q.SUCCEEDED,
+                result=result,
+                lease_token=None,
+                lease_expires_at=None,
+                finished_at=attempt.finished_at,
+                attempt_log=[*job.attempt_log, attempt.to_json()],
+            )
+        )
+
+    def retry_later(
+        self, job: ClaimedJob, attempt: AttemptRecord, available_at: datetime, published: bool
+    ) -> bool:
+        return bool(
+            self._fenced(job.id, job.lease_token).update(
+                status=Q.QUEUED,
+                lease_token=None,
+                lease_expires_at=None,
+                available_at=available_at,
+                published_at=available_at if published else None,
+                attempt_log=[*job.attempt_log, attempt.to_json()],
+            )
+        )
+
+    def dead_letter(self, job: ClaimedJob, attempt: AttemptRecord, reason: str) -> bool:
+        return bool(
+            self._fenced(job.id, job.lease_token).update(
+                status=Q.DEAD,
+                lease_token=None,
+                lease_expires_at=None,
+                finished_at=attempt.finished_at,
+                dead_reason=reason,
+                attempt_log=[*job.attempt_log, attempt.to_json()],
+            )
+        )
+
+    def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
+        import uuid
+
+        now = timezone.now()
+        service = queue.split(".", 1)[0]
+        job = Job.objects.create(
+            id=uuid.uuid4().hex,
+            service=service,
+            queue=queue,
+            status=Q.DEAD,
+            payload=body,
+            max_attempts=1,
+            attempts=1,
+            correlation_id=uuid.uuid4().hex,
+            available_at=now,
+            finished_at=now,
+            created_at=now,
+            dead_reason=reason,
+            attempt_log=[
+                {
+                    "attempt": 1,
+                    "outcome": "invalid_payload",
+                    "error": reason,
+                    "started_at": now.isoformat(),
+                    "finished_at": now.isoformat(),
+                    "worker": "",
+                    "traceback": "",
+                    "duration_ms": 0,
+                }
+            ],
+        )
+        return str(job.id)
+
+    # -- sweeper ----------------------------------------------------------------------------
+
+    def expire_leases(self, now: datetime, limit: int) -> list[ExpiredLease]:
+        close_old_connections()
+        rows = Job.objects.filter(status=Q.RUNNING, lease_expires_at__lte=now).values_list(
+            "id",
+            "queue",
+            "attempts",
+            "max_attempts",
+            "lease_token",
+            "worker",
+            "started_at",
+            "priority",
+        )[:limit]
+        return [ExpiredLease(*row) for row in rows]
+
+    def settle_expired(
+        self,
+        lease: ExpiredLease,
+        attempt: AttemptRecord,
+        available_at: datetime | None,
+        published: bool,
+    ) -> bool:
+        with transaction.atomic():
+            row = (
+                Job.objects.select_for_update()
+                .filter(id=lease.job_id, status=Q.RUNNING, lease_token=lease.lease_token)
+                .values_list("attempt_log", flat=True)
+                .first()
+            )
+            if row is None:
+                return False
+            common: dict[str, Any] = {
+                "lease_token": None,
+                "lease_expires_at": None,
+                "attempt_log": [*row, attempt.to_json()],
+            }
+            if available_at is None:
+                fields = {
+                    "status": Q.DEAD,
+                    "finished_at": attempt.finished_at,
+                    "dead_reason": attempt.error,
+                }
+            else:
+                fields = {
+                    "status": Q.QUEUED,
+                    "available_at": available_at,
+                    "published_at": available_at if published else None,
+                }
+            return bool(
+                Job.objects.filter(id=lease.job_id, lease_token=lease.lease_token).update(
+                    **common, **fields
+                )
+            )
+
+    def take_due(self, now: datetime, stale_before: datetime, limit: int) -> list[Dispatch]:
+        from django.db.models import Q as Where
+
+        rows = list(
+            Job.objects.filter(status=Q.QUEUED, available_at__lte=now)
+            .filter(Where(published_at__isnull=True) | Where(published_at__lt=stale_before))
+            .values_list("id", "queue", "attempts", "priority", "published_at")[:limit]
+        )
+        taken = []
+        for job_id, queue, attempts, priority, published_at in rows:
+            # conditional on the value we read, so two sweepers never both publish one job
+            if Job.objects.filter(
+                id=job_id, status=Q.QUEUED, attempts=attempts, published_at=published_at
+            ).update(published_at=now):
+                taken.append(Dispatch(job_id, queue, attempts + 1, priority))
+        return taken
+
+    # -- reading and operator actions -------------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobRecord:
+        try:
+            return _record(Job.objects.get(id=job_id))
+        except Job.DoesNotExist:
+            raise JobNotFoundError(f"no job with id {job_id!r}") from None
+
+    def list_dead_letters(self, queue: str | None, limit: int) -> list[JobRecord]:
+        rows = Job.objects.filter(status=Q.DEAD)
+        if queue is not None:
+            rows = rows.filter(queue=queue)
+        return [_record(row) for row in rows.order_by("-finished_at")[:limit]]
+
+    def discard(self, job_id: str) -> None:
+        if not Job.objects.filter(id=job_id, status=Q.DEAD).update(status=Q.DISCARDED):
+            status = self.get_job(job_id).status
+            raise NotDeadLetteredError(f"job {job_id} is {status}, not dead-lettered")
+
+    def request_cancel(self, job_id: str) -> JobStatus:
+        if Job.objects.filter(id=job_id, status=Q.QUEUED).update(
+            status=Q.CANCELLED, finished_at=timezone.now(), cancel_requested=True
+        ):
+            return Q.CANCELLED
+        Job.objects.filter(id=job_id, status=Q.RUNNING).update(cancel_requested=True)
+        return self.get_job(job_id).status
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        return bool(
+            Job.objects.filter(id=job_id).values_list("cancel_requested", flat=True).first()
+        )
+
+
+def _record(row: Job) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        service=row.service,
+        queue=row.queue,
+        status=JobStatus(row.status),
+        payload=row.payload,
+        result=row.result,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        correlation_id=row.correlation_id,
+        available_at=row.available_at,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        worker=row.worker,
+        dead_reason=row.dead_reason,
+        idempotency_key=row.idempotency_key,
+        cancel_requested=row.cancel_requested,
+        redriven_from=row.redriven_from_id,
+        attempt_log=list(row.attempt_log or []),
+    )

@@ -1,0 +1,113 @@
+"""Fixtures that start real services' clients and real Celery worker processes.
+
+Behaviour tests run against the database pytest-django creates (PostgreSQL, or a SQLite file)
+and the Redis database named by ``CELERY_BROKER_URL``; worker subprocesses are pointed at the
+same test database through ``DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from celery_workflows.testing import WorkerProcess, wait_for
+
+BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
+os.environ["CELERY_BROKER_URL"] = BROKER_URL
+LOG_DIR = Path(os.environ.get("TEST_ARTIFACTS", tempfile.gettempdir())) / "cw-worker-logs"
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{s['NAME']}"
+    port = f":{s['PORT']}" if s.get("PORT") else ""
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return f"postgres://{s['USER']}{password}@{s['HOST']}{port}/{s['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(BROKER_URL)
+    client.ping()
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def worker_env(django_db_setup: None, django_db_blocker: object) -> dict[str, str]:
+    """Environment for worker subprocesses: the test database and the test broker."""
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        url = _database_url()
+    return {"DATABASE_URL": url, "CELERY_BROKER_URL": BROKER_URL}
+
+
+@pytest.fixture(scope="session")
+def start_worker(
+    worker_env: dict[str, str], redis_client: redis.Redis
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: start a ``celery worker`` subprocess on the given queues; all stop at the end."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    started: list[WorkerProcess] = []
+
+    def start(queues: list[str], concurrency: int = 2, name: str = "w") -> WorkerProcess:
+        worker = WorkerProcess(
+            "tests.proj.celery_app",
+            queues,
+            concurrency=concurrency,
+            env=worker_env,
+            hostname=f"{name}{len(started)}@%h",
+            log_path=str(LOG_DIR / f"{name}{len(started)}.log"),
+        ).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+@pytest.fixture(scope="session")
+def session_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    """One worker (2 prefork children) consuming every queue of the ``t`` service."""
+    from tests.proj.workflows import t
+
+    return start_worker(
+        [w.qualified_name for w in t.queues.values()], concurrency=2, name="session"
+    )
+
+
+@pytest.fixture
+def recorder(redis_client: redis.Redis):  # type: ignore[no-untyped-def]
+    from tests.proj.workflows import recorder
+
+    return recorder
+
+
+@pytest.fixture
+def job_status(transactional_db: None) -> Callable[[str], str]:
+    from django_app.models import Job
+
+    def status(job_id: str) -> str:
+        return Job.objects.values_list("status", flat=True).get(id=job_id)
+
+    return status
+
+
+@pytest.fixture
+def wait_status(job_status: Callable[[str], str]) -> Callable[..., None]:
+    def wait(job_id: str, *statuses: str, timeout: float = 20.0) -> None:
+        wait_for(
+            lambda: job_status(job_id) in statuses,
+            timeout=timeout,
+            message=f"job {job_id} never reached {statuses} (last: {job_status(job_id)})",
+        )
+
+    return wait

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class TestProjConfig(AppConfig):
+    name = "tests.proj"
+    label = "testproj"

@@ -1,0 +1,20 @@
+"""The Celery app of the test project, configured the way a Django project does it."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.proj.settings")
+
+app = Celery("tests")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    workflows_sweep_interval=float(os.environ.get("WORKFLOWS_SWEEP_INTERVAL", "0.2")),
+    workflows_republish_after=float(os.environ.get("WORKFLOWS_REPUBLISH_AFTER", "3")),
+)
+
+from tests.proj import workflows  # noqa: E402,F401  - declares the queues on this app

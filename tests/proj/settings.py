@@ -1,0 +1,74 @@
+"""Settings of the test project: PostgreSQL by default, SQLite when DATABASE_URL says so.
+
+Worker subprocesses started by the tests get ``DATABASE_URL`` pointing at the *test* database
+and ``CELERY_BROKER_URL`` at the session's own Redis database.
+"""
+
+import os
+import tempfile
+
+import dj_database_url
+
+SECRET_KEY = "tests-only"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.proj.urls"
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_app",
+    "tests.proj",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # worker processes must see the test database: it has to be a file, with WAL so that
+    # readers do not block the writer, and IMMEDIATE transactions so writers queue up
+    _db["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    _db["TEST"] = {
+        "NAME": os.environ.get(
+            "TEST_SQLITE_PATH",
+            os.path.join(tempfile.gettempdir(), f"cw-test-{os.getpid()}.sqlite3"),
+        )
+    }
+else:
+    _db["TEST"] = {"NAME": os.environ.get("TEST_DB_NAME", "test_celery_workflows")}
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"celery_workflows": {"handlers": ["console"], "level": "INFO"}},
+}

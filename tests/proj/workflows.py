@@ -1,0 +1,174 @@
+"""Queues the behaviour tests run through a real worker.
+
+Every handler records its runs in Redis through ``ctx.resources`` (a :class:`Recorder`), so a
+test can see what a worker process did, in which attempt, and when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from functools import cached_property
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from celery_workflows import (
+    Job,
+    JobContext,
+    Lifecycle,
+    RetryStrategy,
+    WorkflowService,
+)
+from tests.proj.celery_app import app
+
+
+class Recorder:
+    """Appends one JSON line per handler run to ``runs:<job id>`` in the test Redis."""
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
+        )
+
+    def record(self, job: Job[Any], **extra: Any) -> None:
+        entry = {"attempt": job.attempt, "t": time.time(), "pid": os.getpid(), **extra}
+        self.redis.rpush(f"runs:{job.id}", json.dumps(entry))
+
+    def runs(self, job_id: str) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.redis.lrange(f"runs:{job_id}", 0, -1)]
+
+
+recorder = Recorder()
+t = WorkflowService("t", app, resources=recorder)
+#: queues of this service are consumed only by the crash tests' own workers
+crash = WorkflowService("crash", app, resources=recorder)
+
+FAST_RETRY = RetryStrategy(initial_delay=0.5, max_delay=2.0, multiplier=2, jitter_factor=0.2)
+
+
+class Order(BaseModel):
+    orderId: str
+    qty: int
+
+
+class NotOurCustomer(Exception):
+    pass
+
+
+@t.queue_worker("echo", "Return the payload")
+def echo(ctx: JobContext[Recorder], job: Job[Any]) -> Any:
+    ctx.resources.record(job)
+    return {"echo": job.payload, "correlation_id": ctx.correlation_id}
+
+
+@t.queue_worker(
+    "flaky",
+    "Fail twice, then succeed",
+    lifecycle=Lifecycle(visibility_timeout=10, max_attempts=5, retry=FAST_RETRY),
+)
+def flaky(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job)
+    if job.attempt < 3:
+        raise ConnectionError(f"upstream unavailable (attempt {job.attempt})")
+    return "ok"
+
+
+@t.queue_worker(
+    "doomed",
+    "Always fails",
+    lifecycle=Lifecycle(visibility_timeout=10, max_attempts=3, retry=FAST_RETRY),
+)
+def doomed(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.record(job)
+    raise RuntimeError(f"card declined (attempt {job.attempt})")
+
+
+@t.queue_worker(
+    "typed",
+    "Validated payload",
+    payload=Order,
+    lifecycle=Lifecycle(max_attempts=4, retry=FAST_RETRY),
+)
+def typed(ctx: JobContext[Recorder], job: Job[Order]) -> dict[str, Any]:
+    ctx.resources.record(job)
+    return {"orderId": job.payload.orderId, "qty": job.payload.qty}
+
+
+@t.queue_worker(
+    "hangs",
+    "Sleeps past its lease",
+    lifecycle=Lifecycle(visibility_timeout=2, max_attempts=2, retry=FAST_RETRY),
+)
+def hangs(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job)
+    if job.attempt == 1:
+        time.sleep(60)
+    return "finished on attempt 2"
+
+
+@t.queue_worker(
+    "extends",
+    "Long work that keeps its lease",
+    lifecycle=Lifecycle(visibility_timeout=1.5, max_attempts=1),
+)
+def extends(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job)
+    for _ in range(4):
+        time.sleep(0.6)
+        ctx.extend_lease()
+    return "done"
+
+
+@t.queue_worker(
+    "controls",
+    "Job controls chosen by the payload",
+    lifecycle=Lifecycle(max_attempts=3, retry=FAST_RETRY, non_retryable=(NotOurCustomer,)),
+)
+def controls(ctx: JobContext[Recorder], job: Job[Any]) -> Any:
+    ctx.resources.record(job)
+    action = job.payload["action"]
+    if action == "finish":
+        ctx.finish({"early": True})
+    if action == "retry_once" and job.attempt == 1:
+        ctx.retry(delay_seconds=1.0, reason="not ready yet")
+    if action == "fail":
+        ctx.fail("customer closed the order")
+    if action == "park":
+        ctx.dead_letter("needs a human")
+    if action == "non_retryable":
+        raise NotOurCustomer("unknown customer")
+    if action == "bad_result":
+        return {"when": object()}
+    if action == "wait_cancel":
+        deadline = time.time() + 8
+        while time.time() < deadline:
+            if ctx.cancel_requested:
+                return "stopped on request"
+            time.sleep(0.1)
+    return "plain"
+
+
+@crash.queue_worker(
+    "slow",
+    "Takes a few seconds; the crash tests kill its worker",
+    lifecycle=Lifecycle(visibility_timeout=3, max_attempts=3, retry=FAST_RETRY),
+)
+def slow(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job)
+    time.sleep(float(job.payload.get("seconds", 2)))
+    ctx.resources.record(job, done=True)
+    return "done"
+
+
+@crash.queue_worker(
+    "poison",
+    "Kills its own worker process every time",
+    lifecycle=Lifecycle(visibility_timeout=2, max_attempts=2, retry=FAST_RETRY),
+)
+def poison(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.record(job)
+    os.kill(os.getpid(), 9)
