@@ -39,7 +39,8 @@ class RetryStrategy:
             )
         if self.max_delay < self.initial_delay:
             raise ConfigurationError(
-                f"RetryStrategy.max_delay ({self.max_delay}) must be >= initial_delay ({self.initial_delay})"
+                f"RetryStrategy.max_delay ({self.max_delay}) must be >= "
+                f"initial_delay ({self.initial_delay})"
             )
         if self.multiplier < 1:
             raise ConfigurationError(

@@ -43,20 +43,23 @@ class SweepReport:
 
 
 def sweep_once(republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS) -> SweepReport:
-    """Run one pass; return how many leases were settled and notices published."""
+    """Run one pass over the queues this process declares (it knows their lifecycles).
+
+    Returns how many leases were settled and notices published.
+    """
     store = get_store()
     now = utcnow()
     known = registry.queues()
     expired = 0
-    for lease in store.expire_leases(now, BATCH_SIZE):
-        if lease.queue in known and _settle(lease):
+    names = sorted(known)
+    for lease in store.expire_leases(names, now, BATCH_SIZE):
+        if _settle(lease):
             expired += 1
     published = 0
-    for dispatch in store.take_due(now, now - timedelta(seconds=republish_after), BATCH_SIZE):
-        worker = known.get(dispatch.queue)
-        if worker is None:
-            continue
-        worker.publish(dispatch)
+    for dispatch in store.take_due(
+        names, now, now - timedelta(seconds=republish_after), BATCH_SIZE
+    ):
+        known[dispatch.queue].publish(dispatch)
         published += 1
     return SweepReport(expired=expired, published=published)
 

@@ -89,7 +89,7 @@ class WorkerProcess:
         return cmd
 
     def start(self) -> WorkerProcess:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(),
             env={**os.environ, **self.env},

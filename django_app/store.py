@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import Q as Where
 from django.utils import timezone
 
 from celery_workflows.errors import JobNotFoundError, NotDeadLetteredError
@@ -213,9 +214,11 @@ class DjangoJobStore:
 
     # -- sweeper ----------------------------------------------------------------------------
 
-    def expire_leases(self, now: datetime, limit: int) -> list[ExpiredLease]:
+    def expire_leases(self, queues: list[str], now: datetime, limit: int) -> list[ExpiredLease]:
         close_old_connections()
-        rows = Job.objects.filter(status=Q.RUNNING, lease_expires_at__lte=now).values_list(
+        rows = Job.objects.filter(
+            status=Q.RUNNING, lease_expires_at__lte=now, queue__in=queues
+        ).values_list(
             "id",
             "queue",
             "attempts",
@@ -266,11 +269,11 @@ class DjangoJobStore:
                 )
             )
 
-    def take_due(self, now: datetime, stale_before: datetime, limit: int) -> list[Dispatch]:
-        from django.db.models import Q as Where
-
+    def take_due(
+        self, queues: list[str], now: datetime, stale_before: datetime, limit: int
+    ) -> list[Dispatch]:
         rows = list(
-            Job.objects.filter(status=Q.QUEUED, available_at__lte=now)
+            Job.objects.filter(status=Q.QUEUED, available_at__lte=now, queue__in=queues)
             .filter(Where(published_at__isnull=True) | Where(published_at__lt=stale_before))
             .values_list("id", "queue", "attempts", "priority", "published_at")[:limit]
         )

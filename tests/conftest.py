@@ -19,7 +19,9 @@ from celery_workflows.testing import WorkerProcess, wait_for
 
 BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
 os.environ["CELERY_BROKER_URL"] = BROKER_URL
-LOG_DIR = Path(os.environ.get("TEST_ARTIFACTS", tempfile.gettempdir())) / "cw-worker-logs"
+LOG_DIR = (
+    Path(os.environ.get("TEST_ARTIFACTS", tempfile.gettempdir())) / f"cw-worker-logs-{os.getpid()}"
+)
 
 
 def _database_url() -> str:
