@@ -32,9 +32,12 @@ def new_lease_token() -> str:
     return uuid.uuid4().hex
 
 
+_HOST = socket.gethostname()
+
+
 def worker_name() -> str:
     """``host:pid`` of this process, recorded on every attempt."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{_HOST}:{os.getpid()}"
 
 
 def alarm_margin(lease_seconds: float) -> float:

@@ -45,15 +45,29 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # partial indexes: a row is only in the index its status needs, so the hot UPDATEs
+        # (claim, outcome) touch as few index entries as possible
         constraints = [
             models.UniqueConstraint(
-                fields=["queue", "idempotency_key"], name="cw_job_unique_idempotency_key"
+                fields=["queue", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="cw_job_unique_idempotency_key",
             ),
         ]
         indexes = [
-            models.Index(fields=["status", "available_at"], name="cw_job_due"),
-            models.Index(fields=["status", "lease_expires_at"], name="cw_job_leases"),
-            models.Index(fields=["queue", "status", "created_at"], name="cw_job_queue_status"),
+            models.Index(
+                fields=["available_at"], condition=models.Q(status="queued"), name="cw_job_due"
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=models.Q(status="running"),
+                name="cw_job_leases",
+            ),
+            models.Index(
+                fields=["queue", "-finished_at"],
+                condition=models.Q(status="dead"),
+                name="cw_job_dead_letters",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -27,6 +27,7 @@ from celery_workflows.store import (
     NewJob,
 )
 
+from . import hotpath
 from .models import Job
 
 Q = JobStatus
@@ -38,31 +39,13 @@ class DjangoJobStore:
 
     # -- enqueue ----------------------------------------------------------------------------
 
-    def _row(self, job: NewJob, now: datetime) -> Job:
-        return Job(
-            id=job.id,
-            service=job.service,
-            queue=job.queue,
-            status=Q.QUEUED,
-            payload=job.payload,
-            max_attempts=job.max_attempts,
-            priority=job.priority,
-            correlation_id=job.correlation_id,
-            idempotency_key=job.idempotency_key,
-            available_at=job.available_at,
-            published_at=job.available_at if job.published else None,
-            redriven_from_id=job.redriven_from,
-            created_at=now,
-        )
-
     def insert_job(self, job: NewJob) -> EnqueueResult:
-        row = self._row(job, timezone.now())
         if job.idempotency_key is None:
-            row.save(force_insert=True)
+            hotpath.insert(_insert_values(job, timezone.now()))
             return EnqueueResult(job.id, True)
         try:
             with transaction.atomic():
-                row.save(force_insert=True)
+                hotpath.insert(_insert_values(job, timezone.now()))
         except IntegrityError:
             existing = (
                 Job.objects.filter(queue=job.queue, idempotency_key=job.idempotency_key)
@@ -79,7 +62,7 @@ class DjangoJobStore:
             changed = Job.objects.filter(id=job_id, status=Q.DEAD).update(status=Q.REDRIVEN)
             if not changed:
                 raise NotDeadLetteredError(f"job {job_id} is no longer dead-lettered")
-            self._row(new_job, timezone.now()).save(force_insert=True)
+            hotpath.insert(_insert_values(new_job, timezone.now()))
         return EnqueueResult(new_job.id, True)
 
     # -- attempts ---------------------------------------------------------------------------
@@ -89,95 +72,61 @@ class DjangoJobStore:
     ) -> ClaimedJob | None:
         now = timezone.now()
         expires = now + timedelta(seconds=lease_seconds)
-        won = Job.objects.filter(id=job_id, status=Q.QUEUED, attempts=attempt - 1).update(
-            status=Q.RUNNING,
-            attempts=attempt,
-            lease_token=lease_token,
-            lease_expires_at=expires,
-            worker=worker,
-            started_at=now,
-        )
-        if not won:
+        row = hotpath.claim(job_id, attempt, lease_token, worker, now, expires)
+        if row is None:
             return None
-        row = (
-            Job.objects.filter(id=job_id)
-            .values(
-                "queue",
-                "payload",
-                "max_attempts",
-                "correlation_id",
-                "attempt_log",
-                "created_at",
-                "priority",
-            )
-            .get()
-        )
         return ClaimedJob(
             id=job_id,
-            queue=row["queue"],
-            payload=row["payload"],
             attempt=attempt,
-            max_attempts=row["max_attempts"],
-            correlation_id=row["correlation_id"],
             lease_token=lease_token,
             lease_expires_at=expires,
             started_at=now,
-            attempt_log=row["attempt_log"],
-            created_at=row["created_at"],
-            priority=row["priority"],
-        )
-
-    def _fenced(self, job_id: str, lease_token: str) -> Any:
-        return Job.objects.filter(
-            id=job_id,
-            status=Q.RUNNING,
-            lease_token=lease_token,
-            lease_expires_at__gt=timezone.now(),
+            **row,
         )
 
     def extend_lease(self, job_id: str, lease_token: str, lease_seconds: float) -> datetime | None:
-        expires = timezone.now() + timedelta(seconds=lease_seconds)
-        if self._fenced(job_id, lease_token).update(lease_expires_at=expires):
-            return expires
-        return None
+        now = timezone.now()
+        expires = now + timedelta(seconds=lease_seconds)
+        changes = {"lease_expires_at": hotpath.dt(expires)}
+        return expires if hotpath.fenced_update(job_id, lease_token, now, changes) else None
 
     def complete(self, job: ClaimedJob, result: Any, attempt: AttemptRecord) -> bool:
-        return bool(
-            self._fenced(job.id, job.lease_token).update(
-                status=Q.SUCCEEDED,
-                result=result,
-                lease_token=None,
-                lease_expires_at=None,
-                finished_at=attempt.finished_at,
-                attempt_log=[*job.attempt_log, attempt.to_json()],
-            )
+        return self._settle(
+            job,
+            attempt,
+            status=Q.SUCCEEDED,
+            result=hotpath.js(result),
+            finished_at=hotpath.dt(attempt.finished_at),
         )
 
     def retry_later(
         self, job: ClaimedJob, attempt: AttemptRecord, available_at: datetime, published: bool
     ) -> bool:
-        return bool(
-            self._fenced(job.id, job.lease_token).update(
-                status=Q.QUEUED,
-                lease_token=None,
-                lease_expires_at=None,
-                available_at=available_at,
-                published_at=available_at if published else None,
-                attempt_log=[*job.attempt_log, attempt.to_json()],
-            )
+        return self._settle(
+            job,
+            attempt,
+            status=Q.QUEUED,
+            available_at=hotpath.dt(available_at),
+            published_at=hotpath.dt(available_at if published else None),
         )
 
     def dead_letter(self, job: ClaimedJob, attempt: AttemptRecord, reason: str) -> bool:
-        return bool(
-            self._fenced(job.id, job.lease_token).update(
-                status=Q.DEAD,
-                lease_token=None,
-                lease_expires_at=None,
-                finished_at=attempt.finished_at,
-                dead_reason=reason,
-                attempt_log=[*job.attempt_log, attempt.to_json()],
-            )
+        return self._settle(
+            job,
+            attempt,
+            status=Q.DEAD,
+            dead_reason=reason,
+            finished_at=hotpath.dt(attempt.finished_at),
         )
+
+    def _settle(self, job: ClaimedJob, attempt: AttemptRecord, **changes: Any) -> bool:
+        """The one fenced write that ends an attempt: outcome, lease release, attempt log."""
+        changes.update(
+            lease_token=None,
+            lease_expires_at=None,
+            attempt_log=hotpath.js([*job.attempt_log, attempt.to_json()]),
+        )
+        return hotpath.fenced_update(job.id, job.lease_token, timezone.now(), changes)
 
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
         import uuid
@@ -317,6 +266,35 @@ class DjangoJobStore:
         return bool(
             Job.objects.filter(id=job_id).values_list("cancel_requested", flat=True).first()
         )
+
+
+def _insert_values(job: NewJob, now: datetime) -> dict[str, Any]:
+    dt, js = hotpath.dt, hotpath.js
+    return {
+        "id": job.id,
+        "service": job.service,
+        "queue": job.queue,
+        "status": Q.QUEUED.value,
+        "payload": js(job.payload),
+        "result": None,
+        "attempts": 0,
+        "max_attempts": job.max_attempts,
+        "priority": job.priority,
+        "correlation_id": job.correlation_id,
+        "idempotency_key": job.idempotency_key,
+        "available_at": dt(job.available_at),
+        "published_at": dt(job.available_at if job.published else None),
+        "lease_token": None,
+        "lease_expires_at": None,
+        "worker": "",
+        "started_at": None,
+        "finished_at": None,
+        "cancel_requested": False,
+        "dead_reason": "",
+        "attempt_log": js([]),
+        "redriven_from_id": job.redriven_from,
+        "created_at": dt(now),
+    }
 
 
 def _record(row: Job) -> JobRecord:

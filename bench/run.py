@@ -1,0 +1,119 @@
+"""``make bench``: the toolkit's queue workers against plain Celery tasks, side by side.
+
+Needs Redis and PostgreSQL. One worker (2 prefork processes, the same settings for both sides)
+consumes both queues; rounds alternate toolkit / plain Celery and the medians are compared, so
+the shared machine's noise hits both sides alike. Each scenario ends with one line:
+
+    BENCH <scenario> toolkit=<x> celery=<y> ratio=<x/y> ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+
+
+def ensure_database() -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+        if not c.execute("select 1 from pg_database where datname = 'cw_bench'").fetchone():
+            c.execute("create database cw_bench")
+
+
+def setup() -> None:
+    import django
+    from django.core.management import call_command
+
+    ensure_database()
+    django.setup()
+    call_command("migrate", verbosity=0)
+
+
+def wait_counter(counter, key: str, n: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while int(counter.get(key) or 0) < n:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: only {counter.get(key)} of {n} jobs done in {timeout}s")
+        time.sleep(0.005)
+
+
+def round_toolkit(n: int, io_ms: float = 0) -> float:
+    from bench.celery_app import bench, counter
+
+    key = f"bench:{uuid.uuid4().hex}"
+    start = time.perf_counter()
+    for _ in range(n):
+        bench.enqueue("step", {"counter": key, "io_ms": io_ms})
+    wait_counter(counter, key, n)
+    return n / (time.perf_counter() - start)
+
+
+def round_celery(n: int, io_ms: float = 0) -> float:
+    from bench.celery_app import counter, plain_step
+
+    key = f"bench:{uuid.uuid4().hex}"
+    start = time.perf_counter()
+    for _ in range(n):
+        plain_step.apply_async((key, io_ms), queue="bench.plain")
+    wait_counter(counter, key, n)
+    return n / (time.perf_counter() - start)
+
+
+def scenario_jobs(name: str, n: int, rounds: int, io_ms: float) -> None:
+    from django_app.models import Job
+
+    toolkit, celery = [], []
+    round_celery(200, io_ms)  # warm both paths (connections, imports, prefork children)
+    round_toolkit(200, io_ms)
+    for _ in range(rounds):
+        celery.append(round_celery(n, io_ms))
+        toolkit.append(round_toolkit(n, io_ms))
+        Job.objects.all().delete()
+    t, c = statistics.median(toolkit), statistics.median(celery)
+    print(
+        f"  {name}: toolkit rounds {[round(x) for x in toolkit]}, "
+        f"celery rounds {[round(x) for x in celery]}"
+    )
+    print(
+        f"BENCH {name} toolkit={t:.0f} celery={c:.0f} ratio={t / c:.2f} "
+        f"n={n} rounds={rounds} workers=2 io_ms={io_ms:g}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=2000, help="jobs per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    setup()
+    from bench.celery_app import counter
+    from celery_workflows.testing import WorkerProcess
+
+    counter.flushdb()
+    worker = WorkerProcess(
+        "bench.celery_app",
+        ["bench.step", "bench.plain"],
+        concurrency=2,
+        log_path="/tmp/cw-bench-worker.log",
+        env={"PYTHONPATH": str(ROOT), "WORKFLOWS_BENCH": "1"},
+    ).start()
+    try:
+        time.sleep(2)
+        scenario_jobs("jobs", args.n, args.rounds, io_ms=0)
+        scenario_jobs("jobs_io5ms", args.n // 2, args.rounds, io_ms=5)
+    finally:
+        worker.stop()
+
+
+if __name__ == "__main__":
+    main()

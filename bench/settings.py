@@ -1,0 +1,17 @@
+"""Settings of the benchmark project: PostgreSQL database ``cw_bench`` and Redis DB 13."""
+
+import os
+
+import dj_database_url
+
+SECRET_KEY = "bench-only"
+USE_TZ = True
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_app"]
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/cw_bench"),
+        conn_max_age=600,
+    )
+}
+
+CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
