@@ -16,15 +16,17 @@ from .errors import (
     UnknownQueueError,
     WorkflowError,
 )
+from .events import Event
 from .jobs import cancel, get_job
 from .lifecycle import Lifecycle, RetryStrategy, compute_backoff
-from .service import WorkflowService
+from .service import WorkflowService, emit
 from .store import EnqueueResult, JobRecord, JobStatus, get_store
 from .sweeper import sweep_once
 
 __all__ = [
     "ConfigurationError",
     "EnqueueResult",
+    "Event",
     "Job",
     "JobContext",
     "JobNotFoundError",
@@ -46,6 +48,7 @@ __all__ = [
     "cancel",
     "compute_backoff",
     "discard",
+    "emit",
     "get_job",
     "get_store",
     "list_dead_letters",

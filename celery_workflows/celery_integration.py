@@ -1,5 +1,10 @@
 """What a WorkflowService installs on the user's Celery app, once per app.
 
+- the ``celery_workflows.deliver_event`` task on the :data:`EVENTS_QUEUE` queue: other
+  services (or hosts, or languages) publish event envelopes to it; delivering one envelope
+  any number of times starts each subscription's job once;
+- a start-up check of the workflow graph: a worker refuses to start if a subscription targets
+  a queue no service declares;
 - a worker bootstep that runs the :class:`~celery_workflows.sweeper.Sweeper` in every
   ``celery worker`` (settings ``workflows_sweep_interval`` and ``workflows_republish_after``,
   in seconds, on the Celery app's config);
@@ -10,14 +15,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import task_rejected, task_unknown
 
-from . import registry
+from . import graph, registry
+from .errors import PayloadError
+from .events import Event, event_payload, write_and_publish
 from .store import get_store
 from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, Sweeper
+
+#: the queue external event envelopes arrive on; add it to a worker's ``-Q``
+EVENTS_QUEUE = "celery_workflows.events"
+DELIVER_EVENT_TASK = "celery_workflows.deliver_event"
 
 _installed: set[int] = set()
 
@@ -36,6 +48,7 @@ class SweeperStep(bootsteps.StartStopStep):
         )
 
     def start(self, parent: Any) -> None:
+        graph.validate()
         self.sweeper.start()
 
     def stop(self, parent: Any) -> None:
@@ -47,6 +60,33 @@ def install(app: Celery) -> None:
         return
     _installed.add(id(app))
     app.steps["worker"].add(SweeperStep)
+    app.task(name=DELIVER_EVENT_TASK, ignore_result=True, typing=False, shared=False)(
+        _deliver_event
+    )
+
+
+def _deliver_event(*args: Any, **kwargs: Any) -> None:
+    """Write an event received through the broker and start its subscriptions' jobs."""
+    try:
+        if len(args) != 1 or kwargs or not isinstance(args[0], dict):
+            raise ValueError("expected one argument: the event envelope as a JSON object")
+        received = Event.from_json(args[0])
+        event = dataclasses.replace(
+            received, payload=event_payload(received.name, received.payload)
+        )
+    except (ValueError, TypeError, PayloadError) as exc:
+        get_store().record_unroutable(
+            EVENTS_QUEUE,
+            {"args": _jsonable(list(args)), "kwargs": _jsonable(kwargs)},
+            f"malformed event envelope: {exc}",
+        )
+        return
+    write_and_publish([event])
+
+
+def publish_event(app: Celery, event: Event) -> None:
+    """Send an envelope to the events queue (used by other services and by the tests)."""
+    app.send_task(DELIVER_EVENT_TASK, args=[event.to_json()], queue=EVENTS_QUEUE)
 
 
 def _dead_letter_message(message: Any, reason: str) -> None:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from .errors import (
     DeadLetterRequested,
@@ -21,6 +21,9 @@ from .errors import (
     RetryRequested,
 )
 from .store import ClaimedJob, JobStore
+
+if TYPE_CHECKING:
+    from .events import Event
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -56,6 +59,7 @@ class JobContext(Generic[R]):
         logger: logging.LoggerAdapter[logging.Logger],
         on_lease_extended: Callable[[float], None],
         visibility_timeout: float,
+        emit: Callable[[str, Any], Event],
     ) -> None:
         self.job = job
         self.resources = resources
@@ -64,6 +68,7 @@ class JobContext(Generic[R]):
         self._store = store
         self._on_lease_extended = on_lease_extended
         self._visibility_timeout = visibility_timeout
+        self._emit = emit
 
     @property
     def payload(self) -> Any:
@@ -80,6 +85,17 @@ class JobContext(Generic[R]):
     @property
     def correlation_id(self) -> str:
         return self.job.correlation_id
+
+    def emit(self, name: str, payload: Any) -> Event:
+        """Announce ``name`` with ``payload``; subscriptions decide what runs next.
+
+        The event is written with this attempt's outcome, in one transaction, and its
+        subscribers' jobs are published after that commits. It goes out whatever the outcome -
+        success, retry or dead letter - so a handler can emit a compensation event and then
+        raise. Emitted inside ``transaction.atomic()`` it counts only if that block commits. A
+        payload that fails the event's schema raises ``PayloadValidationError`` here.
+        """
+        return self._emit(name, payload)
 
     def extend_lease(self, seconds: float | None = None) -> datetime:
         """Keep owning the job for ``seconds`` more (default: the queue's visibility timeout).

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import registry
+from .clock import utcnow
 from .errors import NotDeadLetteredError
 from .service import submit, validate_payload
 from .store import EnqueueResult, JobRecord, JobStatus, get_store
-from .worker import utcnow
 
 #: sentinel: keep the dead job's payload when re-driving
 KEEP_PAYLOAD: Any = object()

@@ -8,13 +8,19 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigurationError, UnknownQueueError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from .service import WorkflowService
+    from .subscriptions import Subscription
     from .worker import QueueWorker
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
 
 _services: dict[str, WorkflowService[Any]] = {}
 _queues: dict[str, QueueWorker] = {}
+_subscriptions: dict[str, list[Subscription]] = {}
+_subscription_names: set[str] = set()
+_event_schemas: dict[str, type[BaseModel]] = {}
 
 
 def check_name(kind: str, name: str) -> None:
@@ -54,3 +60,31 @@ def get_queue(qualified_name: str) -> QueueWorker:
         return _queues[qualified_name]
     except KeyError:
         raise unknown_queue(qualified_name) from None
+
+
+def register_subscription(sub: Subscription) -> None:
+    if sub.name in _subscription_names:
+        raise ConfigurationError(f"subscription {sub.name!r} is declared twice")
+    _subscription_names.add(sub.name)
+    _subscriptions.setdefault(sub.event, []).append(sub)
+
+
+def subscriptions_for(event: str) -> list[Subscription]:
+    return list(_subscriptions.get(event, ()))
+
+
+def subscriptions() -> list[Subscription]:
+    return [sub for subs in _subscriptions.values() for sub in subs]
+
+
+def register_event_schema(event: str, schema: type[BaseModel]) -> None:
+    existing = _event_schemas.get(event)
+    if existing is not None and existing is not schema:
+        raise ConfigurationError(
+            f"event {event!r} already has schema {existing.__name__}; one schema per event"
+        )
+    _event_schemas[event] = schema
+
+
+def event_schemas() -> dict[str, type[BaseModel]]:
+    return dict(_event_schemas)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -12,14 +12,18 @@ from celery import Celery
 from pydantic import BaseModel, ValidationError
 
 from . import registry, signals
+from .clock import utcnow
+from .context import Job, JobContext
 from .errors import (
     ConfigurationError,
     PayloadNotSerializableError,
     PayloadValidationError,
 )
+from .events import Event, new_event, write_and_publish
 from .lifecycle import Lifecycle
 from .store import Dispatch, EnqueueResult, NewJob, get_store
-from .worker import PUBLISH_HORIZON_SECONDS, Handler, QueueWorker, utcnow
+from .subscriptions import Subscription
+from .worker import PUBLISH_HORIZON_SECONDS, Handler, QueueWorker
 
 R = TypeVar("R")
 H = TypeVar("H", bound=Handler)
@@ -60,11 +64,16 @@ class WorkflowService(Generic[R]):
         *,
         payload: type[BaseModel] | None = None,
         lifecycle: Lifecycle | None = None,
+        emits: Sequence[str] = (),
+        result_event: str | None = None,
     ) -> Callable[[H], H]:
         """Declare ``name`` as a queue worker whose handler is the decorated function.
 
         The handler is called as ``handler(ctx, job)``; ``job.payload`` is an instance of
         ``payload`` (validated before the handler runs) or the raw JSON when no schema is given.
+        ``emits`` lists the events the step may emit (the graph is drawn from it; emitting an
+        undeclared event raises). ``result_event`` emits the handler's return value as that
+        event on success.
         """
         registry.check_name("queue", name)
         if name in self._queues:
@@ -80,6 +89,12 @@ class WorkflowService(Generic[R]):
                 f"queue {self.name}.{name}: lifecycle must be a Lifecycle, got {lifecycle!r}"
             )
 
+        emitted = tuple(emits)
+        for event in emitted:
+            registry.check_name("event", event)
+        if result_event is not None:
+            registry.check_name("event", result_event)
+
         def decorate(handler: H) -> H:
             if not callable(handler):
                 raise ConfigurationError(f"queue {self.name}.{name}: handler must be callable")
@@ -90,6 +105,8 @@ class WorkflowService(Generic[R]):
                 payload_schema=payload,
                 lifecycle=lifecycle or Lifecycle(),
                 handler=handler,
+                emits=emitted,
+                result_event=result_event,
             )
             worker.task = self._make_task(worker)
             self._queues[name] = worker
@@ -97,6 +114,93 @@ class WorkflowService(Generic[R]):
             return handler
 
         return decorate
+
+    def event(self, name: str, schema: type[BaseModel]) -> None:
+        """Declare ``name``'s payload schema: emitting a payload that fails it raises at once."""
+        registry.check_name("event", name)
+        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+            raise ConfigurationError(f"event {name!r}: schema must be a pydantic model class")
+        registry.register_event_schema(name, schema)
+
+    def subscribe(
+        self,
+        event: str,
+        *,
+        enqueue: str,
+        map: Callable[[Event], Any] | None = None,
+        when: Callable[[Event], bool] | None = None,
+        name: str | None = None,
+    ) -> Subscription:
+        """When ``event`` is emitted, enqueue a job on ``enqueue`` (a queue of this service, or
+        ``service.queue``). ``map(event)`` builds the job's payload (default: the event's
+        payload); ``when(event)`` filters. Each event starts each subscription's job once.
+
+        The target queue may be declared later; :func:`celery_workflows.graph.validate` (run
+        when a worker starts) fails naming both if it never is.
+        """
+        registry.check_name("event", event)
+        queue = enqueue if "." in enqueue else f"{self.name}.{enqueue}"
+        sub = Subscription(
+            name=name or f"{self.name}:{event}->{queue}",
+            event=event,
+            queue=queue,
+            map=map,
+            when=when,
+        )
+        registry.register_subscription(sub)
+        return sub
+
+    def on(
+        self,
+        event: str,
+        *,
+        when: Callable[[Event], bool] | None = None,
+        lifecycle: Lifecycle | None = None,
+        emits: Sequence[str] = (),
+    ) -> Callable[[Callable[[JobContext[R], Event], Any]], Callable[[JobContext[R], Event], Any]]:
+        """Handler-style subscription: run ``handler(ctx, event)`` for each ``event``.
+
+        The handler is a queue worker of its own (``on_<event>_<function>``), so a side effect
+        that fails is retried and dead-lettered like any step.
+        """
+
+        def decorate(
+            handler: Callable[[JobContext[R], Event], Any],
+        ) -> Callable[[JobContext[R], Event], Any]:
+            queue_name = f"on_{event}_{getattr(handler, '__name__', 'handler')}"[:100]
+
+            def run(ctx: JobContext[R], job: Job[Any]) -> Any:
+                return handler(ctx, Event.from_json(job.payload))
+
+            self.queue_worker(
+                queue_name, handler.__doc__ or f"on {event}", lifecycle=lifecycle, emits=emits
+            )(run)
+            sub = Subscription(
+                name=f"{self.name}:{event}->{self.name}.{queue_name}",
+                event=event,
+                queue=f"{self.name}.{queue_name}",
+                when=when,
+                delivers_envelope=True,
+            )
+            registry.register_subscription(sub)
+            return handler
+
+        return decorate
+
+    def emit(
+        self,
+        name: str,
+        payload: Any,
+        *,
+        correlation_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> Event:
+        """Emit ``name`` from ordinary code (a view, a signal handler) to start or advance a
+        workflow. Written in the current transaction; subscribers' jobs are published only if
+        it commits. ``correlation_id`` joins an existing workflow; omitted, a new one starts."""
+        return emit(
+            name, payload, correlation_id=correlation_id, trace_id=trace_id, source=self.name
+        )
 
     def _make_task(self, worker: QueueWorker) -> Any:
         def run_job(*args: Any, **kwargs: Any) -> None:
@@ -159,6 +263,27 @@ class WorkflowService(Generic[R]):
             priority=priority,
             correlation_id=correlation_id or uuid.uuid4().hex,
         )
+
+
+def emit(
+    name: str,
+    payload: Any,
+    *,
+    correlation_id: str | None = None,
+    trace_id: str | None = None,
+    source: str = "app",
+) -> Event:
+    """Module-level :meth:`WorkflowService.emit`, for code that has no service at hand."""
+    event = new_event(
+        name,
+        payload,
+        source=source,
+        correlation_id=correlation_id,
+        causation_id=None,
+        trace_id=trace_id,
+    )
+    write_and_publish([event])
+    return event
 
 
 def validate_payload(worker: QueueWorker, payload: Any) -> Any:

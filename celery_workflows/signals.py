@@ -18,3 +18,7 @@ job_failed = Signal(name="job_failed")
 job_dead_lettered = Signal(name="job_dead_lettered")
 #: a late write from an attempt whose lease had expired was rejected; kwargs: job_id, queue, attempt
 job_fenced = Signal(name="job_fenced")
+#: an event was written and its subscribers' jobs published; kwargs: event
+event_emitted = Signal(name="event_emitted")
+#: a workflow has no job left queued or running; kwargs: correlation_id, status, last_job_id
+workflow_finished = Signal(name="workflow_finished")

@@ -15,9 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import StoreNotConfiguredError
+
+if TYPE_CHECKING:
+    from .events import Event
 
 
 class JobStatus(StrEnum):
@@ -83,6 +86,20 @@ class NewJob:
     idempotency_key: str | None = None
     priority: int | None = None
     redriven_from: str | None = None
+    #: id of the event whose subscription created this job
+    caused_by: str | None = None
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """Events and the jobs their subscriptions create, written in one transaction."""
+
+    events: list[Event] = field(default_factory=list)
+    jobs: list[NewJob] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.jobs)
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,7 @@ class ClaimedJob:
     attempt_log: list[dict[str, Any]]
     created_at: datetime
     priority: int | None
+    trace_id: str
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,7 @@ class JobRecord:
     idempotency_key: str | None
     cancel_requested: bool
     redriven_from: str | None
+    caused_by: str | None = None
     attempt_log: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -164,13 +183,36 @@ class JobStore(Protocol):
         self, job_id: str, lease_token: str, lease_seconds: float
     ) -> datetime | None: ...
 
-    def complete(self, job: ClaimedJob, result: Any, attempt: AttemptRecord) -> bool: ...
+    def complete(
+        self, job: ClaimedJob, result: Any, attempt: AttemptRecord, outbox: Outbox
+    ) -> list[NewJob] | None:
+        """Record success and write ``outbox``; return the jobs created, or None if fenced."""
 
     def retry_later(
-        self, job: ClaimedJob, attempt: AttemptRecord, available_at: datetime, published: bool
-    ) -> bool: ...
+        self,
+        job: ClaimedJob,
+        attempt: AttemptRecord,
+        available_at: datetime,
+        published: bool,
+        outbox: Outbox,
+    ) -> list[NewJob] | None: ...
 
-    def dead_letter(self, job: ClaimedJob, attempt: AttemptRecord, reason: str) -> bool: ...
+    def dead_letter(
+        self, job: ClaimedJob, attempt: AttemptRecord, reason: str, outbox: Outbox
+    ) -> list[NewJob] | None: ...
+
+    def write_outbox(self, outbox: Outbox) -> list[NewJob]:
+        """Write events and jobs (skipping ones already written); return the jobs created."""
+
+    def start_workflow(self, correlation_id: str, name: str) -> None:
+        """Record that a workflow started (no-op if it is already known)."""
+
+    def finish_workflow(self, correlation_id: str, last_job_id: str) -> str | None:
+        """Settle the workflow if no job of it is queued or running any more.
+
+        Returns its final status (``completed``, or ``failed`` if a job was dead-lettered) to
+        exactly one caller, even when parallel branches end at the same moment; else None.
+        """
 
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str: ...
 

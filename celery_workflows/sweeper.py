@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from . import registry, signals
+from .clock import utcnow
 from .lease import worker_name
 from .lifecycle import compute_backoff
 from .store import AttemptOutcome, AttemptRecord, Dispatch, ExpiredLease, get_store
-from .worker import PUBLISH_HORIZON_SECONDS, utcnow
+from .worker import PUBLISH_HORIZON_SECONDS
 
 logger = logging.getLogger("celery_workflows.sweeper")
 

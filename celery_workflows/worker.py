@@ -13,12 +13,13 @@ import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from . import signals
+from .clock import utcnow
 from .context import Job, JobContext
 from .errors import (
     DeadLetterRequested,
@@ -26,11 +27,22 @@ from .errors import (
     JobFinished,
     LeaseExpired,
     NonRetryableError,
+    PayloadError,
     RetryRequested,
 )
+from .events import Event, announce, check_emits, new_event, plan, publish_created
 from .lease import LeaseAlarm, new_lease_token, worker_name
 from .lifecycle import Lifecycle, compute_backoff
-from .store import AttemptOutcome, AttemptRecord, ClaimedJob, Dispatch, get_store
+from .store import (
+    AttemptOutcome,
+    AttemptRecord,
+    ClaimedJob,
+    Dispatch,
+    NewJob,
+    Outbox,
+    get_store,
+)
+from .subscriptions import SubscriptionError
 
 if TYPE_CHECKING:
     from celery import Task
@@ -47,10 +59,6 @@ PUBLISH_HORIZON_SECONDS = 60.0
 Handler = Callable[[JobContext[Any], Job[Any]], Any]
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(eq=False)
 class QueueWorker:
     """A declared queue: its schema, lifecycle and handler, and the Celery task that runs it."""
@@ -61,12 +69,26 @@ class QueueWorker:
     payload_schema: type[BaseModel] | None
     lifecycle: Lifecycle
     handler: Handler
+    #: event names this step may emit (documents the graph; emitting others is an error)
+    emits: tuple[str, ...] = ()
+    #: when set, a successful result is emitted as this event, with the result as payload
+    result_event: str | None = None
     task: Task[Any, Any] | None = None
 
     @property
     def qualified_name(self) -> str:
         """``service.queue``: the ledger's queue name and the Celery queue to consume."""
         return f"{self.service.name}.{self.name}"
+
+    @property
+    def graph_emits(self) -> tuple[str, ...]:
+        """Every event this step can emit, for the graph: declared ones and the result event."""
+        extra = (
+            (self.result_event,)
+            if self.result_event and self.result_event not in self.emits
+            else ()
+        )
+        return (*self.emits, *extra)
 
     @property
     def task_name(self) -> str:
@@ -132,6 +154,8 @@ class _Attempt:
         self.worker = worker
         self.claimed = claimed
         self.store = get_store()
+        #: events the handler emitted whose enclosing transaction (if any) committed
+        self.emitted: list[Event] = []
         self.log = logging.LoggerAdapter(
             logging.getLogger(f"celery_workflows.queue.{worker.qualified_name}"),
             {
@@ -168,6 +192,7 @@ class _Attempt:
             logger=self.log,
             on_lease_extended=alarm.reset,
             visibility_timeout=lifecycle.visibility_timeout,
+            emit=self._emit,
         )
         try:
             return _Success(self.worker.handler(ctx, ctx.job))
@@ -228,6 +253,21 @@ class _Attempt:
             traceback=tb,
         )
 
+    def _emit(self, name: str, payload: Any) -> Event:
+        check_emits(self.worker.qualified_name, self.worker.emits, name)
+        c = self.claimed
+        event = new_event(
+            name,
+            payload,
+            source=self.worker.qualified_name,
+            correlation_id=c.correlation_id,
+            causation_id=c.id,
+            trace_id=c.trace_id,
+        )
+        # inside the handler's own transaction.atomic(), the event counts only if it commits
+        self.store.on_commit(lambda: self.emitted.append(event))
+        return event
+
     def _fenced(self) -> None:
         c = self.claimed
         self.log.warning(
@@ -240,9 +280,31 @@ class _Attempt:
             sender=self.worker, job_id=c.id, queue=self.worker.qualified_name, attempt=c.attempt
         )
 
+    def _outbox(self, result_payload: Any = None, succeeded: bool = False) -> Outbox:
+        events = list(self.emitted)
+        if succeeded and self.worker.result_event is not None:
+            events.append(self._result_event(result_payload))
+        return plan(events)
+
+    def _result_event(self, result: Any) -> Event:
+        c = self.claimed
+        assert self.worker.result_event is not None
+        return new_event(
+            self.worker.result_event,
+            result,
+            source=self.worker.qualified_name,
+            correlation_id=c.correlation_id,
+            causation_id=c.id,
+            trace_id=c.trace_id,
+        )
+
+    def _after_write(self, outbox: Outbox, created: list[NewJob]) -> None:
+        publish_created(created)
+        announce(outbox.events)
+
     def _succeeded(self, result: Any) -> None:
         try:
-            json.dumps(result)
+            json.dumps(result, allow_nan=False)
         except (TypeError, ValueError) as exc:
             self._dead_letter(
                 AttemptOutcome.FATAL,
@@ -250,17 +312,27 @@ class _Attempt:
                 exc,
             )
             return
+        try:
+            outbox = self._outbox(result, succeeded=True)
+        except (SubscriptionError, PayloadError) as exc:
+            self._failed(AttemptOutcome.FAILED, str(exc), exc, None)
+            return
         record = self._record(AttemptOutcome.SUCCEEDED, "", None)
-        if not self.store.complete(self.claimed, result, record):
+        created = self.store.complete(self.claimed, result, record, outbox)
+        if created is None:
             self._fenced()
             return
+        self._after_write(outbox, created)
+        c = self.claimed
         signals.job_succeeded.send(
             sender=self.worker,
-            job_id=self.claimed.id,
+            job_id=c.id,
             queue=self.worker.qualified_name,
-            attempt=self.claimed.attempt,
+            attempt=c.attempt,
             result=result,
         )
+        if not created:
+            self._maybe_finish_workflow()
 
     def _failed(
         self,
@@ -275,14 +347,17 @@ class _Attempt:
                 outcome, f"gave up after {c.attempt} attempt(s); last error: {error}", exc
             )
             return
+        outbox = self._safe_outbox()
         record = self._record(outcome, error, exc)
         if delay_seconds is None:
             delay_seconds = compute_backoff(c.attempt, self.worker.lifecycle.retry)
         available_at = utcnow() + timedelta(seconds=delay_seconds)
         publish_now = delay_seconds <= PUBLISH_HORIZON_SECONDS
-        if not self.store.retry_later(c, record, available_at, publish_now):
+        created = self.store.retry_later(c, record, available_at, publish_now, outbox)
+        if created is None:
             self._fenced()
             return
+        self._after_write(outbox, created)
         self.log.info("attempt %s failed (%s); retrying in %.2fs", c.attempt, error, delay_seconds)
         if publish_now:
             self.worker.publish(
@@ -299,10 +374,13 @@ class _Attempt:
 
     def _dead_letter(self, outcome: AttemptOutcome, reason: str, exc: BaseException | None) -> None:
         c = self.claimed
+        outbox = self._safe_outbox()
         record = self._record(outcome, reason, exc)
-        if not self.store.dead_letter(c, record, reason):
+        created = self.store.dead_letter(c, record, reason, outbox)
+        if created is None:
             self._fenced()
             return
+        self._after_write(outbox, created)
         self.log.error("job dead-lettered: %s", reason)
         signals.job_dead_lettered.send(
             sender=self.worker,
@@ -311,3 +389,26 @@ class _Attempt:
             attempt=c.attempt,
             reason=reason,
         )
+        if not created:
+            self._maybe_finish_workflow()
+
+    def _maybe_finish_workflow(self) -> None:
+        """This attempt started nothing new: if nothing else is pending, the workflow ended."""
+        c = self.claimed
+        status = self.store.finish_workflow(c.correlation_id, c.id)
+        if status is not None:
+            signals.workflow_finished.send(
+                sender=self.worker,
+                correlation_id=c.correlation_id,
+                status=status,
+                last_job_id=c.id,
+            )
+
+    def _safe_outbox(self) -> Outbox:
+        """Events emitted before a failure still go out (compensation); a subscription whose
+        map/when breaks must not hide the original failure, so it is logged and skipped."""
+        try:
+            return self._outbox()
+        except (SubscriptionError, PayloadError):
+            self.log.exception("events of a failed attempt could not be planned; not emitted")
+            return Outbox()

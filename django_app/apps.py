@@ -10,6 +10,7 @@ class CeleryWorkflowsConfig(AppConfig):
     def ready(self) -> None:
         from celery_workflows.store import configure
 
+        from . import checks  # noqa: F401 - registers the system checks
         from .store import DjangoJobStore
 
         configure(DjangoJobStore())

@@ -12,10 +12,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.utils.dateparse import parse_datetime
 
-from .models import Job
+from .models import Event, Job, WorkflowRun
 
 TABLE = Job._meta.db_table
 #: every column in model order, so an INSERT can name them all
@@ -28,7 +28,11 @@ CLAIM_FIELDS = [
     "attempt_log",
     "created_at",
     "priority",
+    "trace_id",
 ]
+RUN_TABLE = WorkflowRun._meta.db_table
+EVENT_TABLE = Event._meta.db_table
+EVENT_COLUMNS = [f.column for f in Event._meta.concrete_fields]
 
 
 def dt(value: datetime | None) -> Any:
@@ -54,14 +58,81 @@ def supports_returning() -> bool:
     return connection.vendor in ("postgresql", "sqlite")
 
 
-def insert(values: dict[str, Any]) -> None:
-    """INSERT one job row; ``values`` maps every column name to an adapted value."""
+RUN_COLUMNS = ["correlation_id", "name", "status", "started_at", "finished_at", "last_job_id"]
+
+
+def run_values(correlation_id: str, name: str, now: datetime) -> dict[str, Any]:
+    return {
+        "correlation_id": correlation_id,
+        "name": name,
+        "status": "running",
+        "started_at": dt(now),
+        "finished_at": None,
+        "last_job_id": "",
+    }
+
+
+def insert(values: dict[str, Any], run: dict[str, Any] | None = None) -> None:
+    """INSERT one job row (and its workflow run unless that exists), atomically.
+
+    ``values`` maps every column name to an adapted value. On PostgreSQL both inserts are one
+    statement; elsewhere the caller's transaction (or a new one) holds them together.
+    """
     cols = ", ".join(COLUMNS)
     marks = ", ".join(["%s"] * len(COLUMNS))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {TABLE} ({cols}) VALUES ({marks})", [values[c] for c in COLUMNS]
+    job_sql = f"INSERT INTO {TABLE} ({cols}) VALUES ({marks})"
+    job_params = [values[c] for c in COLUMNS]
+    if run is None:
+        with connection.cursor() as cursor:
+            cursor.execute(job_sql, job_params)
+        return
+    run_sql = (
+        f"INSERT INTO {RUN_TABLE} ({', '.join(RUN_COLUMNS)}) "
+        f"VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))}) ON CONFLICT DO NOTHING"
+    )
+    run_params = [run[c] for c in RUN_COLUMNS]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"WITH run AS ({run_sql}) {job_sql}", [*run_params, *job_params])
+        return
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(run_sql, run_params)
+        cursor.execute(job_sql, job_params)
+
+
+def insert_new(
+    table: str, columns: list[str], rows: list[dict[str, Any]], key: str = "id"
+) -> set[str]:
+    """INSERT rows, skipping any that collide with a unique key; return the ids inserted.
+
+    One statement on PostgreSQL and SQLite (``ON CONFLICT DO NOTHING RETURNING id``); a
+    savepoint per row elsewhere. Must run inside a transaction.
+    """
+    if not rows:
+        return set()
+    if supports_returning():
+        marks = "(" + ", ".join(["%s"] * len(columns)) + ")"
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+            + ", ".join([marks] * len(rows))
+            + f" ON CONFLICT DO NOTHING RETURNING {key}"
         )
+        params = [row[c] for row in rows for c in columns]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return {r[0] for r in cursor.fetchall()}
+    inserted = set()
+    single = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+    )
+    for row in rows:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(single, [row[c] for c in columns])
+            inserted.add(row[key])
+        except IntegrityError:
+            continue
+    return inserted
 
 
 def claim(
@@ -105,3 +176,27 @@ def fenced_update(job_id: str, lease_token: str, now: datetime, changes: dict[st
             [*changes.values(), job_id, lease_token, dt(now)],
         )
         return bool(cursor.rowcount)
+
+
+def finish_run(correlation_id: str, last_job_id: str, now: datetime) -> str | None:
+    """Settle a workflow run whose jobs are all done; the row lock makes one caller win."""
+    sql = (
+        f"UPDATE {RUN_TABLE} SET status = CASE WHEN EXISTS (SELECT 1 FROM {TABLE} "
+        "WHERE correlation_id = %s AND status = 'dead') THEN 'failed' ELSE 'completed' END, "
+        "finished_at = %s, last_job_id = %s "
+        "WHERE correlation_id = %s AND status = 'running' AND NOT EXISTS (SELECT 1 FROM "
+        f"{TABLE} WHERE correlation_id = %s AND status IN ('queued', 'running'))"
+    )
+    params = [correlation_id, dt(now), last_job_id, correlation_id, correlation_id]
+    with connection.cursor() as cursor:
+        if supports_returning():
+            cursor.execute(f"{sql} RETURNING status", params)
+            row = cursor.fetchone()
+            return None if row is None else str(row[0])
+        cursor.execute(sql, params)
+        if not cursor.rowcount:
+            return None
+        cursor.execute(
+            f"SELECT status FROM {RUN_TABLE} WHERE correlation_id = %s", [correlation_id]
+        )
+        return str(cursor.fetchone()[0])

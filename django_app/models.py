@@ -38,6 +38,10 @@ class Job(models.Model):
     cancel_requested = models.BooleanField(default=False)
     dead_reason = models.TextField(blank=True, default="")
     attempt_log = models.JSONField(default=list, blank=True)
+    caused_by = models.CharField(
+        max_length=32, null=True, blank=True, help_text="id of the event that started this job"
+    )
+    trace_id = models.CharField(max_length=64, blank=True, default="")
     redriven_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="redrives"
     )
@@ -75,3 +79,47 @@ class Job(models.Model):
             f"{self.queue} job {self.id} ({self.status}, "
             f"attempt {self.attempts}/{self.max_attempts})"
         )
+
+
+class Event(models.Model):
+    """One emitted event: the envelope, and which subscriptions' jobs it started."""
+
+    id = models.CharField(primary_key=True, max_length=32, editable=False)
+    name = models.CharField(max_length=100, db_index=True)
+    payload = models.JSONField()
+    correlation_id = models.CharField(max_length=64, db_index=True)
+    causation_id = models.CharField(max_length=64, null=True, blank=True)
+    trace_id = models.CharField(max_length=64, blank=True, default="")
+    source = models.CharField(max_length=201)
+    emitted_at = models.DateTimeField()
+    deliveries = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-emitted_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.id} from {self.source}"
+
+
+class WorkflowRun(models.Model):
+    """One workflow (correlation id): created when it starts, settled once when its last job
+    ends. Its steps and events are the jobs and events sharing its correlation id."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+
+    correlation_id = models.CharField(primary_key=True, max_length=64)
+    name = models.CharField(max_length=201, help_text="what started it: an event or a queue")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_job_id = models.CharField(max_length=32, blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["status", "-started_at"], name="cw_run_status")]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.correlation_id} ({self.status})"

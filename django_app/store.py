@@ -16,6 +16,7 @@ from django.db.models import Q as Where
 from django.utils import timezone
 
 from celery_workflows.errors import JobNotFoundError, NotDeadLetteredError
+from celery_workflows.events import Event
 from celery_workflows.store import (
     AttemptRecord,
     ClaimedJob,
@@ -25,10 +26,11 @@ from celery_workflows.store import (
     JobRecord,
     JobStatus,
     NewJob,
+    Outbox,
 )
 
 from . import hotpath
-from .models import Job
+from .models import Job, WorkflowRun
 
 Q = JobStatus
 
@@ -40,12 +42,14 @@ class DjangoJobStore:
     # -- enqueue ----------------------------------------------------------------------------
 
     def insert_job(self, job: NewJob) -> EnqueueResult:
+        now = timezone.now()
+        run = hotpath.run_values(job.correlation_id, job.queue, now)
         if job.idempotency_key is None:
-            hotpath.insert(_insert_values(job, timezone.now()))
+            hotpath.insert(_insert_values(job, now), run)
             return EnqueueResult(job.id, True)
         try:
             with transaction.atomic():
-                hotpath.insert(_insert_values(job, timezone.now()))
+                hotpath.insert(_insert_values(job, now), run)
         except IntegrityError:
             existing = (
                 Job.objects.filter(queue=job.queue, idempotency_key=job.idempotency_key)
@@ -62,6 +66,9 @@ class DjangoJobStore:
             changed = Job.objects.filter(id=job_id, status=Q.DEAD).update(status=Q.REDRIVEN)
             if not changed:
                 raise NotDeadLetteredError(f"job {job_id} is no longer dead-lettered")
+            WorkflowRun.objects.filter(correlation_id=new_job.correlation_id).update(
+                status=WorkflowRun.Status.RUNNING, finished_at=None
+            )
             hotpath.insert(_insert_values(new_job, timezone.now()))
         return EnqueueResult(new_job.id, True)
 
@@ -90,43 +97,88 @@ class DjangoJobStore:
         changes = {"lease_expires_at": hotpath.dt(expires)}
         return expires if hotpath.fenced_update(job_id, lease_token, now, changes) else None
 
-    def complete(self, job: ClaimedJob, result: Any, attempt: AttemptRecord) -> bool:
+    def complete(
+        self, job: ClaimedJob, result: Any, attempt: AttemptRecord, outbox: Outbox
+    ) -> list[NewJob] | None:
         return self._settle(
             job,
             attempt,
+            outbox,
             status=Q.SUCCEEDED,
             result=hotpath.js(result),
             finished_at=hotpath.dt(attempt.finished_at),
         )
 
     def retry_later(
-        self, job: ClaimedJob, attempt: AttemptRecord, available_at: datetime, published: bool
-    ) -> bool:
+        self,
+        job: ClaimedJob,
+        attempt: AttemptRecord,
+        available_at: datetime,
+        published: bool,
+        outbox: Outbox,
+    ) -> list[NewJob] | None:
         return self._settle(
             job,
             attempt,
+            outbox,
             status=Q.QUEUED,
             available_at=hotpath.dt(available_at),
             published_at=hotpath.dt(available_at if published else None),
         )
 
-    def dead_letter(self, job: ClaimedJob, attempt: AttemptRecord, reason: str) -> bool:
+    def dead_letter(
+        self, job: ClaimedJob, attempt: AttemptRecord, reason: str, outbox: Outbox
+    ) -> list[NewJob] | None:
         return self._settle(
             job,
             attempt,
+            outbox,
             status=Q.DEAD,
             dead_reason=reason,
             finished_at=hotpath.dt(attempt.finished_at),
         )
 
-    def _settle(self, job: ClaimedJob, attempt: AttemptRecord, **changes: Any) -> bool:
-        """The one fenced write that ends an attempt: outcome, lease release, attempt log."""
+    def _settle(
+        self, job: ClaimedJob, attempt: AttemptRecord, outbox: Outbox, **changes: Any
+    ) -> list[NewJob] | None:
+        """The one fenced write that ends an attempt: outcome, lease release, attempt log -
+        and, in the same transaction, the events the attempt emitted and the jobs they start."""
         changes.update(
             lease_token=None,
             lease_expires_at=None,
             attempt_log=hotpath.js([*job.attempt_log, attempt.to_json()]),
         )
-        return hotpath.fenced_update(job.id, job.lease_token, timezone.now(), changes)
+        now = timezone.now()
+        if not outbox:
+            return [] if hotpath.fenced_update(job.id, job.lease_token, now, changes) else None
+        with transaction.atomic():
+            if not hotpath.fenced_update(job.id, job.lease_token, now, changes):
+                return None
+            return self.write_outbox(outbox)
+
+    def write_outbox(self, outbox: Outbox) -> list[NewJob]:
+        with transaction.atomic():
+            now = timezone.now()
+            for event in outbox.events:
+                if event.causation_id is None:  # emitted from outside a job: may start a run
+                    self.start_workflow(event.correlation_id, event.name)
+            hotpath.insert_new(
+                hotpath.EVENT_TABLE,
+                hotpath.EVENT_COLUMNS,
+                [_event_values(e) for e in outbox.events],
+            )
+            now = timezone.now()
+            created = hotpath.insert_new(
+                hotpath.TABLE, hotpath.COLUMNS, [_insert_values(j, now) for j in outbox.jobs]
+            )
+        return [j for j in outbox.jobs if j.id in created]
+
+    def start_workflow(self, correlation_id: str, name: str) -> None:
+        run = hotpath.run_values(correlation_id, name, timezone.now())
+        hotpath.insert_new(hotpath.RUN_TABLE, hotpath.RUN_COLUMNS, [run], key="correlation_id")
+
+    def finish_workflow(self, correlation_id: str, last_job_id: str) -> str | None:
+        return hotpath.finish_run(correlation_id, last_job_id, timezone.now())
 
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
         import uuid
@@ -293,7 +345,23 @@ def _insert_values(job: NewJob, now: datetime) -> dict[str, Any]:
         "dead_reason": "",
         "attempt_log": js([]),
         "redriven_from_id": job.redriven_from,
+        "caused_by": job.caused_by,
+        "trace_id": job.trace_id,
         "created_at": dt(now),
+    }
+
+
+def _event_values(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "name": event.name,
+        "payload": hotpath.js(event.payload),
+        "correlation_id": event.correlation_id,
+        "causation_id": event.causation_id,
+        "trace_id": event.trace_id,
+        "source": event.source,
+        "emitted_at": hotpath.dt(event.emitted_at),
+        "deliveries": hotpath.js(event.deliveries),
     }
 
 
@@ -316,5 +384,6 @@ def _record(row: Job) -> JobRecord:
         idempotency_key=row.idempotency_key,
         cancel_requested=row.cancel_requested,
         redriven_from=row.redriven_from_id,
+        caused_by=row.caused_by,
         attempt_log=list(row.attempt_log or []),
     )

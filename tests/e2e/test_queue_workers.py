@@ -55,8 +55,8 @@ def test_invalid_payload_is_dead_lettered_after_one_attempt_with_the_validation_
     wait_status, recorder
 ):
     # a job written by an older deploy whose schema differed: enqueue() itself would refuse it
+    from celery_workflows.clock import utcnow
     from celery_workflows.service import submit
-    from celery_workflows.worker import utcnow
 
     job = submit(
         t.queue("typed"),
@@ -92,8 +92,8 @@ def test_handler_that_extends_its_lease_keeps_the_job(wait_status):
 
 
 def test_redriving_a_dead_letter_runs_it_again_to_success(wait_status):
+    from celery_workflows.clock import utcnow
     from celery_workflows.service import submit
-    from celery_workflows.worker import utcnow
 
     dead = submit(
         t.queue("typed"),

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from celery_workflows import get_job, get_store
-from celery_workflows.store import AttemptOutcome, AttemptRecord, NewJob
-from celery_workflows.worker import utcnow
+from celery_workflows.clock import utcnow
+from celery_workflows.store import AttemptOutcome, AttemptRecord, NewJob, Outbox
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
@@ -57,9 +57,9 @@ def test_expired_lease_cannot_complete_extend_or_fail():
     claimed = store.claim(job_id, 1, "a" * 32, "w1", 0.05)
     assert claimed is not None
     time.sleep(0.1)
-    assert store.complete(claimed, "late", success(1)) is False
+    assert store.complete(claimed, "late", success(1), Outbox()) is None
     assert store.extend_lease(job_id, claimed.lease_token, 30) is None
-    assert store.dead_letter(claimed, success(1), "late") is False
+    assert store.dead_letter(claimed, success(1), "late", Outbox()) is None
     assert get_job(job_id).status == "running"
 
 
@@ -75,8 +75,8 @@ def test_expired_lease_is_settled_once_as_a_failed_attempt_and_the_old_token_sta
     assert store.settle_expired(lease, record, utcnow(), False) is False  # a second sweeper
     second = store.claim(job_id, 2, "b" * 32, "w2", 30)
     assert second is not None
-    assert store.complete(claimed, "zombie", success(1)) is False
-    assert store.complete(second, "fresh", success(2)) is True
+    assert store.complete(claimed, "zombie", success(1), Outbox()) is None
+    assert store.complete(second, "fresh", success(2), Outbox()) == []
     record_after = get_job(job_id)
     assert record_after.result == "fresh"
     assert [a["outcome"] for a in record_after.attempt_log] == ["lease_expired", "succeeded"]

@@ -1,0 +1,187 @@
+"""Events: what a step announces instead of calling the next step.
+
+An event is an envelope (:class:`Event`) with its own id, the workflow's correlation id, the id
+of what caused it and a trace id. Emitting never calls anything: the event is written to the
+ledger together with the jobs its subscriptions create (the outbox), in the same transaction as
+the emitting step's outcome - or as the caller's transaction, for :func:`emit` from Django code.
+The jobs' notices are published only after that commit, so a rolled-back step announces nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from . import registry, signals
+from .clock import utcnow
+from .errors import ConfigurationError, PayloadNotSerializableError, PayloadValidationError
+from .store import NewJob, Outbox, get_store
+
+
+@dataclass(frozen=True)
+class Event:
+    """One emitted event, as subscribers and the audit trail see it."""
+
+    id: str
+    name: str
+    payload: Any
+    correlation_id: str
+    #: the job (or event) whose work caused this event; None when emitted from outside a job
+    causation_id: str | None
+    trace_id: str
+    emitted_at: datetime
+    #: ``service.queue`` of the emitting step, or ``service`` for emits from ordinary code
+    source: str
+    #: filled in when the event is written: which subscriptions it started, and their jobs
+    deliveries: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "payload": self.payload,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "trace_id": self.trace_id,
+            "emitted_at": self.emitted_at.isoformat(),
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Event:
+        """Read an envelope received from elsewhere; raises ValueError naming what is wrong."""
+        missing = {"id", "name", "payload", "correlation_id"} - set(data)
+        if missing:
+            raise ValueError(f"event envelope is missing {sorted(missing)}")
+        emitted = data.get("emitted_at")
+        return cls(
+            id=str(data["id"]),
+            name=str(data["name"]),
+            payload=data["payload"],
+            correlation_id=str(data["correlation_id"]),
+            causation_id=data.get("causation_id"),
+            trace_id=str(data.get("trace_id") or data["correlation_id"]),
+            emitted_at=datetime.fromisoformat(emitted) if emitted else utcnow(),
+            source=str(data.get("source") or "external"),
+        )
+
+
+def new_event(
+    name: str,
+    payload: Any,
+    *,
+    source: str,
+    correlation_id: str | None,
+    causation_id: str | None,
+    trace_id: str | None,
+) -> Event:
+    """Validate ``payload`` against the event's schema (if declared) and build the envelope."""
+    registry.check_name("event", name)
+    body = event_payload(name, payload)
+    correlation = correlation_id or uuid.uuid4().hex
+    return Event(
+        id=uuid.uuid4().hex,
+        name=name,
+        payload=body,
+        correlation_id=correlation,
+        causation_id=causation_id,
+        trace_id=trace_id or correlation,
+        emitted_at=utcnow(),
+        source=source,
+    )
+
+
+def event_payload(name: str, payload: Any) -> Any:
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json", by_alias=True)
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PayloadNotSerializableError(
+            f"event {name!r}: payload is not JSON-serialisable ({exc})"
+        ) from exc
+    schema = registry.event_schemas().get(name)
+    if schema is None:
+        return payload
+    try:
+        model = schema.model_validate(payload)
+    except ValidationError as exc:
+        raise PayloadValidationError(
+            f"event {name!r}: payload does not match {schema.__name__}: {exc}"
+        ) from exc
+    # subscribers' map/when see the validated form, defaults filled in
+    return model.model_dump(mode="json", by_alias=True)
+
+
+def plan(events: list[Event]) -> Outbox:
+    """The outbox for ``events``: the events themselves and one job per matching subscription.
+
+    Each job's idempotency key is ``(event id, subscription)``, so writing the same event twice
+    (a redelivered message, a retried emit) creates each job once.
+    """
+    jobs: list[NewJob] = []
+    now = utcnow()
+    for event in events:
+        for sub in registry.subscriptions_for(event.name):
+            if not sub.matches(event):
+                continue
+            worker = sub.target()
+            payload = sub.payload_for(event)
+            job = NewJob(
+                id=uuid.uuid4().hex,
+                service=worker.service.name,
+                queue=worker.qualified_name,
+                payload=payload,
+                max_attempts=worker.lifecycle.max_attempts,
+                available_at=now,
+                correlation_id=event.correlation_id,
+                published=True,
+                idempotency_key=f"event:{event.id}:{sub.name}",
+                caused_by=event.id,
+                trace_id=event.trace_id,
+            )
+            jobs.append(job)
+            event.deliveries.append({"subscription": sub.name, "job_id": job.id})
+    return Outbox(events=list(events), jobs=jobs)
+
+
+def publish_created(jobs: list[NewJob]) -> None:
+    """Publish the notices of jobs an outbox write created (call after commit)."""
+    from .store import Dispatch
+
+    queues = registry.queues()
+    for job in jobs:
+        queues[job.queue].publish(Dispatch(job.id, job.queue, 1, job.priority))
+
+
+def announce(events: list[Event]) -> None:
+    for event in events:
+        signals.event_emitted.send(sender=event.source, event=event)
+
+
+def write_and_publish(events: list[Event]) -> list[NewJob]:
+    """Write ``events`` and their subscriptions' jobs now (in the caller's transaction, if any);
+    publish the jobs' notices and send ``event_emitted`` when that transaction commits."""
+    outbox = plan(events)
+    store = get_store()
+    created = store.write_outbox(outbox)
+
+    def after_commit() -> None:
+        publish_created(created)
+        announce(events)
+
+    store.on_commit(after_commit)
+    return created
+
+
+def check_emits(source: str, declared: tuple[str, ...], name: str) -> None:
+    if declared and name not in declared:
+        raise ConfigurationError(
+            f"{source} emitted {name!r} but declares emits={list(declared)}; add it there"
+        )

@@ -1,0 +1,70 @@
+"""Subscriptions: what runs when an event is emitted.
+
+A subscription turns one event into one job on a queue - optionally filtered (``when``) and
+with its payload mapped (``map``). Several subscriptions may share an event (fan-out). A
+handler-style subscription (:meth:`WorkflowService.on`) is a queue worker of its own, so side
+effects get the same lease, retry and dead-letter treatment as any step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import registry
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .events import Event
+    from .worker import QueueWorker
+
+
+@dataclass(frozen=True)
+class Subscription:
+    #: unique name; part of the (event id, subscription) de-duplication key
+    name: str
+    event: str
+    #: ``service.queue`` the job goes to
+    queue: str
+    map: Callable[[Event], Any] | None = None
+    when: Callable[[Event], bool] | None = None
+    #: True for handler-style subscriptions: the job's payload is the whole envelope
+    delivers_envelope: bool = False
+
+    def target(self) -> QueueWorker:
+        try:
+            return registry.get_queue(self.queue)
+        except ConfigurationError:
+            raise ConfigurationError(
+                f"subscription {self.name!r} to event {self.event!r} enqueues {self.queue!r}, "
+                "which no service declares"
+            ) from None
+
+    def payload_for(self, event: Event) -> Any:
+        if self.delivers_envelope:
+            return event.to_json()
+        if self.map is None:
+            return event.payload
+        try:
+            return self.map(event)
+        except Exception as exc:
+            raise SubscriptionError(
+                f"subscription {self.name!r}: map() failed for event {event.name!r} "
+                f"{event.id}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def matches(self, event: Event) -> bool:
+        if self.when is None:
+            return True
+        try:
+            return bool(self.when(event))
+        except Exception as exc:
+            raise SubscriptionError(
+                f"subscription {self.name!r}: when() failed for event {event.name!r} "
+                f"{event.id}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+class SubscriptionError(Exception):
+    """A subscription's ``map`` or ``when`` raised; the emitting attempt fails and retries."""
