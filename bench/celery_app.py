@@ -43,3 +43,46 @@ def step(ctx: JobContext[redis.Redis], job: Job[dict[str, Any]]) -> None:
 @app.task(name="bench.plain_step", ignore_result=True)
 def plain_step(counter_key: str, io_ms: float) -> None:
     work(counter_key, io_ms)
+
+
+# -- workflow4: four steps linked by events (toolkit) or by .delay() calls (plain Celery) ----
+
+STEPS = 4
+
+
+def hop(payload: dict[str, Any]) -> None:
+    """Record, for sampled workflows, how long the hand-over from the previous step took."""
+    if payload.get("sample") and payload.get("t"):
+        counter.rpush(payload["hops"], round((time.time() - payload["t"]) * 1000, 3))
+
+
+def _next(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "t": time.time()}
+
+
+for _k in range(1, STEPS + 1):
+
+    def _make(k: int) -> None:
+        @bench.queue_worker(
+            f"wf{k}", f"workflow step {k}", emits=[f"wf{k}done"] if k < STEPS else []
+        )
+        def step_k(ctx: JobContext[redis.Redis], job: Job[dict[str, Any]]) -> None:
+            hop(job.payload)
+            if k < STEPS:
+                ctx.emit(f"wf{k}done", _next(job.payload))
+            else:
+                counter.incr(job.payload["counter"])
+
+        if k < STEPS:
+            bench.subscribe(f"wf{k}done", enqueue=f"wf{k + 1}")
+
+    _make(_k)
+
+
+@app.task(name="bench.plain_wf", ignore_result=True)
+def plain_wf(k: int, payload: dict[str, Any]) -> None:
+    hop(payload)
+    if k < STEPS:
+        plain_wf.apply_async((k + 1, _next(payload)), queue="bench.plain")
+    else:
+        counter.incr(payload["counter"])

@@ -90,10 +90,63 @@ def scenario_jobs(name: str, n: int, rounds: int, io_ms: float) -> None:
     )
 
 
+def round_workflow(side: str, w: int) -> tuple[float, list[float]]:
+    from bench.celery_app import STEPS, bench, counter, plain_wf
+
+    key, hops = f"bench:{uuid.uuid4().hex}", f"hops:{uuid.uuid4().hex}"
+    start = time.perf_counter()
+    for i in range(w):
+        payload = {"counter": key, "hops": hops, "sample": i % 10 == 0, "t": time.time()}
+        if side == "toolkit":
+            bench.enqueue("wf1", payload)
+        else:
+            plain_wf.apply_async((1, payload), queue="bench.plain")
+    wait_counter(counter, key, w)
+    rate = w * STEPS / (time.perf_counter() - start)
+    return rate, [float(x) for x in counter.lrange(hops, 0, -1)]
+
+
+def scenario_workflow4(w: int, rounds: int) -> None:
+    from django_app.models import Event, Job, WorkflowRun
+
+    toolkit, celery, hops_t, hops_c = [], [], [], []
+    round_workflow("celery", 100)
+    round_workflow("toolkit", 100)
+    for _ in range(rounds):
+        rate, hops = round_workflow("celery", w)
+        celery.append(rate)
+        hops_c += hops
+        rate, hops = round_workflow("toolkit", w)
+        toolkit.append(rate)
+        hops_t += hops
+        writes = Job.objects.count(), Event.objects.count(), WorkflowRun.objects.count()
+        Job.objects.all().delete()
+        Event.objects.all().delete()
+        WorkflowRun.objects.all().delete()
+    t, c = statistics.median(toolkit), statistics.median(celery)
+
+    def pct(values: list[float], q: float) -> float:
+        values = sorted(values)
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    print(
+        f"  workflow4: toolkit rounds {[round(x) for x in toolkit]}, "
+        f"celery rounds {[round(x) for x in celery]}; last round wrote jobs/events/runs "
+        f"{writes}; plain-celery hop p50={pct(hops_c, 0.5):.1f}ms p99={pct(hops_c, 0.99):.1f}ms"
+    )
+    print(
+        f"BENCH workflow4 toolkit={t:.0f} celery={c:.0f} ratio={t / c:.2f} "
+        f"hop_p50_ms={pct(hops_t, 0.5):.1f} hop_p99_ms={pct(hops_t, 0.99):.1f} "
+        f"workflows={w} rounds={rounds} workers=2"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=2000, help="jobs per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("-w", type=int, default=2000, help="workflows per workflow4 round")
+    parser.add_argument("--only", choices=["jobs", "workflow4"], help="run one scenario")
     args = parser.parse_args()
     setup()
     from bench.celery_app import counter
@@ -102,15 +155,18 @@ def main() -> None:
     counter.flushdb()
     worker = WorkerProcess(
         "bench.celery_app",
-        ["bench.step", "bench.plain"],
+        ["bench.step", "bench.plain", "bench.wf1", "bench.wf2", "bench.wf3", "bench.wf4"],
         concurrency=2,
         log_path="/tmp/cw-bench-worker.log",
-        env={"PYTHONPATH": str(ROOT), "WORKFLOWS_BENCH": "1"},
+        env={"PYTHONPATH": str(ROOT)},
     ).start()
     try:
         time.sleep(2)
-        scenario_jobs("jobs", args.n, args.rounds, io_ms=0)
-        scenario_jobs("jobs_io5ms", args.n // 2, args.rounds, io_ms=5)
+        if args.only in (None, "jobs"):
+            scenario_jobs("jobs", args.n, args.rounds, io_ms=0)
+            scenario_jobs("jobs_io5ms", args.n // 2, args.rounds, io_ms=5)
+        if args.only in (None, "workflow4"):
+            scenario_workflow4(args.w, args.rounds)
     finally:
         worker.stop()
 

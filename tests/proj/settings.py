@@ -8,6 +8,7 @@ import os
 import tempfile
 
 import dj_database_url
+import django
 
 SECRET_KEY = "tests-only"
 DEBUG = False
@@ -53,9 +54,10 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     # readers do not block the writer, and IMMEDIATE transactions so writers queue up
     _db["OPTIONS"] = {
         "timeout": 30,
-        "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    if django.VERSION >= (5, 1):
+        _db["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     _db["TEST"] = {
         "NAME": os.environ.get(
             "TEST_SQLITE_PATH",
