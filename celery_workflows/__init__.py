@@ -12,14 +12,18 @@ from .errors import (
     PayloadError,
     PayloadNotSerializableError,
     PayloadValidationError,
+    StateConflictError,
     StoreNotConfiguredError,
     UnknownQueueError,
     WorkflowError,
+    WorkflowNotFoundError,
 )
 from .events import Event
 from .jobs import cancel, get_job
 from .lifecycle import Lifecycle, RetryStrategy, compute_backoff
 from .service import WorkflowService, emit
+from .states import States, states
+from .status import WorkflowStatus, get_workflow
 from .store import EnqueueResult, JobRecord, JobStatus, get_store
 from .sweeper import sweep_once
 
@@ -41,17 +45,23 @@ __all__ = [
     "PayloadNotSerializableError",
     "PayloadValidationError",
     "RetryStrategy",
+    "StateConflictError",
+    "States",
     "StoreNotConfiguredError",
     "UnknownQueueError",
     "WorkflowError",
+    "WorkflowNotFoundError",
     "WorkflowService",
+    "WorkflowStatus",
     "cancel",
     "compute_backoff",
     "discard",
     "emit",
     "get_job",
     "get_store",
+    "get_workflow",
     "list_dead_letters",
     "redrive",
+    "states",
     "sweep_once",
 ]

@@ -24,7 +24,7 @@ from celery.signals import task_rejected, task_unknown
 from . import graph, registry
 from .errors import PayloadError
 from .events import Event, event_payload, write_and_publish
-from .store import get_store
+from .store import RunStart, get_store
 from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, Sweeper
 
 #: the queue external event envelopes arrive on; add it to a worker's ``-Q``
@@ -81,7 +81,7 @@ def _deliver_event(*args: Any, **kwargs: Any) -> None:
             f"malformed event envelope: {exc}",
         )
         return
-    write_and_publish([event])
+    write_and_publish([event], RunStart(event.source, "", event.name))
 
 
 def publish_event(app: Celery, event: Event) -> None:

@@ -20,6 +20,7 @@ from .errors import (
     LeaseLostError,
     RetryRequested,
 )
+from .states import States
 from .store import ClaimedJob, JobStore
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class JobContext(Generic[R]):
         self._on_lease_extended = on_lease_extended
         self._visibility_timeout = visibility_timeout
         self._emit = emit
+        #: the state store, with writes attributed to this job's workflow
+        self.states = States(job.correlation_id)
 
     @property
     def payload(self) -> Any:

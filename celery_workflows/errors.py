@@ -40,6 +40,14 @@ class PayloadValidationError(PayloadError):
     """The payload does not match the queue's pydantic schema."""
 
 
+class StateConflictError(WorkflowError):
+    """A compare-and-set lost: the state document changed since it was read."""
+
+
+class WorkflowNotFoundError(WorkflowError):
+    """No workflow run has this correlation id or business key."""
+
+
 class JobNotFoundError(WorkflowError):
     """No job with this id exists in the ledger."""
 

@@ -9,6 +9,7 @@ The jobs' notices are published only after that commit, so a rolled-back step an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from . import registry, signals
 from .clock import utcnow
 from .errors import ConfigurationError, PayloadNotSerializableError, PayloadValidationError
-from .store import NewJob, Outbox, get_store
+from .store import NewJob, Outbox, RunStart, get_store
 
 
 @dataclass(frozen=True)
@@ -165,10 +166,11 @@ def announce(events: list[Event]) -> None:
         signals.event_emitted.send(sender=event.source, event=event)
 
 
-def write_and_publish(events: list[Event]) -> list[NewJob]:
+def write_and_publish(events: list[Event], starts: RunStart | None = None) -> list[NewJob]:
     """Write ``events`` and their subscriptions' jobs now (in the caller's transaction, if any);
-    publish the jobs' notices and send ``event_emitted`` when that transaction commits."""
-    outbox = plan(events)
+    publish the jobs' notices and send ``event_emitted`` when that transaction commits.
+    ``starts`` names the workflow run these events start, if their correlation id is new."""
+    outbox = dataclasses.replace(plan(events), starts=starts)
     store = get_store()
     created = store.write_outbox(outbox)
 

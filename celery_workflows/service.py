@@ -21,7 +21,7 @@ from .errors import (
 )
 from .events import Event, new_event, write_and_publish
 from .lifecycle import Lifecycle
-from .store import Dispatch, EnqueueResult, NewJob, get_store
+from .store import Dispatch, EnqueueResult, NewJob, RunStart, get_store
 from .subscriptions import Subscription
 from .worker import PUBLISH_HORIZON_SECONDS, Handler, QueueWorker
 
@@ -39,9 +39,22 @@ class WorkflowService(Generic[R]):
     repositories, settings); it is created once, by you, when the service is declared.
     """
 
-    def __init__(self, name: str, celery_app: Celery, *, resources: R = None) -> None:  # type: ignore[assignment]
+    def __init__(
+        self,
+        name: str,
+        celery_app: Celery,
+        *,
+        resources: R = None,  # type: ignore[assignment]
+        business_key: str | Callable[[Any], Any] | None = None,
+    ) -> None:
         registry.check_name("service", name)
+        if not (business_key is None or isinstance(business_key, str) or callable(business_key)):
+            raise ConfigurationError(
+                f"service {name}: business_key must be a payload field name or a function"
+            )
         self.name = name
+        #: how a workflow's business key (an order id, say) is read from the payload that starts it
+        self.business_key = business_key
         self.celery_app = celery_app
         self.resources: R = resources
         self._queues: dict[str, QueueWorker] = {}
@@ -49,6 +62,16 @@ class WorkflowService(Generic[R]):
         from .celery_integration import install
 
         install(celery_app)
+
+    def business_key_of(self, payload: Any) -> str:
+        """The business key of a workflow started with ``payload`` ("" if none is declared)."""
+        if self.business_key is None:
+            return ""
+        if callable(self.business_key):
+            value = self.business_key(payload)
+        else:
+            value = payload.get(self.business_key) if isinstance(payload, dict) else None
+        return "" if value is None else str(value)[:200]
 
     def __repr__(self) -> str:
         return f"<WorkflowService {self.name!r} queues={sorted(self._queues)}>"
@@ -282,7 +305,7 @@ def emit(
         causation_id=None,
         trace_id=trace_id,
     )
-    write_and_publish([event])
+    write_and_publish([event], RunStart(source, "", name))
     return event
 
 
@@ -354,6 +377,9 @@ def submit(
         idempotency_key=idempotency_key,
         priority=priority,
         redriven_from=redriven_from,
+        starts=RunStart(
+            worker.service.name, worker.service.business_key_of(payload), worker.qualified_name
+        ),
     )
     result = (
         store.insert_job(job) if redriven_from is None else store.mark_redriven(redriven_from, job)

@@ -21,6 +21,8 @@ from .errors import StoreNotConfiguredError
 
 if TYPE_CHECKING:
     from .events import Event
+    from .states import StateValue
+    from .status import WorkflowStatus
 
 
 class JobStatus(StrEnum):
@@ -89,6 +91,18 @@ class NewJob:
     #: id of the event whose subscription created this job
     caused_by: str | None = None
     trace_id: str = ""
+    #: the workflow run this job starts, if its correlation id is new
+    starts: RunStart | None = None
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a new workflow run is called: the service that started it and its business key."""
+
+    name: str
+    business_key: str
+    #: the event or queue that started it
+    started_by: str
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,8 @@ class Outbox:
 
     events: list[Event] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
+    #: set when these events start a workflow (emitted from outside any job)
+    starts: RunStart | None = None
 
     def __bool__(self) -> bool:
         return bool(self.events or self.jobs)
@@ -204,17 +220,25 @@ class JobStore(Protocol):
     def write_outbox(self, outbox: Outbox) -> list[NewJob]:
         """Write events and jobs (skipping ones already written); return the jobs created."""
 
-    def start_workflow(self, correlation_id: str, name: str) -> None:
-        """Record that a workflow started (no-op if it is already known)."""
-
     def finish_workflow(self, correlation_id: str, last_job_id: str) -> str | None:
         """Settle the workflow if no job of it is queued or running any more.
 
-        Returns its final status (``completed``, or ``failed`` if a job was dead-lettered) to
-        exactly one caller, even when parallel branches end at the same moment; else None.
+        Returns its final status (``completed``; ``compensated`` if a job was dead-lettered and
+        its compensation ran; ``dead_lettered`` otherwise) to exactly one caller, even when
+        parallel branches end at the same moment; else None.
         """
 
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str: ...
+
+    def get_state(self, key: str) -> StateValue | None: ...
+
+    def get_workflow(self, id_or_business_key: str) -> WorkflowStatus: ...
+
+    def put_state(
+        self, key: str, value: Any, expected_version: int | None, correlation_id: str | None
+    ) -> int | None:
+        """Write a state document; with ``expected_version``, only if it is still at that
+        version (0 = absent). Returns the new version, or None when the check failed."""
 
     def expire_leases(self, queues: list[str], now: datetime, limit: int) -> list[ExpiredLease]: ...
 

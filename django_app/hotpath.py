@@ -15,6 +15,8 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils.dateparse import parse_datetime
 
+from celery_workflows.store import RunStart
+
 from .models import Event, Job, WorkflowRun
 
 TABLE = Job._meta.db_table
@@ -58,13 +60,15 @@ def supports_returning() -> bool:
     return connection.vendor in ("postgresql", "sqlite")
 
 
-RUN_COLUMNS = ["correlation_id", "name", "status", "started_at", "finished_at", "last_job_id"]
+RUN_COLUMNS = [f.column for f in WorkflowRun._meta.concrete_fields]
 
 
-def run_values(correlation_id: str, name: str, now: datetime) -> dict[str, Any]:
+def run_values(correlation_id: str, starts: RunStart, now: datetime) -> dict[str, Any]:
     return {
         "correlation_id": correlation_id,
-        "name": name,
+        "name": starts.name,
+        "business_key": starts.business_key,
+        "started_by": starts.started_by,
         "status": "running",
         "started_at": dt(now),
         "finished_at": None,
@@ -179,15 +183,23 @@ def fenced_update(job_id: str, lease_token: str, now: datetime, changes: dict[st
 
 
 def finish_run(correlation_id: str, last_job_id: str, now: datetime) -> str | None:
-    """Settle a workflow run whose jobs are all done; the row lock makes one caller win."""
+    """Settle a workflow run whose jobs are all done; the row lock makes one caller win.
+
+    completed: no job was dead-lettered; compensated: one was, and jobs started by events it
+    emitted (its compensation) ran; dead_lettered: one was, with nothing to undo it.
+    """
     sql = (
-        f"UPDATE {RUN_TABLE} SET status = CASE WHEN EXISTS (SELECT 1 FROM {TABLE} "
-        "WHERE correlation_id = %s AND status = 'dead') THEN 'failed' ELSE 'completed' END, "
+        f"UPDATE {RUN_TABLE} SET status = CASE "
+        f"WHEN NOT EXISTS (SELECT 1 FROM {TABLE} WHERE correlation_id = %s AND status = 'dead') "
+        "THEN 'completed' "
+        f"WHEN EXISTS (SELECT 1 FROM {TABLE} d JOIN {EVENT_TABLE} e ON e.causation_id = d.id "
+        f"JOIN {TABLE} c ON c.caused_by = e.id WHERE d.correlation_id = %s AND d.status = 'dead') "
+        "THEN 'compensated' ELSE 'dead_lettered' END, "
         "finished_at = %s, last_job_id = %s "
-        "WHERE correlation_id = %s AND status = 'running' AND NOT EXISTS (SELECT 1 FROM "
-        f"{TABLE} WHERE correlation_id = %s AND status IN ('queued', 'running'))"
+        "WHERE correlation_id = %s AND status IN ('running', 'compensating') AND NOT EXISTS "
+        f"(SELECT 1 FROM {TABLE} WHERE correlation_id = %s AND status IN ('queued', 'running'))"
     )
-    params = [correlation_id, dt(now), last_job_id, correlation_id, correlation_id]
+    params = [correlation_id, correlation_id, dt(now), last_job_id, correlation_id, correlation_id]
     with connection.cursor() as cursor:
         if supports_returning():
             cursor.execute(f"{sql} RETURNING status", params)

@@ -24,7 +24,7 @@ class Job(models.Model):
     attempts = models.PositiveIntegerField(default=0, help_text="attempts started so far")
     max_attempts = models.PositiveIntegerField()
     priority = models.PositiveSmallIntegerField(null=True, blank=True)
-    correlation_id = models.CharField(max_length=64, db_index=True)
+    correlation_id = models.CharField(max_length=64)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
     available_at = models.DateTimeField(help_text="when the next attempt may start")
     published_at = models.DateTimeField(
@@ -58,7 +58,12 @@ class Job(models.Model):
                 name="cw_job_unique_idempotency_key",
             ),
         ]
+        permissions = [
+            ("redrive_job", "Can re-drive dead-lettered jobs"),
+            ("discard_job", "Can discard dead-lettered jobs"),
+        ]
         indexes = [
+            models.Index(fields=["correlation_id", "created_at"], name="cw_job_workflow"),
             models.Index(
                 fields=["available_at"], condition=models.Q(status="queued"), name="cw_job_due"
             ),
@@ -107,19 +112,84 @@ class WorkflowRun(models.Model):
 
     class Status(models.TextChoices):
         RUNNING = "running"
+        COMPENSATING = "compensating"
         COMPLETED = "completed"
-        FAILED = "failed"
+        COMPENSATED = "compensated"
+        DEAD_LETTERED = "dead_lettered", "dead-lettered"
 
     correlation_id = models.CharField(primary_key=True, max_length=64)
-    name = models.CharField(max_length=201, help_text="what started it: an event or a queue")
+    name = models.CharField(max_length=201, help_text="the service that started it")
+    business_key = models.CharField(max_length=200, blank=True, default="", db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    started_by = models.CharField(
+        max_length=201, blank=True, default="", help_text="the event or queue that started it"
+    )
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     last_job_id = models.CharField(max_length=32, blank=True, default="")
 
     class Meta:
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["status", "-started_at"], name="cw_run_status")]
+        indexes = [
+            models.Index(fields=["status", "-started_at"], name="cw_run_status"),
+            models.Index(fields=["name", "-started_at"], name="cw_run_name"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} {self.correlation_id} ({self.status})"
+
+
+class State(models.Model):
+    """A state document shared by workflow steps; ``version`` counts its writes."""
+
+    key = models.CharField(primary_key=True, max_length=255)
+    value = models.JSONField(null=True)
+    version = models.PositiveIntegerField(default=1)
+    correlation_id = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text="workflow of the last write",
+    )
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return f"{self.key} (v{self.version})"
+
+
+class AuditEntry(models.Model):
+    """An operator's action on a workflow (redrive, discard, approval), kept with the run."""
+
+    correlation_id = models.CharField(max_length=64, db_index=True)
+    job_id = models.CharField(max_length=32, blank=True, default="")
+    action = models.CharField(max_length=32)
+    actor = models.CharField(max_length=150)
+    detail = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class DeadLetterManager(models.Manager["DeadLetter"]):
+    def get_queryset(self) -> models.QuerySet[DeadLetter]:
+        return super().get_queryset().filter(status="dead")
+
+
+class DeadLetter(Job):
+    """The dead-letter queues: jobs that gave up, for operators to inspect and re-drive."""
+
+    objects = DeadLetterManager()
+
+    class Meta:
+        proxy = True
+        verbose_name = "dead letter"
+        ordering = ["-finished_at"]

@@ -12,11 +12,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import F
 from django.db.models import Q as Where
 from django.utils import timezone
 
 from celery_workflows.errors import JobNotFoundError, NotDeadLetteredError
 from celery_workflows.events import Event
+from celery_workflows.states import StateValue
+from celery_workflows.status import WorkflowStatus
 from celery_workflows.store import (
     AttemptRecord,
     ClaimedJob,
@@ -30,7 +33,7 @@ from celery_workflows.store import (
 )
 
 from . import hotpath
-from .models import Job, WorkflowRun
+from .models import Job, State, WorkflowRun
 
 Q = JobStatus
 
@@ -43,7 +46,9 @@ class DjangoJobStore:
 
     def insert_job(self, job: NewJob) -> EnqueueResult:
         now = timezone.now()
-        run = hotpath.run_values(job.correlation_id, job.queue, now)
+        run = (
+            None if job.starts is None else hotpath.run_values(job.correlation_id, job.starts, now)
+        )
         if job.idempotency_key is None:
             hotpath.insert(_insert_values(job, now), run)
             return EnqueueResult(job.id, True)
@@ -158,10 +163,16 @@ class DjangoJobStore:
 
     def write_outbox(self, outbox: Outbox) -> list[NewJob]:
         with transaction.atomic():
-            now = timezone.now()
-            for event in outbox.events:
-                if event.causation_id is None:  # emitted from outside a job: may start a run
-                    self.start_workflow(event.correlation_id, event.name)
+            if outbox.starts is not None:
+                hotpath.insert_new(
+                    hotpath.RUN_TABLE,
+                    hotpath.RUN_COLUMNS,
+                    [
+                        hotpath.run_values(e.correlation_id, outbox.starts, timezone.now())
+                        for e in outbox.events
+                    ],
+                    key="correlation_id",
+                )
             hotpath.insert_new(
                 hotpath.EVENT_TABLE,
                 hotpath.EVENT_COLUMNS,
@@ -173,12 +184,42 @@ class DjangoJobStore:
             )
         return [j for j in outbox.jobs if j.id in created]
 
-    def start_workflow(self, correlation_id: str, name: str) -> None:
-        run = hotpath.run_values(correlation_id, name, timezone.now())
-        hotpath.insert_new(hotpath.RUN_TABLE, hotpath.RUN_COLUMNS, [run], key="correlation_id")
-
     def finish_workflow(self, correlation_id: str, last_job_id: str) -> str | None:
         return hotpath.finish_run(correlation_id, last_job_id, timezone.now())
+
+    def get_workflow(self, id_or_business_key: str) -> WorkflowStatus:
+        from .queries import find_run, workflow_status
+
+        return workflow_status(find_run(id_or_business_key))
+
+    def get_state(self, key: str) -> StateValue | None:
+        row = State.objects.filter(key=key).values_list("value", "version").first()
+        return None if row is None else StateValue(row[0], row[1])
+
+    def put_state(
+        self, key: str, value: Any, expected_version: int | None, correlation_id: str | None
+    ) -> int | None:
+        fields = {"value": value, "updated_at": timezone.now()}
+        if correlation_id:
+            fields["correlation_id"] = correlation_id
+        while True:
+            with transaction.atomic():
+                rows = State.objects.filter(key=key)
+                if expected_version is not None:
+                    rows = rows.filter(version=expected_version)
+                if expected_version != 0 and rows.update(version=F("version") + 1, **fields):
+                    # the UPDATE holds the row lock until commit: this read sees our version
+                    return State.objects.filter(key=key).values_list("version", flat=True).get()
+                if expected_version not in (None, 0):
+                    return None
+                try:
+                    with transaction.atomic():
+                        State.objects.create(key=key, version=1, **fields)
+                    return 1
+                except IntegrityError:
+                    if expected_version == 0:
+                        return None
+                    # another writer created it first: overwrite on the next pass
 
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
         import uuid

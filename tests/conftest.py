@@ -86,6 +86,17 @@ def session_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     )
 
 
+@pytest.fixture(scope="session")
+def shop_workers(start_worker: Callable[..., WorkerProcess]) -> tuple[WorkerProcess, WorkerProcess]:
+    """The ``shop`` service's workers: one for most queues, one of its own for backorders."""
+    from celery_workflows.celery_integration import EVENTS_QUEUE
+    from tests.proj.flows import MAIN_QUEUES
+
+    main = start_worker([*MAIN_QUEUES, EVENTS_QUEUE], concurrency=2, name="shop")
+    backorders = start_worker(["shop.notifyBackorder"], concurrency=1, name="backorders")
+    return main, backorders
+
+
 @pytest.fixture
 def recorder(redis_client: redis.Redis):  # type: ignore[no-untyped-def]
     from tests.proj.workflows import recorder

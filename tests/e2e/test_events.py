@@ -14,16 +14,9 @@ from celery_workflows.celery_integration import EVENTS_QUEUE, publish_event
 from celery_workflows.clock import utcnow
 from celery_workflows.testing import wait_for
 from tests.proj.celery_app import app
-from tests.proj.flows import MAIN_QUEUES, shop
+from tests.proj.flows import shop
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db")]
-
-
-@pytest.fixture(scope="module")
-def shop_workers(start_worker):
-    main = start_worker([*MAIN_QUEUES, EVENTS_QUEUE], concurrency=2, name="shop")
-    backorders = start_worker(["shop.notifyBackorder"], concurrency=1, name="backorders")
-    return main, backorders
 
 
 def jobs_of(correlation_id: str) -> dict[str, list]:

@@ -148,3 +148,15 @@ def slow(ctx: JobContext[Recorder], job: Job[Any]) -> str:
 def poison(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     ctx.resources.record(job)
     os.kill(os.getpid(), 9)
+
+
+@t.queue_worker("tally", "Two processes write one workflow's state documents at once")
+def tally(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    key = job.payload["key"]
+
+    def bump(count: Any) -> int:
+        time.sleep(0.02)  # widen the read-modify-write window so writers really collide
+        return (count or 0) + 1
+
+    ctx.states.update_state(f"count:{key}", bump)
+    ctx.states.merge_state(f"seen:{key}", {job.id: os.getpid()})

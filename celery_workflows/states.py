@@ -1,0 +1,116 @@
+"""The state store: small JSON documents that workflow steps share, with optimistic locking.
+
+``ctx.states`` in a handler (or :func:`states` anywhere) reads and writes them. Every write
+bumps the document's version. :meth:`States.update_state` and :meth:`States.merge_state` are
+compare-and-set loops, so two steps writing the same document concurrently never lose each
+other's changes; :meth:`States.set_state` overwrites (last writer wins) and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PayloadNotSerializableError, StateConflictError
+from .store import get_store
+
+#: compare-and-set retries before update_state gives up (only under pathological contention)
+MAX_UPDATE_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class StateValue:
+    value: Any
+    #: 1 after the first write, +1 per write
+    version: int
+
+
+class States:
+    """Access to the state store, attributed to one workflow (``correlation_id``)."""
+
+    def __init__(self, correlation_id: str | None = None) -> None:
+        self.correlation_id = correlation_id
+
+    def get(self, key: str) -> StateValue | None:
+        """The document and its version, or None if it was never written."""
+        return get_store().get_state(_check_key(key))
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        found = self.get(key)
+        return default if found is None else found.value
+
+    def set_state(self, key: str, value: Any) -> int:
+        """Overwrite the document (last writer wins); return its new version."""
+        version = get_store().put_state(
+            _check_key(key), _json(key, value), None, self.correlation_id
+        )
+        assert version is not None  # an unconditional write cannot lose
+        return version
+
+    def compare_and_set(self, key: str, value: Any, expected_version: int) -> int:
+        """Write only if the document is still at ``expected_version`` (0: does not exist yet).
+
+        Returns the new version; raises :class:`StateConflictError` if someone wrote first.
+        """
+        if expected_version < 0:
+            raise ValueError("expected_version must be >= 0")
+        version = get_store().put_state(
+            _check_key(key), _json(key, value), expected_version, self.correlation_id
+        )
+        if version is None:
+            raise StateConflictError(
+                f"state {key!r} changed since version {expected_version}; read it and try again"
+            )
+        return version
+
+    def update_state(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Any:
+        """Apply ``change(current)`` atomically (retrying on conflict); return the new value.
+
+        ``change`` may run more than once, so it must be a pure function of its argument.
+        """
+        for _ in range(MAX_UPDATE_ATTEMPTS):
+            found = self.get(key)
+            current, version = (default, 0) if found is None else (found.value, found.version)
+            new = change(current)
+            try:
+                self.compare_and_set(key, new, version)
+            except StateConflictError:
+                continue
+            return new
+        raise StateConflictError(
+            f"state {key!r}: gave up after {MAX_UPDATE_ATTEMPTS} conflicting writers"
+        )
+
+    def merge_state(self, key: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge ``patch`` into the (dict) document atomically; return the merged document."""
+
+        def merge(current: Any) -> dict[str, Any]:
+            if current is not None and not isinstance(current, dict):
+                raise TypeError(f"state {key!r} is not a JSON object; cannot merge into it")
+            return {**(current or {}), **patch}
+
+        result: dict[str, Any] = self.update_state(key, merge)
+        return result
+
+
+def states(correlation_id: str | None = None) -> States:
+    """The state store outside a handler (views, commands, tests)."""
+    return States(correlation_id)
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not 0 < len(key) <= 255:
+        raise ValueError(f"state key must be a string of 1-255 characters, got {key!r}")
+    return key
+
+
+def _json(key: str, value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PayloadNotSerializableError(
+            f"state {key!r}: value is not JSON-serialisable ({exc})"
+        ) from exc
+    return value

@@ -1,0 +1,354 @@
+"""The admin: workflow runs with their timeline and diagram, and the dead-letter queues.
+
+Built for operators and for large tables: list pages never COUNT(*) a whole table (estimates on
+PostgreSQL, per-status counts cached), related data is fetched in a fixed number of queries,
+and every action is a POST that checks its own permission and is recorded in the audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import connection
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+
+from celery_workflows import PayloadError, WorkflowError
+
+from . import diagram, operations
+from .models import AuditEntry, DeadLetter, Event, Job, State, WorkflowRun
+from .queries import current_step, history
+
+BADGE_COLOURS = {
+    "running": "#1565c0",
+    "compensating": "#ef6c00",
+    "completed": "#2e7d32",
+    "compensated": "#6a1b9a",
+    "dead_lettered": "#c62828",
+    "succeeded": "#2e7d32",
+    "dead": "#c62828",
+    "queued": "#6d6d6d",
+    "redriven": "#ef6c00",
+    "cancelled": "#6d6d6d",
+    "discarded": "#6d6d6d",
+}
+#: seconds the per-status counts on the run list are cached
+STATUS_COUNTS_TTL = 30
+
+
+def badge(status: str) -> str:
+    return format_html(
+        '<span class="cw-badge" data-status="{}" style="background:{};color:#fff;'
+        'padding:2px 8px;border-radius:10px;font-size:11px">{}</span>',
+        status,
+        BADGE_COLOURS.get(status, "#555"),
+        status.replace("_", " "),
+    )
+
+
+class EstimatedCountPaginator(Paginator):
+    """On PostgreSQL, an unfiltered list uses the planner's row estimate instead of COUNT(*)."""
+
+    @cached_property
+    def count(self) -> int:  # type: ignore[override]
+        qs = self.object_list
+        if connection.vendor == "postgresql" and isinstance(qs, QuerySet) and not qs.query.where:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                    [qs.model._meta.db_table],
+                )
+                row = cursor.fetchone()
+            if row and row[0] > 10_000:
+                return int(row[0])
+        return super().count
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """The ledger is written by workers and actions, never by editing rows in a form."""
+
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def short(value: str) -> str:
+    return value[:8]
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(ReadOnlyAdmin):
+    list_display = (
+        "run_id",
+        "name",
+        "business_key",
+        "status_badge",
+        "step",
+        "started_at",
+        "finished_at",
+    )
+    list_filter = ("status", "name", ("started_at", admin.DateFieldListFilter))
+    search_fields = ("=business_key", "=correlation_id")
+    list_per_page = 50
+    change_form_template = "admin/celery_workflows/workflowrun/change_form.html"
+    change_list_template = "admin/celery_workflows/workflowrun/change_list.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowRun]:
+        latest = Job.objects.filter(correlation_id=OuterRef("pk")).order_by("-created_at")
+        return (
+            super().get_queryset(request).annotate(latest_step=Subquery(latest.values("queue")[:1]))
+        )
+
+    @admin.display(description="run", ordering="correlation_id")
+    def run_id(self, run: WorkflowRun) -> str:
+        return short(run.correlation_id)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run: WorkflowRun) -> str:
+        return badge(run.status)
+
+    @admin.display(description="current / last step")
+    def step(self, run: WorkflowRun) -> str:
+        return getattr(run, "latest_step", "") or ""
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        counts = cache.get("celery_workflows:run_counts")
+        if counts is None:
+            counts = dict(
+                WorkflowRun.objects.order_by().values_list("status").annotate(n=Count("status"))
+            )
+            cache.set("celery_workflows:run_counts", counts, STATUS_COUNTS_TTL)
+        extra = {"status_counts": [(s, badge(s), counts.get(s, 0)) for s in WorkflowRun.Status]}
+        return super().changelist_view(request, {**(extra_context or {}), **extra})
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: Any = None,
+    ) -> HttpResponse:
+        run = get_object_or_404(WorkflowRun, pk=object_id)
+        entries = history(run.correlation_id)
+        step = current_step(entries)
+        last_status = {h.name: h.status for h in entries if h.kind == "job"}
+        extra = {
+            "run": run,
+            "status_badge": badge(run.status),
+            "current_step": step,
+            "entries": [
+                {
+                    "entry": h,
+                    "badge": badge(h.status) if h.kind == "job" else "",
+                    "attempts_json": json.dumps(h.attempts, indent=2),
+                    "payload_json": json.dumps(h.payload, indent=2),
+                    "result_json": json.dumps(h.result),
+                }
+                for h in entries
+            ],
+            "diagram": diagram.render(run.started_by, last_status, step),
+            "states": [
+                (key, json.dumps(value, indent=2))
+                for key, value in State.objects.filter(
+                    correlation_id=run.correlation_id
+                ).values_list("key", "value")
+            ],
+            "audit": AuditEntry.objects.filter(correlation_id=run.correlation_id)[:50],
+            "can_redrive": request.user.has_perm("celery_workflows.redrive_job"),
+        }
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
+
+
+class RedriveForm(forms.Form):
+    payload = forms.CharField(widget=forms.Textarea(attrs={"rows": 12, "cols": 80}))
+
+    def clean_payload(self) -> Any:
+        try:
+            return json.loads(self.cleaned_data["payload"])
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"not valid JSON: {exc}") from exc
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    list_display = ("job_id", "queue", "error_summary", "attempts", "finished_at", "run_link")
+    list_filter = ("queue",)
+    search_fields = ("=id", "=correlation_id")
+    actions = ("redrive_selected", "discard_selected")
+    change_form_template = "admin/celery_workflows/deadletter/change_form.html"
+    readonly_fields = (
+        "id",
+        "queue",
+        "correlation_id",
+        "dead_reason",
+        "attempts",
+        "max_attempts",
+        "created_at",
+        "finished_at",
+        "worker",
+        "payload_pretty",
+        "attempts_pretty",
+    )
+    fields = readonly_fields
+
+    def has_redrive_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("celery_workflows.redrive_job")
+
+    def has_discard_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("celery_workflows.discard_job")
+
+    @admin.display(description="job")
+    def job_id(self, job: Job) -> str:
+        return short(job.id)
+
+    @admin.display(description="error")
+    def error_summary(self, job: Job) -> str:
+        return (job.dead_reason[:117] + "...") if len(job.dead_reason) > 120 else job.dead_reason
+
+    @admin.display(description="workflow")
+    def run_link(self, job: Job) -> str:
+        url = reverse("admin:celery_workflows_workflowrun_change", args=[job.correlation_id])
+        return format_html('<a href="{}">{}</a>', url, short(job.correlation_id))
+
+    @admin.display(description="payload")
+    def payload_pretty(self, job: Job) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(job.payload, indent=2))
+
+    @admin.display(description="attempts")
+    def attempts_pretty(self, job: Job) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(job.attempt_log, indent=2))
+
+    @admin.action(description="Re-drive selected dead letters", permissions=["redrive"])
+    def redrive_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        done = [operations.redrive(job, request.user.get_username()) for job in queryset]
+        self.message_user(request, f"Re-drove {len(done)} dead letter(s).", messages.SUCCESS)
+
+    @admin.action(description="Discard selected dead letters", permissions=["discard"])
+    def discard_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        jobs = list(queryset)
+        for job in jobs:
+            operations.discard(job, request.user.get_username())
+        self.message_user(request, f"Discarded {len(jobs)} dead letter(s).", messages.SUCCESS)
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path(
+                "<str:object_id>/redrive/",
+                self.admin_site.admin_view(self.redrive_view),
+                name="celery_workflows_deadletter_redrive",
+            ),
+            path(
+                "<str:object_id>/discard/",
+                self.admin_site.admin_view(self.discard_view),
+                name="celery_workflows_deadletter_discard",
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: Any = None,
+    ) -> HttpResponse:
+        job = get_object_or_404(DeadLetter, pk=object_id)
+        extra = {
+            "can_redrive": self.has_redrive_permission(request),
+            "can_discard": self.has_discard_permission(request),
+            "redrive_form": RedriveForm(initial={"payload": json.dumps(job.payload, indent=2)}),
+        }
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
+
+    def redrive_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        if not self.has_redrive_permission(request):
+            raise PermissionDenied
+        job = get_object_or_404(DeadLetter, pk=object_id)
+        form = RedriveForm(request.POST)
+        back = reverse("admin:celery_workflows_deadletter_change", args=[job.id])
+        if not form.is_valid():
+            self.message_user(
+                request, f"Not re-driven: {form.errors['payload'][0]}", messages.ERROR
+            )
+            return HttpResponseRedirect(back)
+        payload = form.cleaned_data["payload"]
+        edited = payload != job.payload
+        try:
+            new_id = operations.redrive(
+                job,
+                request.user.get_username(),
+                payload if edited else operations.deadletter.KEEP_PAYLOAD,
+            )
+        except (PayloadError, WorkflowError) as exc:
+            self.message_user(request, f"Not re-driven: {exc}", messages.ERROR)
+            return HttpResponseRedirect(back)
+        note = " with the edited payload" if edited else ""
+        self.message_user(request, f"Re-drove as job {short(new_id)}{note}.", messages.SUCCESS)
+        return HttpResponseRedirect(
+            reverse("admin:celery_workflows_workflowrun_change", args=[job.correlation_id])
+        )
+
+    def discard_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        if not self.has_discard_permission(request):
+            raise PermissionDenied
+        job = get_object_or_404(DeadLetter, pk=object_id)
+        operations.discard(job, request.user.get_username())
+        self.message_user(request, f"Discarded dead letter {short(job.id)}.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:celery_workflows_deadletter_changelist"))
+
+
+@admin.register(Job)
+class JobAdmin(ReadOnlyAdmin):
+    list_display = ("job_id", "queue", "status_badge", "attempts", "created_at", "finished_at")
+    list_filter = ("status", "queue")
+    search_fields = ("=id", "=correlation_id")
+
+    @admin.display(description="job")
+    def job_id(self, job: Job) -> str:
+        return short(job.id)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, job: Job) -> str:
+        return badge(job.status)
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ("name", "source", "correlation_id", "emitted_at")
+    list_filter = ("name",)
+    search_fields = ("=id", "=correlation_id")
+
+
+@admin.register(State)
+class StateAdmin(ReadOnlyAdmin):
+    list_display = ("key", "version", "correlation_id", "updated_at")
+    search_fields = ("key", "=correlation_id")
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    list_display = ("at", "action", "actor", "correlation_id", "job_id")
+    list_filter = ("action",)
+    search_fields = ("=correlation_id", "=job_id", "actor")

@@ -1,0 +1,127 @@
+"""``manage.py workflows <status|dlq|redrive|discard|prune|sweep>``."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from celery_workflows import WorkflowError, get_workflow, list_dead_letters, sweep_once
+from django_app import operations
+from django_app.models import Event, Job, State, WorkflowRun
+
+#: runs deleted per transaction by ``prune``, so a big prune never holds long locks
+PRUNE_BATCH = 500
+
+
+class Command(BaseCommand):
+    help = "Inspect and operate workflows: status, dead letters, redrive, prune, sweep."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        status = sub.add_parser("status", help="a workflow's status and history")
+        status.add_argument("id", help="correlation id or business key")
+        status.add_argument("--json", action="store_true", help="print JSON")
+        dlq = sub.add_parser("dlq", help="list dead letters")
+        dlq.add_argument("--queue", help="service.queue")
+        dlq.add_argument("--limit", type=int, default=50)
+        redrive = sub.add_parser("redrive", help="re-drive a dead letter")
+        redrive.add_argument("job_id")
+        redrive.add_argument("--payload", help="replacement payload as JSON")
+        discard = sub.add_parser("discard", help="discard a dead letter")
+        discard.add_argument("job_id")
+        prune = sub.add_parser("prune", help="delete finished runs older than N days")
+        prune.add_argument("--days", type=int, required=True)
+        prune.add_argument("--batch-size", type=int, default=PRUNE_BATCH)
+        sweep = sub.add_parser("sweep", help="settle expired leases and publish due jobs")
+        sweep.add_argument("--loop", action="store_true", help="keep sweeping every second")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            getattr(self, f"do_{options['action']}")(options)
+        except WorkflowError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def do_status(self, options: dict[str, Any]) -> None:
+        status = get_workflow(options["id"])
+        if options["json"]:
+            self.stdout.write(json.dumps(status.to_json(), indent=2))
+            return
+        w = self.stdout.write
+        w(f"workflow   {status.name} {status.correlation_id}")
+        w(f"status     {status.status}")
+        w(f"key        {status.business_key or '-'}")
+        w(f"step       {status.current_step or '-'}")
+        w(f"started    {status.started_at:%Y-%m-%d %H:%M:%S} by {status.started_by}")
+        w(
+            f"finished   {status.finished_at:%Y-%m-%d %H:%M:%S}"
+            if status.finished_at
+            else "finished   -"
+        )
+        w("history")
+        for h in status.history:
+            if h.kind == "event":
+                w(f"  {h.at:%H:%M:%S.%f}  event  {h.name} (from {h.status})")
+                continue
+            outcomes = ", ".join(f"#{a['attempt']} {a['outcome']}" for a in h.attempts)
+            w(f"  {h.at:%H:%M:%S.%f}  job    {h.name} {h.status} [{outcomes}]")
+            if h.error:
+                w(f"                          {h.error}")
+        for key, value in status.states.items():
+            w(f"state {key} = {json.dumps(value)}")
+
+    def do_dlq(self, options: dict[str, Any]) -> None:
+        for job in list_dead_letters(options["queue"], options["limit"]):
+            self.stdout.write(
+                f"{job.id}  {job.queue}  {job.attempts} attempt(s)  {job.dead_reason}"
+            )
+
+    def _dead(self, job_id: str) -> Job:
+        try:
+            return Job.objects.get(id=job_id)
+        except Job.DoesNotExist:
+            raise CommandError(f"no job {job_id}") from None
+
+    def do_redrive(self, options: dict[str, Any]) -> None:
+        job = self._dead(options["job_id"])
+        payload = operations.deadletter.KEEP_PAYLOAD
+        if options["payload"] is not None:
+            try:
+                payload = json.loads(options["payload"])
+            except json.JSONDecodeError as exc:
+                raise CommandError(f"--payload is not valid JSON: {exc}") from exc
+        new_id = operations.redrive(job, "manage.py", payload)
+        self.stdout.write(f"re-driven as job {new_id}")
+
+    def do_discard(self, options: dict[str, Any]) -> None:
+        operations.discard(self._dead(options["job_id"]), "manage.py")
+        self.stdout.write("discarded")
+
+    def do_prune(self, options: dict[str, Any]) -> None:
+        cutoff = timezone.now() - timedelta(days=options["days"])
+        finished = WorkflowRun.objects.exclude(
+            status__in=[WorkflowRun.Status.RUNNING, WorkflowRun.Status.COMPENSATING]
+        ).filter(finished_at__lt=cutoff)
+        total = 0
+        while True:
+            batch = list(finished.values_list("correlation_id", flat=True)[: options["batch_size"]])
+            if not batch:
+                break
+            Job.objects.filter(correlation_id__in=batch).delete()
+            Event.objects.filter(correlation_id__in=batch).delete()
+            State.objects.filter(correlation_id__in=batch).delete()
+            WorkflowRun.objects.filter(correlation_id__in=batch).delete()
+            total += len(batch)
+        self.stdout.write(f"pruned {total} finished run(s) older than {options['days']} day(s)")
+
+    def do_sweep(self, options: dict[str, Any]) -> None:
+        while True:
+            report = sweep_once()
+            self.stdout.write(f"expired {report.expired}, published {report.published}")
+            if not options["loop"]:
+                return
+            time.sleep(1)

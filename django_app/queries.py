@@ -1,0 +1,83 @@
+"""Read models over the ledger: a workflow's status and history, in a fixed number of queries."""
+
+from __future__ import annotations
+
+from django.db.models import Q
+
+from celery_workflows.errors import WorkflowNotFoundError
+from celery_workflows.status import HistoryEntry, WorkflowStatus
+
+from .models import Event, Job, State, WorkflowRun
+
+
+def find_run(id_or_business_key: str) -> WorkflowRun:
+    run = (
+        WorkflowRun.objects.filter(
+            Q(correlation_id=id_or_business_key) | Q(business_key=id_or_business_key)
+        )
+        .order_by("-started_at")
+        .first()
+    )
+    if run is None:
+        raise WorkflowNotFoundError(
+            f"no workflow run has correlation id or business key {id_or_business_key!r}"
+        )
+    return run
+
+
+def history(correlation_id: str) -> list[HistoryEntry]:
+    """Jobs and events of one workflow, oldest first (two indexed queries)."""
+    entries = [
+        HistoryEntry(
+            kind="job",
+            at=j.created_at,
+            name=j.queue,
+            id=j.id,
+            status=j.status,
+            attempts=list(j.attempt_log or []),
+            payload=j.payload,
+            result=j.result,
+            error=j.dead_reason,
+            caused_by=j.caused_by,
+        )
+        for j in Job.objects.filter(correlation_id=correlation_id).order_by("created_at")
+    ]
+    entries += [
+        HistoryEntry(
+            kind="event",
+            at=e.emitted_at,
+            name=e.name,
+            id=e.id,
+            status=e.source,
+            payload=e.payload,
+            caused_by=e.causation_id,
+        )
+        for e in Event.objects.filter(correlation_id=correlation_id).order_by("emitted_at")
+    ]
+    return sorted(entries, key=lambda h: (h.at, h.kind == "job"))
+
+
+def current_step(entries: list[HistoryEntry]) -> str:
+    jobs = [h for h in entries if h.kind == "job"]
+    active = [h for h in jobs if h.status in ("queued", "running")]
+    if active:
+        return active[-1].name
+    return jobs[-1].name if jobs else ""
+
+
+def workflow_status(run: WorkflowRun) -> WorkflowStatus:
+    entries = history(run.correlation_id)
+    return WorkflowStatus(
+        correlation_id=run.correlation_id,
+        name=run.name,
+        business_key=run.business_key,
+        status=run.status,
+        current_step=current_step(entries),
+        started_by=run.started_by,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        history=entries,
+        states=dict(
+            State.objects.filter(correlation_id=run.correlation_id).values_list("key", "value")
+        ),
+    )

@@ -1,0 +1,59 @@
+"""The state store: concurrent writers from two worker processes lose nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from celery_workflows import PayloadNotSerializableError, StateConflictError, states
+from celery_workflows.testing import wait_for
+from tests.proj.workflows import t
+
+pytestmark = pytest.mark.usefixtures("transactional_db")
+
+
+@pytest.mark.worker
+@pytest.mark.usefixtures("session_worker")
+def test_concurrent_updates_from_two_worker_processes_lose_nothing():
+    key = uuid.uuid4().hex
+    jobs = [t.enqueue("tally", {"key": key}, correlation_id=key).job_id for _ in range(20)]
+    store = states(key)
+    wait_for(lambda: store.get_state(f"count:{key}") == 20, timeout=30,
+             message=f"count is {store.get_state(f'count:{key}')}")
+    seen = store.get_state(f"seen:{key}")
+    assert sorted(seen) == sorted(jobs)
+    assert len(set(seen.values())) == 2  # both prefork processes wrote
+    assert store.get(f"count:{key}").version == 20
+
+
+def test_set_and_get_round_trip_with_versions():
+    s = states("wf-1")
+    assert s.get_state("order:o-1") is None
+    assert s.set_state("order:o-1", {"step": "paid"}) == 1
+    assert s.set_state("order:o-1", {"step": "shipped"}) == 2
+    assert s.get_state("order:o-1") == {"step": "shipped"}
+
+
+def test_compare_and_set_refuses_a_stale_version():
+    s = states("wf-2")
+    s.set_state("doc", {"a": 1})
+    assert s.compare_and_set("doc", {"a": 2}, expected_version=1) == 2
+    with pytest.raises(StateConflictError, match="changed since version 1"):
+        s.compare_and_set("doc", {"a": 3}, expected_version=1)
+    with pytest.raises(StateConflictError):
+        s.compare_and_set("doc", {"a": 3}, expected_version=0)  # 0 means "must not exist"
+    assert s.get_state("doc") == {"a": 2}
+
+
+def test_merge_state_keeps_other_keys():
+    s = states("wf-3")
+    s.merge_state("doc", {"a": 1})
+    assert s.merge_state("doc", {"b": 2}) == {"a": 1, "b": 2}
+
+
+def test_non_json_value_is_refused_and_nothing_is_written():
+    s = states("wf-4")
+    with pytest.raises(PayloadNotSerializableError, match="'doc'"):
+        s.set_state("doc", {"when": object()})
+    assert s.get("doc") is None
