@@ -5,9 +5,9 @@
   any number of times starts each subscription's job once;
 - a start-up check of the workflow graph: a worker refuses to start if a subscription targets
   a queue no service declares;
-- a worker bootstep that runs the :class:`~celery_workflows.sweeper.Sweeper` in every
-  ``celery worker`` (settings ``workflows_sweep_interval`` and ``workflows_republish_after``,
-  in seconds, on the Celery app's config);
+- a consumer bootstep that runs the :mod:`~celery_workflows.sweeper` on the worker's timer in
+  every ``celery worker`` (settings ``workflows_sweep_interval`` and
+  ``workflows_republish_after``, in seconds, on the Celery app's config);
 - handlers for Celery's ``task_unknown`` / ``task_rejected`` signals, so a message that names
   no registered task or cannot be read, arriving on one of our queues, is dead-lettered with
   the reason instead of being dropped.
@@ -25,7 +25,7 @@ from . import graph, registry
 from .errors import PayloadError
 from .events import Event, event_payload, write_and_publish
 from .store import RunStart, get_store
-from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, Sweeper
+from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, safe_sweep
 
 #: the queue external event envelopes arrive on; add it to a worker's ``-Q``
 EVENTS_QUEUE = "celery_workflows.events"
@@ -34,32 +34,47 @@ DELIVER_EVENT_TASK = "celery_workflows.deliver_event"
 _installed: set[int] = set()
 
 
+class GraphCheck(bootsteps.StartStopStep):
+    """Refuse to start a worker whose workflow graph is broken, naming the problem."""
+
+    def start(self, parent: Any) -> None:
+        graph.validate()
+
+
 class SweeperStep(bootsteps.StartStopStep):
-    """Start the sweeper thread with the worker and stop it on shutdown."""
+    """Run the sweeper on the consumer's timer while the worker consumes."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         conf = parent.app.conf
-        self.sweeper = Sweeper(
-            interval=float(conf.get("workflows_sweep_interval") or DEFAULT_INTERVAL_SECONDS),
-            republish_after=float(
-                conf.get("workflows_republish_after") or DEFAULT_REPUBLISH_AFTER_SECONDS
-            ),
+        self.interval = float(conf.get("workflows_sweep_interval") or DEFAULT_INTERVAL_SECONDS)
+        self.republish_after = float(
+            conf.get("workflows_republish_after") or DEFAULT_REPUBLISH_AFTER_SECONDS
         )
+        self.tref: Any = None
 
     def start(self, parent: Any) -> None:
-        graph.validate()
-        self.sweeper.start()
+        self.tref = parent.timer.call_repeatedly(self.interval, self.sweep)
+
+    def sweep(self) -> None:
+        safe_sweep(self.republish_after)
 
     def stop(self, parent: Any) -> None:
-        self.sweeper.stop()
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    shutdown = stop
 
 
 def install(app: Celery) -> None:
     if id(app) in _installed:
         return
     _installed.add(id(app))
-    app.steps["worker"].add(SweeperStep)
+    app.steps["worker"].add(GraphCheck)
+    app.steps["consumer"].add(SweeperStep)
     app.task(name=DELIVER_EVENT_TASK, ignore_result=True, typing=False, shared=False)(
         _deliver_event
     )

@@ -123,6 +123,8 @@ class EnqueueResult:
     job_id: str
     #: False when an existing job with the same idempotency key was returned instead
     created: bool
+    #: the workflow the job belongs to
+    correlation_id: str
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,16 @@ It is what makes the ledger, not the broker, the source of truth. Each pass:
 2. publishes jobs that are due but have no live notice in the broker: delayed jobs whose time
    has come, and jobs whose notice was lost (publish failed after commit, broker lost it).
 
-Every write is conditional, so any number of sweepers (one per worker process) may run at once.
-Celery workers run one automatically (see :mod:`celery_workflows.celery_integration`); other
-deployments can call :func:`sweep_once` or ``manage.py workflows sweep``.
+Every write is conditional, so any number of sweepers (one per worker) may run at once. Celery
+workers run it on their consumer's timer, in the main thread (see
+:mod:`celery_workflows.celery_integration`) - never in a thread of its own, because prefork
+children forked while another thread holds a lock (logging, the database driver) deadlock.
+Other deployments can call :func:`sweep_once` or ``manage.py workflows sweep``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -118,34 +119,9 @@ def _settle(lease: ExpiredLease) -> bool:
     return True
 
 
-class Sweeper:
-    """Runs :func:`sweep_once` every ``interval`` seconds in a daemon thread."""
-
-    def __init__(
-        self,
-        interval: float = DEFAULT_INTERVAL_SECONDS,
-        republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS,
-    ) -> None:
-        self.interval = interval
-        self.republish_after = republish_after
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._loop, name="celery-workflows-sweeper", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sweep_once(self.republish_after)
-            except Exception:  # a DB or broker outage must not kill the thread; log and go on
-                logger.exception("sweeper pass failed; retrying in %ss", self.interval)
-            self._stop.wait(self.interval)
+def safe_sweep(republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS) -> None:
+    """One pass that never raises: a DB or broker outage is logged and retried next time."""
+    try:
+        sweep_once(republish_after)
+    except Exception:
+        logger.exception("sweeper pass failed; it runs again at the next interval")

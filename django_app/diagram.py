@@ -13,7 +13,9 @@ from html import escape
 
 from celery_workflows import graph
 
-BOX_W, BOX_H, COL_W, ROW_H, PAD = 190, 40, 260, 70, 20
+BOX_W, BOX_H, COL_W, ROW_H, PAD = 190, 40, 330, 70, 20
+#: characters of a queue name that fit in a box; the full name is in its tooltip
+LABEL_CHARS = 26
 COLOURS = {
     "succeeded": "#2e7d32",
     "dead": "#c62828",
@@ -95,7 +97,7 @@ def render(start: str, job_status: dict[str, str], current: str) -> str:
             f'stroke="{stroke}" stroke-width="{2 if taken else 1}" marker-end="url(#cw-arrow)"/>'
         )
         parts.append(
-            f'<text x="{(x1 + BOX_W + x2) // 2}" y="{(y1 + y2) // 2 + BOX_H // 2 - 4}" '
+            f'<text x="{(x1 + BOX_W + x2) // 2}" y="{(y1 + y2) // 2 + BOX_H // 2 - 6}" '
             f'font-size="10" text-anchor="middle" fill="#555">{escape(e.event)}</text>'
         )
     for node in places:
@@ -104,9 +106,11 @@ def render(start: str, job_status: dict[str, str], current: str) -> str:
         fill = COLOURS.get(status or "", "#ffffff")
         text = "#ffffff" if status else "#333333"
         outline = ' stroke="#ffb300" stroke-width="4"' if node == current else ' stroke="#999"'
-        label = node.split(".", 1)[-1]
+        name = node.split(".", 1)[-1]
+        label = name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "\u2026"
         parts.append(
             f'<g class="cw-node" data-queue="{escape(node)}" data-status="{escape(status or "")}">'
+            f"<title>{escape(node)}{' - ' + escape(status) if status else ''}</title>"
             f'<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="6" '
             f'fill="{fill}"{outline}/>'
             f'<text x="{x + BOX_W // 2}" y="{y + 25}" font-size="12" text-anchor="middle" '

@@ -51,20 +51,20 @@ class DjangoJobStore:
         )
         if job.idempotency_key is None:
             hotpath.insert(_insert_values(job, now), run)
-            return EnqueueResult(job.id, True)
+            return EnqueueResult(job.id, True, job.correlation_id)
         try:
             with transaction.atomic():
                 hotpath.insert(_insert_values(job, now), run)
         except IntegrityError:
             existing = (
                 Job.objects.filter(queue=job.queue, idempotency_key=job.idempotency_key)
-                .values_list("id", flat=True)
+                .values_list("id", "correlation_id")
                 .first()
             )
             if existing is None:
                 raise
-            return EnqueueResult(existing, False)
-        return EnqueueResult(job.id, True)
+            return EnqueueResult(existing[0], False, existing[1])
+        return EnqueueResult(job.id, True, job.correlation_id)
 
     def mark_redriven(self, job_id: str, new_job: NewJob) -> EnqueueResult:
         with transaction.atomic():
@@ -75,7 +75,7 @@ class DjangoJobStore:
                 status=WorkflowRun.Status.RUNNING, finished_at=None
             )
             hotpath.insert(_insert_values(new_job, timezone.now()))
-        return EnqueueResult(new_job.id, True)
+        return EnqueueResult(new_job.id, True, new_job.correlation_id)
 
     # -- attempts ---------------------------------------------------------------------------
 

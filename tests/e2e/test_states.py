@@ -19,8 +19,11 @@ def test_concurrent_updates_from_two_worker_processes_lose_nothing():
     key = uuid.uuid4().hex
     jobs = [t.enqueue("tally", {"key": key}, correlation_id=key).job_id for _ in range(20)]
     store = states(key)
-    wait_for(lambda: store.get_state(f"count:{key}") == 20, timeout=30,
-             message=f"count is {store.get_state(f'count:{key}')}")
+    wait_for(
+        lambda: store.get_state(f"count:{key}") == 20,
+        timeout=30,
+        message=f"count is {store.get_state(f'count:{key}')}",
+    )
     seen = store.get_state(f"seen:{key}")
     assert sorted(seen) == sorted(jobs)
     assert len(set(seen.values())) == 2  # both prefork processes wrote

@@ -20,7 +20,7 @@ from celery_workflows.signals import workflow_finished
 from tests.proj.celery_app import app
 from tests.proj.recorder import FAST_RETRY, Recorder, recorder
 
-shop = WorkflowService("shop", app, resources=recorder)
+shop = WorkflowService("shop", app, resources=recorder, business_key="orderId")
 
 
 class OrderPlaced(BaseModel):
