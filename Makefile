@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 SQLITE_TEST_DB ?= /tmp/celery-workflows-test.sqlite3
 
-.PHONY: demo test test-postgres test-sqlite lint bench clean
+.PHONY: demo test test-postgres test-sqlite lint bench bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+
+# the admin on 1M runs / 5M jobs (generates them once in the cw_bench database)
+bench-admin: $(VENV)/.installed
+	$(PY) bench/admin_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tox

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.utils.dateparse import parse_datetime
 
 from celery_workflows.store import RunStart
@@ -168,6 +168,55 @@ def claim(
     fields["attempt_log"] = from_json(fields["attempt_log"]) or []
     fields["created_at"] = from_dt(fields["created_at"])
     return fields
+
+
+def _cast_row(model: type[models.Model], columns: list[str]) -> str:
+    """``(CAST(%s AS type), ...)``: VALUES rows in an INSERT ... SELECT lose column types."""
+    types = {f.column: f.db_type(connection) for f in model._meta.concrete_fields}
+    return "(" + ", ".join(f"CAST(%s AS {types[c]})" for c in columns) + ")"
+
+
+def fenced_update_with_outbox(
+    job_id: str,
+    lease_token: str,
+    now: datetime,
+    changes: dict[str, Any],
+    events: list[dict[str, Any]],
+    jobs: list[dict[str, Any]],
+) -> set[str] | None:
+    """PostgreSQL: the fenced outcome, its events and the jobs they start in ONE statement.
+
+    The inserts select from the UPDATE's result, so a fenced (zombie) attempt writes nothing.
+    Returns the ids of the jobs created (duplicates skipped), or None when fenced.
+    """
+    assignments = ", ".join(f"{column} = %s" for column in changes)
+    params: list[Any] = [*changes.values(), job_id, lease_token, dt(now)]
+    parts = [
+        f"WITH done AS (UPDATE {TABLE} SET {assignments} WHERE id = %s AND status = 'running' "
+        "AND lease_token = %s AND lease_expires_at > %s RETURNING 1)"
+    ]
+    if events:
+        row = _cast_row(Event, EVENT_COLUMNS)
+        parts.append(
+            f", ev AS (INSERT INTO {EVENT_TABLE} ({', '.join(EVENT_COLUMNS)}) SELECT * FROM "
+            f"(VALUES {', '.join([row] * len(events))}) v WHERE EXISTS (SELECT 1 FROM done) "
+            "ON CONFLICT DO NOTHING)"
+        )
+        params += [e[c] for e in events for c in EVENT_COLUMNS]
+    if jobs:
+        row = _cast_row(Job, COLUMNS)
+        parts.append(
+            f", jb AS (INSERT INTO {TABLE} ({', '.join(COLUMNS)}) SELECT * FROM "
+            f"(VALUES {', '.join([row] * len(jobs))}) v WHERE EXISTS (SELECT 1 FROM done) "
+            "ON CONFLICT DO NOTHING RETURNING id)"
+        )
+        params += [j[c] for j in jobs for c in COLUMNS]
+    created = "(SELECT array_agg(id) FROM jb)" if jobs else "NULL"
+    parts.append(f" SELECT (SELECT count(*) FROM done), {created}")
+    with connection.cursor() as cursor:
+        cursor.execute("".join(parts), params)
+        won, ids = cursor.fetchone()
+    return set(ids or ()) if won else None
 
 
 def fenced_update(job_id: str, lease_token: str, now: datetime, changes: dict[str, Any]) -> bool:

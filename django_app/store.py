@@ -156,13 +156,23 @@ class DjangoJobStore:
         now = timezone.now()
         if not outbox:
             return [] if hotpath.fenced_update(job.id, job.lease_token, now, changes) else None
+        if hotpath.connection.vendor == "postgresql" and outbox.starts is None:
+            created = hotpath.fenced_update_with_outbox(
+                job.id,
+                job.lease_token,
+                now,
+                changes,
+                [_event_values(e) for e in outbox.events],
+                [_insert_values(j, now) for j in outbox.jobs],
+            )
+            return None if created is None else [j for j in outbox.jobs if j.id in created]
         with transaction.atomic():
             if not hotpath.fenced_update(job.id, job.lease_token, now, changes):
                 return None
             return self.write_outbox(outbox)
 
     def write_outbox(self, outbox: Outbox) -> list[NewJob]:
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             if outbox.starts is not None:
                 hotpath.insert_new(
                     hotpath.RUN_TABLE,

@@ -8,16 +8,16 @@ import pytest
 
 from celery_workflows import PayloadNotSerializableError, StateConflictError, states
 from celery_workflows.testing import wait_for
-from tests.proj.workflows import t
+from tests.proj.workflows import states_svc
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
 
 @pytest.mark.worker
-@pytest.mark.usefixtures("session_worker")
-def test_concurrent_updates_from_two_worker_processes_lose_nothing():
+def test_concurrent_updates_from_two_worker_processes_lose_nothing(start_worker):
+    start_worker(["st.tally"], concurrency=2, name="states")
     key = uuid.uuid4().hex
-    jobs = [t.enqueue("tally", {"key": key}, correlation_id=key).job_id for _ in range(20)]
+    jobs = [states_svc.enqueue("tally", {"key": key}, correlation_id=key).job_id for _ in range(20)]
     store = states(key)
     wait_for(
         lambda: store.get_state(f"count:{key}") == 20,

@@ -150,7 +150,11 @@ def poison(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     os.kill(os.getpid(), 9)
 
 
-@t.queue_worker("tally", "Two processes write one workflow's state documents at once")
+#: consumed only by the state test's own two-process worker
+states_svc = WorkflowService("st", app, resources=recorder)
+
+
+@states_svc.queue_worker("tally", "Two processes write one workflow's state documents at once")
 def tally(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     key = job.payload["key"]
 
