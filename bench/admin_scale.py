@@ -21,8 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["DJANGO_SETTINGS_MODULE"] = "bench.admin_settings"
 
-QUEUES = ["validateInventory", "processPayment", "createShipment", "sendConfirmation",
-          "notifyBackorder"]
+QUEUES = [
+    "validateInventory",
+    "processPayment",
+    "createShipment",
+    "sendConfirmation",
+    "notifyBackorder",
+]
 BUDGET_MS = 300
 
 
@@ -46,10 +51,10 @@ def generate(runs: int) -> None:
             (correlation_id, name, business_key, started_by, status, started_at, finished_at,
              last_job_id)
             SELECT md5('run' || g), 'order', 'o-' || g, 'orderPlaced',
-              CASE WHEN g % 100 = 0 THEN 'running' WHEN g % 50 = 1 THEN 'dead_lettered'
+              CASE WHEN g %% 100 = 0 THEN 'running' WHEN g %% 50 = 1 THEN 'dead_lettered'
                    ELSE 'completed' END,
               now() - make_interval(secs => g * 2),
-              CASE WHEN g % 100 = 0 THEN NULL ELSE now() - make_interval(secs => g * 2 - 1) END,
+              CASE WHEN g %% 100 = 0 THEN NULL ELSE now() - make_interval(secs => g * 2 - 1) END,
               ''
             FROM generate_series(1, %s) g""",
             [runs],
@@ -61,21 +66,21 @@ def generate(runs: int) -> None:
              lease_expires_at, worker, started_at, finished_at, cancel_requested, dead_reason,
              attempt_log, caused_by, trace_id, redriven_from_id, created_at)
             SELECT md5('job' || j), 'order', ({queues})[s + 1],
-              CASE WHEN r % 50 = 1 AND s = 1 THEN 'dead'
-                   WHEN r % 100 = 0 AND s = 4 THEN 'queued' ELSE 'succeeded' END,
+              CASE WHEN r %% 50 = 1 AND s = 1 THEN 'dead'
+                   WHEN r %% 100 = 0 AND s = 4 THEN 'queued' ELSE 'succeeded' END,
               jsonb_build_object('orderId', 'o-' || r, 'items', jsonb_build_array(
                 jsonb_build_object('sku', 'book', 'qty', 1))),
               NULL, 1, 5, NULL, md5('run' || r), NULL, t, t, NULL, NULL, 'bench:1', t,
               t + interval '3 milliseconds', false,
-              CASE WHEN r % 50 = 1 AND s = 1 THEN 'non-retryable CardDeclined: card declined'
+              CASE WHEN r %% 50 = 1 AND s = 1 THEN 'non-retryable CardDeclined: card declined'
                    ELSE '' END,
               jsonb_build_array(jsonb_build_object('attempt', 1, 'outcome', 'succeeded',
                 'worker', 'bench:1', 'duration_ms', 3, 'error', '', 'traceback', '',
                 'started_at', t, 'finished_at', t)),
               NULL, '', NULL, t
-            FROM (SELECT j, (j - 1) / 5 + 1 AS r, (j - 1) % 5 AS s,
+            FROM (SELECT j, (j - 1) / 5 + 1 AS r, (j - 1) %% 5 AS s,
                          now() - make_interval(secs => ((j - 1) / 5 + 1) * 2)
-                           + make_interval(secs => ((j - 1) % 5) * 0.01) AS t
+                           + make_interval(secs => ((j - 1) %% 5) * 0.01) AS t
                   FROM generate_series(1, %s) j) x""",
             [runs * 5],
         )
@@ -109,7 +114,7 @@ def main() -> None:
 
     from bench.run import ensure_database
 
-    ensure_database()
+    ensure_database("cw_bench_admin")
     import django
     from django.core.management import call_command
 

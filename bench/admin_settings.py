@@ -1,6 +1,20 @@
 """Settings for the admin-at-scale benchmark: the benchmark database plus Django's admin."""
 
+import os
+
+import dj_database_url
+
 from bench.settings import *  # noqa: F403
+
+# its own database: the throughput bench empties the job table between rounds
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get(
+            "BENCH_ADMIN_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/cw_bench_admin"
+        ),
+        conn_max_age=600,
+    )
+}
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -22,12 +22,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
 
-def ensure_database() -> None:
+def ensure_database(name: str = "cw_bench") -> None:
     import psycopg
 
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
-        if not c.execute("select 1 from pg_database where datname = 'cw_bench'").fetchone():
-            c.execute("create database cw_bench")
+        if not c.execute("select 1 from pg_database where datname = %s", [name]).fetchone():
+            c.execute(f'create database "{name}"')
 
 
 def setup() -> None:

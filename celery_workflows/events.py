@@ -10,18 +10,16 @@ The jobs' notices are published only after that commit, so a rolled-back step an
 from __future__ import annotations
 
 import dataclasses
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from . import registry, signals
 from .clock import utcnow
-from .errors import ConfigurationError, PayloadNotSerializableError, PayloadValidationError
+from .errors import ConfigurationError
+from .payloads import to_json, validated
 from .store import NewJob, Outbox, RunStart, get_store
 
 
@@ -99,25 +97,13 @@ def new_event(
 
 
 def event_payload(name: str, payload: Any) -> Any:
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump(mode="json", by_alias=True)
-    try:
-        json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise PayloadNotSerializableError(
-            f"event {name!r}: payload is not JSON-serialisable ({exc})"
-        ) from exc
+    """The JSON form of an event's payload; validated (defaults filled in) if it has a schema,
+    so subscribers' ``map``/``when`` see the validated form."""
+    body = to_json(f"event {name!r}", payload)
     schema = registry.event_schemas().get(name)
     if schema is None:
-        return payload
-    try:
-        model = schema.model_validate(payload)
-    except ValidationError as exc:
-        raise PayloadValidationError(
-            f"event {name!r}: payload does not match {schema.__name__}: {exc}"
-        ) from exc
-    # subscribers' map/when see the validated form, defaults filled in
-    return model.model_dump(mode="json", by_alias=True)
+        return body
+    return validated(f"event {name!r}", schema, body).model_dump(mode="json", by_alias=True)
 
 
 def plan(events: list[Event]) -> Outbox:

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from celery import Celery
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from . import registry, signals
 from .clock import utcnow
 from .context import Job, JobContext
 from .errors import (
     ConfigurationError,
-    PayloadNotSerializableError,
-    PayloadValidationError,
 )
 from .events import Event, new_event, write_and_publish
 from .lifecycle import Lifecycle
+from .payloads import to_json, validated
 from .store import Dispatch, EnqueueResult, NewJob, RunStart, get_store
 from .subscriptions import Subscription
 from .worker import PUBLISH_HORIZON_SECONDS, Handler, QueueWorker
@@ -311,24 +309,11 @@ def emit(
 
 def validate_payload(worker: QueueWorker, payload: Any) -> Any:
     """Return the JSON form of ``payload`` or raise naming the queue and the problem."""
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump(mode="json", by_alias=True)
-    try:
-        json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise PayloadNotSerializableError(
-            f"queue {worker.qualified_name}: payload is not JSON-serialisable ({exc}); "
-            "pass plain dicts/lists/str/numbers or a pydantic model"
-        ) from exc
+    what = f"queue {worker.qualified_name}"
+    body = to_json(what, payload)
     if worker.payload_schema is not None:
-        try:
-            worker.payload_schema.model_validate(payload)
-        except ValidationError as exc:
-            raise PayloadValidationError(
-                f"queue {worker.qualified_name}: payload does not match "
-                f"{worker.payload_schema.__name__}: {exc}"
-            ) from exc
-    return payload
+        validated(what, worker.payload_schema, body)
+    return body
 
 
 def _available_at(

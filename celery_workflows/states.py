@@ -8,12 +8,12 @@ other's changes; :meth:`States.set_state` overwrites (last writer wins) and says
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import PayloadNotSerializableError, StateConflictError
+from .errors import StateConflictError
+from .payloads import to_json
 from .store import get_store
 
 #: compare-and-set retries before update_state gives up (only under pathological contention)
@@ -107,10 +107,4 @@ def _check_key(key: str) -> str:
 
 
 def _json(key: str, value: Any) -> Any:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise PayloadNotSerializableError(
-            f"state {key!r}: value is not JSON-serialisable ({exc})"
-        ) from exc
-    return value
+    return to_json(f"state {key!r}", value)

@@ -225,9 +225,10 @@ class JobStore(Protocol):
     def finish_workflow(self, correlation_id: str, last_job_id: str) -> str | None:
         """Settle the workflow if no job of it is queued or running any more.
 
-        Returns its final status (``completed``; ``compensated`` if a job was dead-lettered and
-        its compensation ran; ``dead_lettered`` otherwise) to exactly one caller, even when
-        parallel branches end at the same moment; else None.
+        Returns its final status (``cancelled`` if a job was cancelled; ``completed``;
+        ``compensated`` if a job was dead-lettered and its compensation ran; ``dead_lettered``
+        otherwise) to exactly one caller, even when parallel branches end at the same moment;
+        else None.
         """
 
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str: ...
@@ -281,6 +282,7 @@ class ExpiredLease:
     worker: str
     started_at: datetime | None
     priority: int | None
+    correlation_id: str
 
 
 _store: JobStore | None = None

@@ -26,7 +26,7 @@ from .clock import utcnow
 from .lease import worker_name
 from .lifecycle import compute_backoff
 from .store import AttemptOutcome, AttemptRecord, Dispatch, ExpiredLease, get_store
-from .worker import PUBLISH_HORIZON_SECONDS
+from .worker import PUBLISH_HORIZON_SECONDS, finish_if_done
 
 logger = logging.getLogger("celery_workflows.sweeper")
 
@@ -96,6 +96,7 @@ def _settle(lease: ExpiredLease) -> bool:
             attempt=lease.attempt,
             reason=record.error,
         )
+        finish_if_done(worker, lease.correlation_id, lease.job_id)
         return True
     delay = compute_backoff(lease.attempt, worker.lifecycle.retry)
     publish = delay <= PUBLISH_HORIZON_SECONDS

@@ -142,6 +142,16 @@ class QueueWorker:
         _Attempt(self, claimed).run()
 
 
+def finish_if_done(sender: Any, correlation_id: str, last_job_id: str) -> None:
+    """A job ended without starting another: if nothing of its workflow is pending any more,
+    settle the run and send ``workflow_finished`` (exactly once per run)."""
+    status = get_store().finish_workflow(correlation_id, last_job_id)
+    if status is not None:
+        signals.workflow_finished.send(
+            sender=sender, correlation_id=correlation_id, status=status, last_job_id=last_job_id
+        )
+
+
 @dataclass(frozen=True)
 class _Success:
     result: Any
@@ -393,16 +403,7 @@ class _Attempt:
             self._maybe_finish_workflow()
 
     def _maybe_finish_workflow(self) -> None:
-        """This attempt started nothing new: if nothing else is pending, the workflow ended."""
-        c = self.claimed
-        status = self.store.finish_workflow(c.correlation_id, c.id)
-        if status is not None:
-            signals.workflow_finished.send(
-                sender=self.worker,
-                correlation_id=c.correlation_id,
-                status=status,
-                last_job_id=c.id,
-            )
+        finish_if_done(self.worker, self.claimed.correlation_id, self.claimed.id)
 
     def _safe_outbox(self) -> Outbox:
         """Events emitted before a failure still go out (compensation); a subscription whose

@@ -17,7 +17,7 @@ from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -109,10 +109,29 @@ QueueFilter = declared_filter("queue", "queue", lambda: registry.queues())
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """The ledger is written by workers and actions, never by editing rows in a form."""
+    """The ledger is written by workers and actions, never by editing rows in a form.
+
+    Search is an exact match on ``exact_search_fields`` (ids and keys, all indexed): Django's
+    ``=field`` search is case-insensitive, which no plain index serves on a million rows.
+    """
 
     paginator = EstimatedCountPaginator
     show_full_result_count = False
+    exact_search_fields: tuple[str, ...] = ()
+
+    def get_search_fields(self, request: HttpRequest) -> tuple[str, ...]:
+        return self.exact_search_fields or tuple(self.search_fields)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        term = search_term.strip()
+        if not term or not self.exact_search_fields:
+            return super().get_search_results(request, queryset, search_term)
+        match = Q()
+        for field in self.exact_search_fields:
+            match |= Q(**{field: term})
+        return queryset.filter(match), False
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -140,7 +159,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
         "finished_at",
     )
     list_filter = ("status", WorkflowNameFilter, ("started_at", admin.DateFieldListFilter))
-    search_fields = ("=business_key", "=correlation_id")
+    exact_search_fields = ("business_key", "correlation_id")
     list_per_page = 50
     change_form_template = "admin/celery_workflows/workflowrun/change_form.html"
     change_list_template = "admin/celery_workflows/workflowrun/change_list.html"
@@ -225,7 +244,7 @@ class RedriveForm(forms.Form):
 class DeadLetterAdmin(ReadOnlyAdmin):
     list_display = ("job_id", "queue", "error_summary", "attempts", "finished_at", "run_link")
     list_filter = (QueueFilter,)
-    search_fields = ("=id", "=correlation_id")
+    exact_search_fields = ("id", "correlation_id")
     actions = ("redrive_selected", "discard_selected")
     change_form_template = "admin/celery_workflows/deadletter/change_form.html"
     readonly_fields = (
@@ -357,7 +376,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 class JobAdmin(ReadOnlyAdmin):
     list_display = ("job_id", "queue", "status_badge", "attempts", "created_at", "finished_at")
     list_filter = ("status", QueueFilter)
-    search_fields = ("=id", "=correlation_id")
+    exact_search_fields = ("id", "correlation_id")
 
     @admin.display(description="job")
     def job_id(self, job: Job) -> str:
@@ -371,17 +390,17 @@ class JobAdmin(ReadOnlyAdmin):
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
     list_display = ("name", "source", "correlation_id", "emitted_at")
-    search_fields = ("=id", "=correlation_id")
+    exact_search_fields = ("id", "correlation_id")
 
 
 @admin.register(State)
 class StateAdmin(ReadOnlyAdmin):
     list_display = ("key", "version", "correlation_id", "updated_at")
-    search_fields = ("key", "=correlation_id")
+    exact_search_fields = ("key", "correlation_id")
 
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(ReadOnlyAdmin):
     list_display = ("at", "action", "actor", "correlation_id", "job_id")
     list_filter = ("action",)
-    search_fields = ("=correlation_id", "=job_id", "actor")
+    exact_search_fields = ("correlation_id", "job_id", "actor")

@@ -8,6 +8,7 @@ round trip; other databases fall back to UPDATE then SELECT.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -170,7 +171,8 @@ def claim(
     return fields
 
 
-def _cast_row(model: type[models.Model], columns: list[str]) -> str:
+@functools.cache
+def _cast_row(model: type[models.Model], columns: tuple[str, ...]) -> str:
     """``(CAST(%s AS type), ...)``: VALUES rows in an INSERT ... SELECT lose column types."""
     types = {f.column: f.db_type(connection) for f in model._meta.concrete_fields}
     return "(" + ", ".join(f"CAST(%s AS {types[c]})" for c in columns) + ")"
@@ -196,7 +198,7 @@ def fenced_update_with_outbox(
         "AND lease_token = %s AND lease_expires_at > %s RETURNING 1)"
     ]
     if events:
-        row = _cast_row(Event, EVENT_COLUMNS)
+        row = _cast_row(Event, tuple(EVENT_COLUMNS))
         parts.append(
             f", ev AS (INSERT INTO {EVENT_TABLE} ({', '.join(EVENT_COLUMNS)}) SELECT * FROM "
             f"(VALUES {', '.join([row] * len(events))}) v WHERE EXISTS (SELECT 1 FROM done) "
@@ -204,7 +206,7 @@ def fenced_update_with_outbox(
         )
         params += [e[c] for e in events for c in EVENT_COLUMNS]
     if jobs:
-        row = _cast_row(Job, COLUMNS)
+        row = _cast_row(Job, tuple(COLUMNS))
         parts.append(
             f", jb AS (INSERT INTO {TABLE} ({', '.join(COLUMNS)}) SELECT * FROM "
             f"(VALUES {', '.join([row] * len(jobs))}) v WHERE EXISTS (SELECT 1 FROM done) "
@@ -234,11 +236,14 @@ def fenced_update(job_id: str, lease_token: str, now: datetime, changes: dict[st
 def finish_run(correlation_id: str, last_job_id: str, now: datetime) -> str | None:
     """Settle a workflow run whose jobs are all done; the row lock makes one caller win.
 
-    completed: no job was dead-lettered; compensated: one was, and jobs started by events it
-    emitted (its compensation) ran; dead_lettered: one was, with nothing to undo it.
+    cancelled: a job was cancelled; completed: no job was dead-lettered; compensated: one was,
+    and jobs started by events it emitted (its compensation) ran; dead_lettered: one was, with
+    nothing to undo it.
     """
     sql = (
         f"UPDATE {RUN_TABLE} SET status = CASE "
+        f"WHEN EXISTS (SELECT 1 FROM {TABLE} WHERE correlation_id = %s AND status = 'cancelled') "
+        "THEN 'cancelled' "
         f"WHEN NOT EXISTS (SELECT 1 FROM {TABLE} WHERE correlation_id = %s AND status = 'dead') "
         "THEN 'completed' "
         f"WHEN EXISTS (SELECT 1 FROM {TABLE} d JOIN {EVENT_TABLE} e ON e.causation_id = d.id "
@@ -248,7 +253,15 @@ def finish_run(correlation_id: str, last_job_id: str, now: datetime) -> str | No
         "WHERE correlation_id = %s AND status IN ('running', 'compensating') AND NOT EXISTS "
         f"(SELECT 1 FROM {TABLE} WHERE correlation_id = %s AND status IN ('queued', 'running'))"
     )
-    params = [correlation_id, correlation_id, dt(now), last_job_id, correlation_id, correlation_id]
+    params = [
+        correlation_id,
+        correlation_id,
+        correlation_id,
+        dt(now),
+        last_job_id,
+        correlation_id,
+        correlation_id,
+    ]
     with connection.cursor() as cursor:
         if supports_returning():
             cursor.execute(f"{sql} RETURNING status", params)

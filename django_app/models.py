@@ -77,6 +77,11 @@ class Job(models.Model):
                 condition=models.Q(status="dead"),
                 name="cw_job_dead_letters",
             ),
+            models.Index(
+                fields=["-finished_at"],
+                condition=models.Q(status="dead"),
+                name="cw_job_dead_recent",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -116,6 +121,7 @@ class WorkflowRun(models.Model):
         COMPLETED = "completed"
         COMPENSATED = "compensated"
         DEAD_LETTERED = "dead_lettered", "dead-lettered"
+        CANCELLED = "cancelled"
 
     correlation_id = models.CharField(primary_key=True, max_length=64)
     name = models.CharField(max_length=201, help_text="the service that started it")

@@ -279,6 +279,7 @@ class DjangoJobStore:
             "worker",
             "started_at",
             "priority",
+            "correlation_id",
         )[:limit]
         return [ExpiredLease(*row) for row in rows]
 
@@ -361,6 +362,8 @@ class DjangoJobStore:
         if Job.objects.filter(id=job_id, status=Q.QUEUED).update(
             status=Q.CANCELLED, finished_at=timezone.now(), cancel_requested=True
         ):
+            correlation_id = self.get_job(job_id).correlation_id
+            hotpath.finish_run(correlation_id, job_id, timezone.now())
             return Q.CANCELLED
         Job.objects.filter(id=job_id, status=Q.RUNNING).update(cancel_requested=True)
         return self.get_job(job_id).status

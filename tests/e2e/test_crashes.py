@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_workflows import get_job
+from celery_workflows import get_job, get_workflow
 from celery_workflows.testing import wait_for
 from tests.proj.workflows import crash
 
@@ -57,6 +57,7 @@ def test_job_that_kills_its_worker_every_time_reaches_the_dlq_after_max_attempts
     assert [a["outcome"] for a in record.attempt_log] == ["lease_expired", "lease_expired"]
     assert "gave up after 2 attempt(s)" in record.dead_reason
     assert len(recorder.runs(job.job_id)) == 2
+    assert get_workflow(job.correlation_id).status == "dead_lettered"
 
 
 def test_frozen_worker_cannot_complete_a_job_another_worker_took_over(

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from celery_workflows import cancel, get_job
+from celery_workflows import cancel, get_job, get_workflow
 from tests.proj.workflows import t
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("session_worker", "transactional_db")]
@@ -62,3 +62,4 @@ def test_cancelling_a_queued_job_means_it_never_runs(recorder, job_status):
     time.sleep(3)  # asserting an absence: past the delay, nothing may have run
     assert job_status(job.job_id) == "cancelled"
     assert recorder.runs(job.job_id) == []
+    assert get_workflow(job.correlation_id).status == "cancelled"
