@@ -1,5 +1,6 @@
 """celery-workflows: durable multi-step workflows on the Celery app you already run."""
 
+from .approvals import GateClosedError, decide
 from .context import Job, JobContext
 from .deadletter import discard, list_dead_letters, redrive
 from .errors import (
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigurationError",
     "EnqueueResult",
     "Event",
+    "GateClosedError",
     "Job",
     "JobContext",
     "JobNotFoundError",
@@ -55,6 +57,7 @@ __all__ = [
     "WorkflowStatus",
     "cancel",
     "compute_backoff",
+    "decide",
     "discard",
     "emit",
     "get_job",

@@ -100,6 +100,20 @@ class JobContext(Generic[R]):
         """
         return self._emit(name, payload)
 
+    def wait_for_human(
+        self, prompt: str, *, approve_event: str, reject_event: str, payload: Any = None
+    ) -> None:
+        """Park the workflow until a person approves (emits ``approve_event``) or rejects
+        (emits ``reject_event``), in the admin or with :func:`celery_workflows.decide`.
+
+        The run shows as ``waiting`` with ``prompt``; this step itself finishes normally.
+        """
+        from .approvals import open_gate
+
+        open_gate(
+            self.job.correlation_id, self.job.id, prompt, approve_event, reject_event, payload
+        )
+
     def extend_lease(self, seconds: float | None = None) -> datetime:
         """Keep owning the job for ``seconds`` more (default: the queue's visibility timeout).
 

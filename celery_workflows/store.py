@@ -12,6 +12,7 @@ itself with :func:`configure` when Django starts.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -234,6 +235,15 @@ class JobStore(Protocol):
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str: ...
 
     def get_state(self, key: str) -> StateValue | None: ...
+
+    def atomic(self) -> AbstractContextManager[Any]:
+        """A transaction around several store calls."""
+
+    def open_gate(self, correlation_id: str, gate: dict[str, Any]) -> None:
+        """Mark the run ``waiting`` on ``gate``."""
+
+    def close_gate(self, correlation_id: str, actor: str, approved: bool) -> dict[str, Any] | None:
+        """Close the run's open gate (once) and set it running again; return the gate."""
 
     def get_workflow(self, id_or_business_key: str) -> WorkflowStatus: ...
 

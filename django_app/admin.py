@@ -24,7 +24,7 @@ from django.urls import path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from celery_workflows import PayloadError, WorkflowError, registry
+from celery_workflows import GateClosedError, PayloadError, WorkflowError, decide, registry
 
 from . import diagram, operations
 from .models import AuditEntry, DeadLetter, Event, Job, State, WorkflowRun
@@ -32,6 +32,7 @@ from .queries import current_step, history
 
 BADGE_COLOURS = {
     "running": "#1565c0",
+    "waiting": "#f9a825",
     "compensating": "#ef6c00",
     "completed": "#2e7d32",
     "compensated": "#6a1b9a",
@@ -226,8 +227,47 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
             ],
             "audit": AuditEntry.objects.filter(correlation_id=run.correlation_id)[:50],
             "can_redrive": request.user.has_perm("celery_workflows.redrive_job"),
+            "gate": run.waiting_for if run.status == WorkflowRun.Status.WAITING else None,
+            "can_decide": request.user.has_perm("celery_workflows.decide_workflowrun"),
         }
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path(
+                "<str:object_id>/decide/",
+                self.admin_site.admin_view(self.decide_view),
+                name="celery_workflows_workflowrun_decide",
+            ),
+            *super().get_urls(),
+        ]
+
+    def decide_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Approve or reject a waiting run: emits the gate's event, audited, once."""
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        if not request.user.has_perm("celery_workflows.decide_workflowrun"):
+            raise PermissionDenied
+        run = get_object_or_404(WorkflowRun, pk=object_id)
+        approve = request.POST.get("decision") == "approve"
+        try:
+            event = decide(
+                run.correlation_id,
+                approve,
+                request.user.get_username(),
+                request.POST.get("comment", "")[:500],
+            )
+        except GateClosedError as exc:
+            self.message_user(request, str(exc), messages.WARNING)
+        else:
+            self.message_user(
+                request,
+                f"{'Approved' if approve else 'Rejected'}: emitted {event.name}.",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(
+            reverse("admin:celery_workflows_workflowrun_change", args=[run.correlation_id])
+        )
 
 
 class RedriveForm(forms.Form):

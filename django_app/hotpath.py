@@ -74,6 +74,7 @@ def run_values(correlation_id: str, starts: RunStart, now: datetime) -> dict[str
         "started_at": dt(now),
         "finished_at": None,
         "last_job_id": "",
+        "waiting_for": None,
     }
 
 

@@ -117,6 +117,7 @@ class WorkflowRun(models.Model):
 
     class Status(models.TextChoices):
         RUNNING = "running"
+        WAITING = "waiting"
         COMPENSATING = "compensating"
         COMPLETED = "completed"
         COMPENSATED = "compensated"
@@ -133,9 +134,13 @@ class WorkflowRun(models.Model):
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     last_job_id = models.CharField(max_length=32, blank=True, default="")
+    waiting_for = models.JSONField(
+        null=True, blank=True, help_text="the open approval gate, while the run is waiting"
+    )
 
     class Meta:
         ordering = ["-started_at"]
+        permissions = [("decide_workflowrun", "Can approve or reject waiting workflow runs")]
         indexes = [
             models.Index(fields=["status", "-started_at"], name="cw_run_status"),
             models.Index(fields=["name", "-started_at"], name="cw_run_name"),

@@ -33,7 +33,7 @@ from celery_workflows.store import (
 )
 
 from . import hotpath
-from .models import Job, State, WorkflowRun
+from .models import AuditEntry, Job, State, WorkflowRun
 
 Q = JobStatus
 
@@ -201,6 +201,36 @@ class DjangoJobStore:
         from .queries import find_run, workflow_status
 
         return workflow_status(find_run(id_or_business_key))
+
+    def atomic(self) -> Any:
+        return transaction.atomic()
+
+    def open_gate(self, correlation_id: str, gate: dict[str, Any]) -> None:
+        WorkflowRun.objects.filter(correlation_id=correlation_id).update(
+            status=WorkflowRun.Status.WAITING, waiting_for=gate
+        )
+
+    def close_gate(self, correlation_id: str, actor: str, approved: bool) -> dict[str, Any] | None:
+        run = (
+            WorkflowRun.objects.select_for_update()
+            .filter(correlation_id=correlation_id, status=WorkflowRun.Status.WAITING)
+            .first()
+        )
+        if run is None or not run.waiting_for:
+            return None
+        gate = dict(run.waiting_for)
+        WorkflowRun.objects.filter(correlation_id=correlation_id).update(
+            status=WorkflowRun.Status.RUNNING, waiting_for=None
+        )
+        AuditEntry.objects.create(
+            correlation_id=correlation_id,
+            job_id=gate.get("opened_by_job", ""),
+            action="approve" if approved else "reject",
+            actor=actor,
+            detail={"prompt": gate.get("prompt", "")},
+            at=timezone.now(),
+        )
+        return gate
 
     def get_state(self, key: str) -> StateValue | None:
         row = State.objects.filter(key=key).values_list("value", "version").first()

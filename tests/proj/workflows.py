@@ -164,3 +164,28 @@ def tally(ctx: JobContext[Recorder], job: Job[Any]) -> None:
 
     ctx.states.update_state(f"count:{key}", bump)
     ctx.states.merge_state(f"seen:{key}", {job.id: os.getpid()})
+
+
+@t.queue_worker("needsApproval", "Large orders wait for a manager")
+def needs_approval(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.wait_for_human(
+        f"Approve order {job.payload['orderId']}?",
+        approve_event="orderApproved",
+        reject_event="orderRejected",
+        payload={"orderId": job.payload["orderId"]},
+    )
+    return "waiting for a manager"
+
+
+@t.queue_worker("fulfil", "Ship an approved order")
+def fulfil(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    return f"fulfilled {job.payload['orderId']}, approved by {job.payload['decidedBy']}"
+
+
+@t.queue_worker("refuse", "Tell the customer the order was refused")
+def refuse(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    return f"refused {job.payload['orderId']}: {job.payload['comment']}"
+
+
+t.subscribe("orderApproved", enqueue="fulfil")
+t.subscribe("orderRejected", enqueue="refuse")

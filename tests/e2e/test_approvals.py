@@ -1,0 +1,96 @@
+"""Human approval gates: a run waits, a person decides once, the workflow goes on."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+
+from celery_workflows import GateClosedError, decide, get_workflow
+from celery_workflows.testing import wait_for
+from django_app.models import AuditEntry, Job, WorkflowRun
+from tests.proj.workflows import t
+
+pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db", "session_worker")]
+
+
+def waiting_run(order_id: str) -> WorkflowRun:
+    job = t.enqueue("needsApproval", {"orderId": order_id})
+    return wait_for(
+        lambda: (
+            WorkflowRun.objects.filter(correlation_id=job.correlation_id, status="waiting")
+            .exclude(waiting_for=None)
+            .first()
+        ),
+        timeout=15,
+        message="run never started waiting",
+    )
+
+
+def settled(correlation_id: str) -> WorkflowRun:
+    return wait_for(
+        lambda: WorkflowRun.objects.filter(
+            correlation_id=correlation_id, status="completed"
+        ).first(),
+        timeout=15,
+        message="run never completed",
+    )
+
+
+def staff(username: str, *perms: str) -> Client:
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    for codename in perms:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_waiting_run_is_approved_in_the_admin_once_and_continues():
+    run = waiting_run("o-big")
+    wait_for(
+        lambda: Job.objects.filter(correlation_id=run.correlation_id, status="succeeded").exists(),
+        timeout=10,
+    )
+    time.sleep(0.5)  # asserting an absence: the step that asked did not settle the run
+    assert get_workflow(run.correlation_id).status == "waiting"
+
+    client = staff("manager", "view_workflowrun", "decide_workflowrun")
+    url = f"/admin/celery_workflows/workflowrun/{run.correlation_id}/"
+    page = client.get(f"{url}change/")
+    assert b"Approve order o-big?" in page.content and b"cw-approve" in page.content
+    assert client.post(f"{url}decide/", {"decision": "approve"}).status_code == 302
+    assert client.post(f"{url}decide/", {"decision": "approve"}).status_code == 302  # double click
+
+    settled(run.correlation_id)
+    (fulfilled,) = Job.objects.filter(correlation_id=run.correlation_id, queue="t.fulfil")
+    assert wait_for(lambda: Job.objects.get(id=fulfilled.id).result) == (
+        "fulfilled o-big, approved by manager"
+    )
+    assert list(
+        AuditEntry.objects.filter(correlation_id=run.correlation_id).values_list("action", "actor")
+    ) == [("approve", "manager")]
+
+
+def test_rejection_from_code_emits_the_reject_event():
+    run = waiting_run("o-fraud")
+    decide(run.correlation_id, approve=False, actor="fraud-bot", comment="card on blocklist")
+    settled(run.correlation_id)
+    refused = Job.objects.get(correlation_id=run.correlation_id, queue="t.refuse")
+    assert wait_for(lambda: Job.objects.get(id=refused.id).result) == (
+        "refused o-fraud: card on blocklist"
+    )
+    with pytest.raises(GateClosedError):
+        decide(run.correlation_id, approve=True, actor="late-clicker")
+
+
+def test_staff_without_the_decide_permission_get_no_buttons_and_403():
+    run = waiting_run("o-locked")
+    client = staff("viewer", "view_workflowrun")
+    url = f"/admin/celery_workflows/workflowrun/{run.correlation_id}/"
+    page = client.get(f"{url}change/")
+    assert b"Approve order o-locked?" in page.content and b"cw-approve" not in page.content
+    assert client.post(f"{url}decide/", {"decision": "approve"}).status_code == 403
+    assert get_workflow(run.correlation_id).status == "waiting"
