@@ -24,6 +24,7 @@ from celery.signals import task_rejected, task_unknown
 from . import graph, registry
 from .errors import PayloadError
 from .events import Event, event_payload, write_and_publish
+from .retention import PRUNE_TASK, prune_finished_runs
 from .store import RunStart, get_store
 from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, safe_sweep
 
@@ -78,6 +79,7 @@ def install(app: Celery) -> None:
     app.task(name=DELIVER_EVENT_TASK, ignore_result=True, typing=False, shared=False)(
         _deliver_event
     )
+    app.task(name=PRUNE_TASK, ignore_result=True, shared=False)(prune_finished_runs)
 
 
 def _deliver_event(*args: Any, **kwargs: Any) -> None:

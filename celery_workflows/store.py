@@ -236,6 +236,10 @@ class JobStore(Protocol):
 
     def get_state(self, key: str) -> StateValue | None: ...
 
+    def prune_finished(self, finished_before: datetime, batch_size: int) -> int:
+        """Delete finished runs (and their jobs, events, state) older than ``finished_before``,
+        ``batch_size`` runs per transaction; return how many runs were deleted."""
+
     def atomic(self) -> AbstractContextManager[Any]:
         """A transaction around several store calls."""
 

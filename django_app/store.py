@@ -34,6 +34,7 @@ from celery_workflows.store import (
 
 from . import hotpath
 from .models import AuditEntry, Job, State, WorkflowRun
+from .models import Event as EventRow
 
 Q = JobStatus
 
@@ -201,6 +202,26 @@ class DjangoJobStore:
         from .queries import find_run, workflow_status
 
         return workflow_status(find_run(id_or_business_key))
+
+    def prune_finished(self, finished_before: datetime, batch_size: int) -> int:
+        finished = WorkflowRun.objects.exclude(
+            status__in=[
+                WorkflowRun.Status.RUNNING,
+                WorkflowRun.Status.WAITING,
+                WorkflowRun.Status.COMPENSATING,
+            ]
+        ).filter(finished_at__lt=finished_before)
+        total = 0
+        while True:
+            with transaction.atomic():
+                batch = list(finished.values_list("correlation_id", flat=True)[:batch_size])
+                if not batch:
+                    return total
+                Job.objects.filter(correlation_id__in=batch).delete()
+                EventRow.objects.filter(correlation_id__in=batch).delete()
+                State.objects.filter(correlation_id__in=batch).delete()
+                WorkflowRun.objects.filter(correlation_id__in=batch).delete()
+            total += len(batch)
 
     def atomic(self) -> Any:
         return transaction.atomic()

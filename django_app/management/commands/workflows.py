@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.utils import timezone
 
 from celery_workflows import WorkflowError, get_workflow, list_dead_letters, sweep_once
+from celery_workflows.retention import PRUNE_BATCH, prune_finished_runs
 from django_app import operations
-from django_app.models import Event, Job, State, WorkflowRun
-
-#: runs deleted per transaction by ``prune``, so a big prune never holds long locks
-PRUNE_BATCH = 500
+from django_app.models import Job
 
 
 class Command(BaseCommand):
@@ -102,20 +98,7 @@ class Command(BaseCommand):
         self.stdout.write("discarded")
 
     def do_prune(self, options: dict[str, Any]) -> None:
-        cutoff = timezone.now() - timedelta(days=options["days"])
-        finished = WorkflowRun.objects.exclude(
-            status__in=[WorkflowRun.Status.RUNNING, WorkflowRun.Status.COMPENSATING]
-        ).filter(finished_at__lt=cutoff)
-        total = 0
-        while True:
-            batch = list(finished.values_list("correlation_id", flat=True)[: options["batch_size"]])
-            if not batch:
-                break
-            Job.objects.filter(correlation_id__in=batch).delete()
-            Event.objects.filter(correlation_id__in=batch).delete()
-            State.objects.filter(correlation_id__in=batch).delete()
-            WorkflowRun.objects.filter(correlation_id__in=batch).delete()
-            total += len(batch)
+        total = prune_finished_runs(options["days"], options["batch_size"])
         self.stdout.write(f"pruned {total} finished run(s) older than {options['days']} day(s)")
 
     def do_sweep(self, options: dict[str, Any]) -> None:
