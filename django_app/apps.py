@@ -10,7 +10,8 @@ class CeleryWorkflowsConfig(AppConfig):
     def ready(self) -> None:
         from celery_workflows.store import configure
 
-        from . import checks  # noqa: F401 - registers the system checks
+        from . import checks, sqlite  # noqa: F401 - checks registers the system checks
         from .store import DjangoJobStore
 
         configure(DjangoJobStore())
+        sqlite.install()

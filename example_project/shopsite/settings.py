@@ -60,9 +60,12 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # several worker processes share the file: WAL, a busy timeout and IMMEDIATE transactions
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    CELERY_WORKFLOWS_SQLITE_WAL = django.VERSION < (5, 1)  # no init_command before 5.1
     if django.VERSION >= (5, 1):
+        DATABASES["default"]["OPTIONS"]["init_command"] = (
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+        )
         DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
 
 # Celery reads every CELERY_* setting (see shopsite/celery.py)

@@ -56,9 +56,10 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     # readers do not block the writer, and IMMEDIATE transactions so writers queue up
     _db["OPTIONS"] = {
         "timeout": 30,
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    CELERY_WORKFLOWS_SQLITE_WAL = django.VERSION < (5, 1)  # no init_command before 5.1
     if django.VERSION >= (5, 1):
+        _db["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
         _db["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     _db["TEST"] = {
         "NAME": os.environ.get(
