@@ -8,18 +8,21 @@
 - a consumer bootstep that runs the :mod:`~celery_workflows.sweeper` on the worker's timer in
   every ``celery worker`` (settings ``workflows_sweep_interval`` and
   ``workflows_republish_after``, in seconds, on the Celery app's config);
-- handlers for Celery's ``task_unknown`` / ``task_rejected`` signals, so a message that names
-  no registered task or cannot be read, arriving on one of our queues, is dead-lettered with
-  the reason instead of being dropped.
+- handlers for Celery's ``task_unknown`` / ``task_rejected`` signals and a consumer whose
+  ``on_decode_error`` records the message first, so a message that names no registered task
+  or cannot be read, arriving on one of our queues, is dead-lettered with the reason instead
+  of being dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import task_rejected, task_unknown
+from celery.worker.consumer import Consumer
 
 from . import graph, registry
 from .errors import PayloadError
@@ -31,6 +34,9 @@ from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, 
 #: the queue external event envelopes arrive on; add it to a worker's ``-Q``
 EVENTS_QUEUE = "celery_workflows.events"
 DELIVER_EVENT_TASK = "celery_workflows.deliver_event"
+
+DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
+logger = logging.getLogger("celery_workflows.celery_integration")
 
 _installed: set[int] = set()
 
@@ -70,10 +76,26 @@ class SweeperStep(bootsteps.StartStopStep):
     shutdown = stop
 
 
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, except that a message on one of our queues whose body cannot be
+    decoded (broken JSON, a body without task headers) is dead-lettered, not only logged."""
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        try:
+            _dead_letter_message(message, f"message body could not be decoded: {exc}")
+        except Exception:  # recording must never stop the consumer; Celery still logs it
+            logger.exception("could not dead-letter an undecodable message")
+        super().on_decode_error(message, exc)
+
+
 def install(app: Celery) -> None:
     if id(app) in _installed:
         return
     _installed.add(id(app))
+    if app.conf.worker_consumer == DEFAULT_CONSUMER:
+        app.conf.worker_consumer = f"{__name__}:DeadLetteringConsumer"
+    else:
+        logger.info("worker_consumer is customised; undecodable messages are not dead-lettered")
     app.steps["worker"].add(GraphCheck)
     app.steps["consumer"].add(SweeperStep)
     app.task(name=DELIVER_EVENT_TASK, ignore_result=True, typing=False, shared=False)(

@@ -17,7 +17,7 @@ from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -316,8 +316,14 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     def error_summary(self, job: Job) -> str:
         return (job.dead_reason[:117] + "...") if len(job.dead_reason) > 120 else job.dead_reason
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
+        runs = WorkflowRun.objects.filter(correlation_id=OuterRef("correlation_id"))
+        return super().get_queryset(request).annotate(has_run=Exists(runs))
+
     @admin.display(description="workflow")
     def run_link(self, job: Job) -> str:
+        if not getattr(job, "has_run", True):
+            return "-"  # an unroutable message: it never belonged to a workflow
         url = reverse("admin:celery_workflows_workflowrun_change", args=[job.correlation_id])
         return format_html('<a href="{}">{}</a>', url, short(job.correlation_id))
 

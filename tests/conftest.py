@@ -7,6 +7,7 @@ same test database through ``DATABASE_URL``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -53,7 +54,7 @@ def worker_env(django_db_setup: None, django_db_blocker: object) -> dict[str, st
 
 @pytest.fixture(scope="session")
 def start_worker(
-    worker_env: dict[str, str], redis_client: redis.Redis
+    worker_env: dict[str, str], redis_client: redis.Redis, django_db_blocker: object
 ) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: start a ``celery worker`` subprocess on the given queues; all stop at the end."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -74,6 +75,30 @@ def start_worker(
     yield start
     for worker in started:
         worker.kill()
+    _wait_for_worker_sessions_to_close(django_db_blocker)
+
+
+def _wait_for_worker_sessions_to_close(django_db_blocker: object) -> None:
+    """PostgreSQL notices killed workers' connections a moment later; dropping the test
+    database before that fails, so wait (briefly) until this session is the only one."""
+    from django.db import connection
+
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        if connection.vendor != "postgresql":
+            return
+
+        def alone() -> bool:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                return cursor.fetchone()[0] == 0
+
+        # pytest-django's session live_server keeps one connection until after this; then
+        # it reports the test database it could not drop (the next run recreates it)
+        with contextlib.suppress(AssertionError):
+            wait_for(alone, timeout=3, interval=0.1)
 
 
 @pytest.fixture(scope="session")

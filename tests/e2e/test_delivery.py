@@ -106,3 +106,24 @@ def test_malformed_message_is_dead_lettered_with_the_reason():
     dead = wait_for(lambda: list_dead_letters(ECHO.qualified_name), timeout=10)
     assert "malformed message" in dead[0].dead_reason
     assert dead[0].payload == {"args": ["only-one-arg"], "kwargs": {}}
+
+
+def test_message_whose_body_cannot_be_decoded_is_dead_lettered_with_the_reason():
+    from kombu import Exchange, Queue
+
+    queue = Queue(
+        ECHO.qualified_name, Exchange(ECHO.qualified_name), routing_key=ECHO.qualified_name
+    )
+    with app.connection_for_write() as conn:
+        conn.Producer().publish(
+            b"{not json",
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"task": ECHO.task_name, "id": uuid.uuid4().hex},
+        )
+    dead = wait_for(lambda: list_dead_letters(ECHO.qualified_name), timeout=10)
+    assert "message body could not be decoded" in dead[0].dead_reason
+    assert dead[0].payload["body"] == "{not json"
