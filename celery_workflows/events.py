@@ -120,12 +120,8 @@ def plan(events: list[Event]) -> Outbox:
                 continue
             worker = sub.target()
             payload = sub.payload_for(event)
-            job = NewJob(
-                id=uuid.uuid4().hex,
-                service=worker.service.name,
-                queue=worker.qualified_name,
-                payload=payload,
-                max_attempts=worker.lifecycle.max_attempts,
+            job = worker.new_job(
+                payload,
                 available_at=now,
                 correlation_id=event.correlation_id,
                 published=True,

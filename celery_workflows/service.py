@@ -19,7 +19,7 @@ from .errors import (
 from .events import Event, new_event, write_and_publish
 from .lifecycle import Lifecycle
 from .payloads import to_json, validated
-from .store import Dispatch, EnqueueResult, NewJob, RunStart, get_store
+from .store import Dispatch, EnqueueResult, RunStart, get_store
 from .subscriptions import Subscription
 from .worker import PUBLISH_HORIZON_SECONDS, Handler, QueueWorker
 
@@ -350,12 +350,8 @@ def submit(
     store = get_store()
     countdown = max(0.0, (available_at - utcnow()).total_seconds())
     publish = countdown <= PUBLISH_HORIZON_SECONDS
-    job = NewJob(
-        id=uuid.uuid4().hex,
-        service=worker.service.name,
-        queue=worker.qualified_name,
-        payload=payload,
-        max_attempts=worker.lifecycle.max_attempts,
+    job = worker.new_job(
+        payload,
         available_at=available_at,
         correlation_id=correlation_id,
         published=publish,

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -93,6 +94,28 @@ class QueueWorker:
     @property
     def task_name(self) -> str:
         return f"celery_workflows.{self.qualified_name}"
+
+    def new_job(
+        self,
+        payload: Any,
+        *,
+        available_at: datetime,
+        correlation_id: str,
+        published: bool,
+        **options: Any,
+    ) -> NewJob:
+        """A ledger row for a fresh job on this queue (``options``: the other NewJob fields)."""
+        return NewJob(
+            id=uuid.uuid4().hex,
+            service=self.service.name,
+            queue=self.qualified_name,
+            payload=payload,
+            max_attempts=self.lifecycle.max_attempts,
+            available_at=available_at,
+            correlation_id=correlation_id,
+            published=published,
+            **options,
+        )
 
     # -- publishing -------------------------------------------------------------------------
 

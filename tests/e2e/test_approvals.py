@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.contrib.auth.models import Permission, User
-from django.test import Client
 
 from celery_workflows import GateClosedError, decide, get_workflow
 from celery_workflows.testing import wait_for
 from django_app.models import AuditEntry, Job, WorkflowRun
+from tests.helpers import staff
 from tests.proj.workflows import t
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db", "session_worker")]
@@ -37,15 +36,6 @@ def settled(correlation_id: str) -> WorkflowRun:
         timeout=15,
         message="run never completed",
     )
-
-
-def staff(username: str, *perms: str) -> Client:
-    user = User.objects.create_user(username, password="pw", is_staff=True)
-    for codename in perms:
-        user.user_permissions.add(Permission.objects.get(codename=codename))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_waiting_run_is_approved_in_the_admin_once_and_continues():

@@ -8,13 +8,14 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
 from celery_workflows.testing import wait_for
 from django_app.models import AuditEntry, Job, WorkflowRun
+from tests.helpers import staff
 from tests.proj.flows import shop
 from tests.proj.workflows import t
 
@@ -45,15 +46,6 @@ def completed_run() -> WorkflowRun:
 @pytest.fixture
 def dead_run() -> WorkflowRun:
     return finished(t.enqueue("controls", {"action": "fail"}).correlation_id)
-
-
-def staff(username: str, *perms: str) -> Client:
-    user = User.objects.create_user(username, password="pw", is_staff=True)
-    for codename in perms:
-        user.user_permissions.add(Permission.objects.get(codename=codename))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def status_output(*args: str) -> str:
