@@ -20,7 +20,7 @@ def waiting_run(order_id: str) -> WorkflowRun:
     return wait_for(
         lambda: (
             WorkflowRun.objects.filter(correlation_id=job.correlation_id, status="waiting")
-            .exclude(waiting_for=None)
+            .filter(waiting_for__isnull=False)
             .first()
         ),
         timeout=15,
