@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 SQLITE_TEST_DB ?= /tmp/celery-workflows-test.sqlite3
 
-.PHONY: demo test test-postgres test-sqlite lint bench bench-admin clean
+.PHONY: demo test test-postgres test-sqlite test-mariadb lint bench bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test-postgres: $(VENV)/.installed
 test-sqlite: $(VENV)/.installed
 	DATABASE_URL=sqlite:///$(SQLITE_TEST_DB) TEST_SQLITE_PATH=$(SQLITE_TEST_DB) \
 	CELERY_BROKER_URL=redis://127.0.0.1:6379/12 $(PY) -m pytest $(PYTEST_ARGS)
+
+# optional: MariaDB on 127.0.0.1:3306 (root, no password); builds mysqlclient (libmariadb-dev)
+test-mariadb: $(VENV)/.installed
+	$(VENV)/bin/pip install -q 'mysqlclient>=2.2'
+	DATABASE_URL=mysql://root@127.0.0.1:3306/test TEST_DB_NAME=test_cw_mariadb \
+	CELERY_BROKER_URL=redis://127.0.0.1:6379/9 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -92,9 +92,11 @@ def insert(values: dict[str, Any], run: dict[str, Any] | None = None) -> None:
         with connection.cursor() as cursor:
             cursor.execute(job_sql, job_params)
         return
+    ignore = connection.vendor == "mysql"
     run_sql = (
-        f"INSERT INTO {RUN_TABLE} ({', '.join(RUN_COLUMNS)}) "
-        f"VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))}) ON CONFLICT DO NOTHING"
+        f"INSERT {'IGNORE ' if ignore else ''}INTO {RUN_TABLE} ({', '.join(RUN_COLUMNS)}) "
+        f"VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))})"
+        + ("" if ignore else " ON CONFLICT DO NOTHING")
     )
     run_params = [run[c] for c in RUN_COLUMNS]
     if connection.vendor == "postgresql":

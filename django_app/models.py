@@ -52,10 +52,10 @@ class Job(models.Model):
         # partial indexes: a row is only in the index its status needs, so the hot UPDATEs
         # (claim, outcome) touch as few index entries as possible
         constraints = [
+            # not partial: MySQL/MariaDB cannot create partial indexes, and every database
+            # here treats NULL keys as distinct
             models.UniqueConstraint(
-                fields=["queue", "idempotency_key"],
-                condition=models.Q(idempotency_key__isnull=False),
-                name="cw_job_unique_idempotency_key",
+                fields=["queue", "idempotency_key"], name="cw_job_unique_idempotency_key"
             ),
         ]
         permissions = [

@@ -31,9 +31,10 @@ def _database_url() -> str:
     s = connection.settings_dict
     if connection.vendor == "sqlite":
         return f"sqlite:///{s['NAME']}"
+    scheme = {"postgresql": "postgres", "mysql": "mysql"}[connection.vendor]
     port = f":{s['PORT']}" if s.get("PORT") else ""
     password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
-    return f"postgres://{s['USER']}{password}@{s['HOST']}{port}/{s['NAME']}"
+    return f"{scheme}://{s['USER']}{password}@{s['HOST']}{port}/{s['NAME']}"
 
 
 @pytest.fixture(scope="session")
