@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
+from typing import IO, TypeVar
 
 T = TypeVar("T")
 
@@ -63,6 +63,7 @@ class WorkerProcess:
         self.hostname = hostname
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     def command(self) -> list[str]:
         cmd = [
@@ -89,11 +90,11 @@ class WorkerProcess:
         return cmd
 
     def start(self) -> WorkerProcess:
-        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(),
             env={**os.environ, **self.env},
-            stdout=out,
+            stdout=self._log if self._log is not None else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -113,10 +114,17 @@ class WorkerProcess:
             os.killpg(self.pid, signal.SIGKILL)
             assert self.process is not None
             self.process.wait(10)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Warm shutdown (SIGTERM); SIGKILL if it takes longer than ``timeout``."""
         if not self.alive():
+            self._close_log()
             return
         assert self.process is not None
         os.killpg(self.pid, signal.SIGTERM)
@@ -124,6 +132,7 @@ class WorkerProcess:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+        self._close_log()
 
     def __enter__(self) -> WorkerProcess:
         return self.start()

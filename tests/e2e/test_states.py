@@ -8,6 +8,7 @@ import pytest
 
 from celery_workflows import PayloadNotSerializableError, StateConflictError, states
 from celery_workflows.testing import wait_for
+from django_app.models import Job
 from tests.proj.workflows import states_svc
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
@@ -19,11 +20,14 @@ def test_concurrent_updates_from_two_worker_processes_lose_nothing(start_worker)
     key = uuid.uuid4().hex
     jobs = [states_svc.enqueue("tally", {"key": key}, correlation_id=key).job_id for _ in range(20)]
     store = states(key)
+    # every job finished (its handler does both writes before its outcome is recorded) ...
     wait_for(
-        lambda: store.get_state(f"count:{key}") == 20,
+        lambda: Job.objects.filter(id__in=jobs, status="succeeded").count() == 20,
         timeout=30,
-        message=f"count is {store.get_state(f'count:{key}')}",
+        message="not all 20 jobs succeeded",
     )
+    # ... and no write was lost
+    assert store.get_state(f"count:{key}") == 20
     seen = store.get_state(f"seen:{key}")
     assert sorted(seen) == sorted(jobs)
     assert len(set(seen.values())) == 2  # both prefork processes wrote
