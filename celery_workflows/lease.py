@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import threading
-import time
 import uuid
 from types import FrameType, TracebackType
 
@@ -70,7 +69,6 @@ class LeaseAlarm:
         if self._armed:
             delay = max(0.001, lease_seconds - alarm_margin(lease_seconds))
             signal.setitimer(signal.ITIMER_REAL, delay)
-            self._deadline = time.monotonic() + delay
 
     def _fire(self, signum: int, frame: FrameType | None) -> None:
         raise LeaseExpired(f"handler exceeded its visibility timeout ({self.lease_seconds:g}s)")

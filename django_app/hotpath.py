@@ -200,22 +200,19 @@ def fenced_update_with_outbox(
         f"WITH done AS (UPDATE {TABLE} SET {assignments} WHERE id = %s AND status = 'running' "
         "AND lease_token = %s AND lease_expires_at > %s RETURNING 1)"
     ]
-    if events:
-        row = _cast_row(Event, tuple(EVENT_COLUMNS))
+    for name, model, columns, rows, returning in (
+        ("ev", Event, EVENT_COLUMNS, events, ""),
+        ("jb", Job, COLUMNS, jobs, " RETURNING id"),
+    ):
+        if not rows:
+            continue
+        row = _cast_row(model, tuple(columns))
         parts.append(
-            f", ev AS (INSERT INTO {EVENT_TABLE} ({', '.join(EVENT_COLUMNS)}) SELECT * FROM "
-            f"(VALUES {', '.join([row] * len(events))}) v WHERE EXISTS (SELECT 1 FROM done) "
-            "ON CONFLICT DO NOTHING)"
+            f", {name} AS (INSERT INTO {model._meta.db_table} ({', '.join(columns)}) SELECT * "
+            f"FROM (VALUES {', '.join([row] * len(rows))}) v WHERE EXISTS (SELECT 1 FROM done) "
+            f"ON CONFLICT DO NOTHING{returning})"
         )
-        params += [e[c] for e in events for c in EVENT_COLUMNS]
-    if jobs:
-        row = _cast_row(Job, tuple(COLUMNS))
-        parts.append(
-            f", jb AS (INSERT INTO {TABLE} ({', '.join(COLUMNS)}) SELECT * FROM "
-            f"(VALUES {', '.join([row] * len(jobs))}) v WHERE EXISTS (SELECT 1 FROM done) "
-            "ON CONFLICT DO NOTHING RETURNING id)"
-        )
-        params += [j[c] for j in jobs for c in COLUMNS]
+        params += [r[c] for r in rows for c in columns]
     created = "(SELECT array_agg(id) FROM jb)" if jobs else "NULL"
     parts.append(f" SELECT (SELECT count(*) FROM done), {created}")
     with connection.cursor() as cursor:
