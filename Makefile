@@ -5,7 +5,11 @@ PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 SQLITE_TEST_DB ?= /tmp/celery-workflows-test.sqlite3
 
-.PHONY: demo test test-postgres test-sqlite test-mariadb lint bench bench-admin clean
+#: the suite that runs once per database; tests/acceptance (a fresh install) runs once
+SUITE ?= tests/unit tests/integration tests/e2e
+
+.PHONY: demo test services test-postgres test-sqlite test-package test-mariadb lint bench \
+	bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,15 +20,25 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) example_project/demo.py
 
-# the whole suite, on PostgreSQL and on SQLite (the embedded default); needs Redis and PostgreSQL
-test: $(VENV)/.installed test-postgres test-sqlite
+# the whole suite: on PostgreSQL and on SQLite (the embedded default), then the README's
+# getting-started in a fresh virtualenv. `services` starts (or installs) what it needs first.
+test: services $(VENV)/.installed test-postgres test-sqlite test-package
+
+# Redis, PostgreSQL, RabbitMQ, Chromium, PgBouncer: started if stopped, installed if missing
+services:
+	bash .ci/services
 
 test-postgres: $(VENV)/.installed
-	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=redis://127.0.0.1:6379/11 $(PY) -m pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(PG_URL) CELERY_BROKER_URL=redis://127.0.0.1:6379/11 \
+	$(PY) -m pytest $(SUITE) $(PYTEST_ARGS)
 
 test-sqlite: $(VENV)/.installed
 	DATABASE_URL=sqlite:///$(SQLITE_TEST_DB) TEST_SQLITE_PATH=$(SQLITE_TEST_DB) \
-	CELERY_BROKER_URL=redis://127.0.0.1:6379/12 $(PY) -m pytest $(PYTEST_ARGS)
+	CELERY_BROKER_URL=redis://127.0.0.1:6379/12 $(PY) -m pytest $(SUITE) $(PYTEST_ARGS)
+
+# a new user's project built from the README, on the wheel as built (PostgreSQL + Redis)
+test-package: $(VENV)/.installed
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/acceptance $(PYTEST_ARGS)
 
 # optional: MariaDB on 127.0.0.1:3306 (root, no password); builds mysqlclient (libmariadb-dev)
 test-mariadb: $(VENV)/.installed

@@ -5,6 +5,7 @@
   any number of times starts each subscription's job once;
 - a start-up check of the workflow graph: a worker refuses to start if a subscription targets
   a queue no service declares;
+- a worker started without ``-Q`` consumes every declared queue (besides Celery's default);
 - a consumer bootstep that runs the :mod:`~celery_workflows.sweeper` on the worker's timer in
   every ``celery worker`` (settings ``workflows_sweep_interval`` and
   ``workflows_republish_after``, in seconds, on the Celery app's config);
@@ -26,9 +27,9 @@ from celery.worker.consumer import Consumer
 
 from . import graph, registry
 from .errors import PayloadError
-from .events import Event, event_payload, write_and_publish
+from .events import Event, event_payload, run_start_for, write_and_publish
 from .retention import PRUNE_TASK, prune_finished_runs
-from .store import RunStart, get_store
+from .store import get_store
 from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, safe_sweep
 
 #: the queue external event envelopes arrive on; add it to a worker's ``-Q``
@@ -46,6 +47,22 @@ class GraphCheck(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         graph.validate()
+
+
+class ConsumeDeclaredQueues(bootsteps.Step):
+    """A worker started without ``-Q`` consumes every declared workflow queue too.
+
+    Plain ``celery -A proj worker`` then runs every step, as users expect from their usual
+    worker; with ``-Q`` the worker consumes exactly what it was told (to scale steps apart).
+    """
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        queues = parent.app.amqp.queues
+        # Celery keeps the -Q selection in _consume_from; None means "no -Q given"
+        if getattr(queues, "_consume_from", None) is None:
+            for name in registry.queues():
+                queues.select_add(name)
 
 
 class SweeperStep(bootsteps.StartStopStep):
@@ -97,6 +114,7 @@ def install(app: Celery) -> None:
     else:
         logger.info("worker_consumer is customised; undecodable messages are not dead-lettered")
     app.steps["worker"].add(GraphCheck)
+    app.steps["worker"].add(ConsumeDeclaredQueues)
     app.steps["consumer"].add(SweeperStep)
     app.task(name=DELIVER_EVENT_TASK, ignore_result=True, typing=False, shared=False)(
         _deliver_event
@@ -120,7 +138,7 @@ def _deliver_event(*args: Any, **kwargs: Any) -> None:
             f"malformed event envelope: {exc}",
         )
         return
-    write_and_publish([event], RunStart(event.source, "", event.name))
+    write_and_publish([event], run_start_for(event))
 
 
 def publish_event(app: Celery, event: Event) -> None:

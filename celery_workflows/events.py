@@ -164,6 +164,23 @@ def write_and_publish(events: list[Event], starts: RunStart | None = None) -> li
     return created
 
 
+def run_start_for(event: Event) -> RunStart:
+    """Which workflow an event emitted from outside any job starts, and its business key.
+
+    The run belongs to the emitting service when ``event.source`` names one; otherwise (an
+    event from plain code or another system) to the service whose queue the event's first
+    subscription feeds. That service's ``business_key`` reads the key from the payload.
+    """
+    owner = registry.services().get(event.source)
+    if owner is None:
+        targets = sorted(sub.queue for sub in registry.subscriptions_for(event.name))
+        queues = registry.queues()
+        owner = next((queues[q].service for q in targets if q in queues), None)
+    if owner is None:
+        return RunStart(event.source, "", event.name)
+    return RunStart(owner.name, owner.business_key_of(event.payload), event.name)
+
+
 def check_emits(source: str, declared: tuple[str, ...], name: str) -> None:
     if declared and name not in declared:
         raise ConfigurationError(

@@ -16,7 +16,7 @@ from .context import Job, JobContext
 from .errors import (
     ConfigurationError,
 )
-from .events import Event, new_event, write_and_publish
+from .events import Event, new_event, run_start_for, write_and_publish
 from .lifecycle import Lifecycle
 from .payloads import to_json, validated
 from .store import Dispatch, EnqueueResult, RunStart, get_store
@@ -303,7 +303,7 @@ def emit(
         causation_id=None,
         trace_id=trace_id,
     )
-    write_and_publish([event], RunStart(source, "", name))
+    write_and_publish([event], run_start_for(event))
     return event
 
 

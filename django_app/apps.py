@@ -1,7 +1,10 @@
 from django.apps import AppConfig
+from django.utils.module_loading import autodiscover_modules
 
 
 class CeleryWorkflowsConfig(AppConfig):
+    """The ledger, admin and commands of celery-workflows (app label ``celery_workflows``)."""
+
     name = "django_app"
     label = "celery_workflows"
     verbose_name = "Celery workflows"
@@ -11,7 +14,13 @@ class CeleryWorkflowsConfig(AppConfig):
         from celery_workflows.store import configure
 
         from . import checks, sqlite  # noqa: F401 - checks registers the system checks
+        from .conf import app_settings
         from .store import DjangoJobStore
 
         configure(DjangoJobStore())
-        sqlite.install()
+        conf = app_settings()
+        sqlite.install(conf.sqlite_wal)
+        if conf.module is not None:
+            # every process that starts Django - worker, web, manage.py - sees every
+            # declaration, as the admin discovers admin.py
+            autodiscover_modules(conf.module)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.db.backends.signals import connection_created
 
 
@@ -21,6 +20,6 @@ def _enable_wal(sender: Any, connection: Any, **kwargs: Any) -> None:
             cursor.execute("PRAGMA synchronous=NORMAL")
 
 
-def install() -> None:
-    if getattr(settings, "CELERY_WORKFLOWS_SQLITE_WAL", False):
+def install(enabled: bool) -> None:
+    if enabled:
         connection_created.connect(_enable_wal, dispatch_uid="celery_workflows_sqlite_wal")

@@ -1,4 +1,8 @@
-"""The project's Celery app - the one every Django + Celery project already has."""
+"""The project's Celery app - the one Celery's "First steps with Django" gives, unchanged.
+
+celery-workflows needs nothing more here: the Django app discovers every installed app's
+``workflows`` module when Django starts, in workers and web processes alike.
+"""
 
 import os
 
@@ -8,7 +12,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shopsite.settings")
 
 app = Celery("shopsite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-# Celery's Django fixup closes DB connections around every task unless this is set; queue
-# workers write the ledger on every job, so reuse connections (they are still health-checked)
-app.conf.CELERY_DB_REUSE_MAX = 1000
-app.autodiscover_tasks(related_name="workflows")
+app.autodiscover_tasks()

@@ -73,6 +73,9 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup otherwise closes DB connections around every task; the toolkit checks
+# its connection before each job and reconnects if the database dropped it
+CELERY_DB_REUSE_MAX = 1000
 
 LOGGING = {
     "version": 1,
