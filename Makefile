@@ -49,7 +49,7 @@ test-mariadb: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check celery_workflows django_app
-	$(VENV)/bin/mypy
+	PYTHONPATH=. $(VENV)/bin/mypy
 	DATABASE_URL=sqlite:////tmp/cw-makemigrations.sqlite3 DJANGO_SETTINGS_MODULE=tests.proj.settings \
 	PYTHONPATH=. $(PY) -m django makemigrations --check --dry-run
 

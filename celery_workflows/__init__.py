@@ -1,10 +1,11 @@
 """celery-workflows: durable multi-step workflows on the Celery app you already run."""
 
-from .approvals import GateClosedError, decide
+from .approvals import decide
 from .context import Job, JobContext
 from .deadletter import discard, list_dead_letters, redrive
 from .errors import (
     ConfigurationError,
+    GateClosedError,
     JobNotFoundError,
     LeaseExpired,
     LeaseLostError,
@@ -12,24 +13,37 @@ from .errors import (
     NotDeadLetteredError,
     PayloadError,
     PayloadNotSerializableError,
+    PayloadTooLargeError,
     PayloadValidationError,
     StateConflictError,
     StoreNotConfiguredError,
+    SubscriptionError,
     UnknownQueueError,
     WorkflowError,
     WorkflowNotFoundError,
 )
-from .events import Event
 from .jobs import cancel, get_job
-from .lifecycle import Lifecycle, RetryStrategy, compute_backoff
+from .lifecycle import Lifecycle, RetryStrategy
+from .middleware import AttemptInfo, DeadLetterInfo, Middleware
+from .records import (
+    EnqueueResult,
+    Event,
+    JobRecord,
+    JobStatus,
+    Outcome,
+    RunStatus,
+    WorkflowStatus,
+)
+from .registry import add_middleware
 from .service import WorkflowService, emit
 from .states import States, states
-from .status import WorkflowStatus, get_workflow
-from .store import EnqueueResult, JobRecord, JobStatus, get_store
+from .status import get_workflow
 from .sweeper import sweep_once
 
 __all__ = [
+    "AttemptInfo",
     "ConfigurationError",
+    "DeadLetterInfo",
     "EnqueueResult",
     "Event",
     "GateClosedError",
@@ -41,27 +55,31 @@ __all__ = [
     "LeaseExpired",
     "LeaseLostError",
     "Lifecycle",
+    "Middleware",
     "NonRetryableError",
     "NotDeadLetteredError",
+    "Outcome",
     "PayloadError",
     "PayloadNotSerializableError",
+    "PayloadTooLargeError",
     "PayloadValidationError",
     "RetryStrategy",
+    "RunStatus",
     "StateConflictError",
     "States",
     "StoreNotConfiguredError",
+    "SubscriptionError",
     "UnknownQueueError",
     "WorkflowError",
     "WorkflowNotFoundError",
     "WorkflowService",
     "WorkflowStatus",
+    "add_middleware",
     "cancel",
-    "compute_backoff",
     "decide",
     "discard",
     "emit",
     "get_job",
-    "get_store",
     "get_workflow",
     "list_dead_letters",
     "redrive",

@@ -10,19 +10,17 @@ second click finds it closed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from . import registry
 from .clock import utcnow
-from .errors import WorkflowError
-from .events import Event, new_event, write_and_publish
+from .errors import GateClosedError
+from .events import new_event, write_and_publish
 from .payloads import to_json
-from .store import get_store
-
-
-class GateClosedError(WorkflowError):
-    """The run is not waiting for a decision (already decided, or never asked)."""
+from .records import Event
+from .store import Runs, get_store
 
 
 @dataclass(frozen=True)
@@ -35,33 +33,15 @@ class Gate:
     opened_at: str
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "prompt": self.prompt,
-            "approve_event": self.approve_event,
-            "reject_event": self.reject_event,
-            "payload": self.payload,
-            "opened_by_job": self.opened_by_job,
-            "opened_at": self.opened_at,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Gate:
-        return cls(
-            **{
-                k: data[k]
-                for k in (
-                    "prompt",
-                    "approve_event",
-                    "reject_event",
-                    "payload",
-                    "opened_by_job",
-                    "opened_at",
-                )
-            }
-        )
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
 
 def open_gate(
+    runs: Runs,
     correlation_id: str,
     job_id: str,
     prompt: str,
@@ -79,18 +59,19 @@ def open_gate(
         opened_by_job=job_id,
         opened_at=utcnow().isoformat(),
     )
-    get_store().open_gate(correlation_id, gate.to_json())
+    runs.open_gate(correlation_id, gate.to_json())
     return gate
 
 
 def decide(correlation_id: str, approve: bool, actor: str, comment: str = "") -> Event:
     """Approve or reject the run's open gate; emits the gate's event in the run's workflow.
 
-    Raises :class:`GateClosedError` if the run is not waiting (so a double click does nothing).
+    The decision is audited with ``actor`` and ``comment`` in the same transaction. Raises
+    :class:`GateClosedError` if the run is not waiting (so a double click does nothing).
     """
     store = get_store()
     with store.atomic():
-        data = store.close_gate(correlation_id, actor, approve)
+        data = store.close_gate(correlation_id, actor, approve, comment)
         if data is None:
             raise GateClosedError(f"workflow {correlation_id} is not waiting for a decision")
         gate = Gate.from_json(data)
@@ -103,5 +84,5 @@ def decide(correlation_id: str, approve: bool, actor: str, comment: str = "") ->
             causation_id=gate.opened_by_job,
             trace_id=None,
         )
-        write_and_publish([event])
+        write_and_publish(store, [event])
     return event

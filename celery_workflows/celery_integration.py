@@ -27,10 +27,12 @@ from celery.worker.consumer import Consumer
 
 from . import graph, registry
 from .errors import PayloadError
-from .events import Event, event_payload, run_start_for, write_and_publish
+from .events import event_payload, run_start_for, write_and_publish
+from .records import Event
 from .retention import PRUNE_TASK, prune_finished_runs
 from .store import get_store
-from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, safe_sweep
+from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, Sweeper
+from .worker import dead_letter_message
 
 #: the queue external event envelopes arrive on; add it to a worker's ``-Q``
 EVENTS_QUEUE = "celery_workflows.events"
@@ -74,16 +76,13 @@ class SweeperStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         conf = parent.app.conf
         self.interval = float(conf.get("workflows_sweep_interval") or DEFAULT_INTERVAL_SECONDS)
-        self.republish_after = float(
-            conf.get("workflows_republish_after") or DEFAULT_REPUBLISH_AFTER_SECONDS
+        self.sweeper = Sweeper(
+            float(conf.get("workflows_republish_after") or DEFAULT_REPUBLISH_AFTER_SECONDS)
         )
         self.tref: Any = None
 
     def start(self, parent: Any) -> None:
-        self.tref = parent.timer.call_repeatedly(self.interval, self.sweep)
-
-    def sweep(self) -> None:
-        safe_sweep(self.republish_after)
+        self.tref = parent.timer.call_repeatedly(self.interval, self.sweeper.safe_sweep)
 
     def stop(self, parent: Any) -> None:
         if self.tref is not None:
@@ -132,13 +131,14 @@ def _deliver_event(*args: Any, **kwargs: Any) -> None:
             received, payload=event_payload(received.name, received.payload)
         )
     except (ValueError, TypeError, PayloadError) as exc:
-        get_store().record_unroutable(
+        dead_letter_message(
+            get_store(),
             EVENTS_QUEUE,
             {"args": _jsonable(list(args)), "kwargs": _jsonable(kwargs)},
             f"malformed event envelope: {exc}",
         )
         return
-    write_and_publish([event], run_start_for(event))
+    write_and_publish(get_store(), [event], run_start_for(event))
 
 
 def publish_event(app: Celery, event: Event) -> None:
@@ -157,8 +157,8 @@ def _dead_letter_message(message: Any, reason: str) -> None:
         raw = getattr(message, "body", b"")
         body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else repr(raw)
     headers = getattr(message, "headers", None) or {}
-    get_store().record_unroutable(
-        queue, {"headers": _jsonable(headers), "body": _jsonable(body)}, reason
+    dead_letter_message(
+        get_store(), queue, {"headers": _jsonable(headers), "body": _jsonable(body)}, reason
     )
 
 

@@ -11,8 +11,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
+from .approvals import open_gate
 from .errors import (
     DeadLetterRequested,
     FatalJobError,
@@ -20,11 +21,9 @@ from .errors import (
     LeaseLostError,
     RetryRequested,
 )
+from .records import ClaimedJob, Event
 from .states import States
-from .store import ClaimedJob, JobStore
-
-if TYPE_CHECKING:
-    from .events import Event
+from .store import Store
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -55,7 +54,7 @@ class JobContext(Generic[R]):
         self,
         job: Job[Any],
         claimed: ClaimedJob,
-        store: JobStore,
+        store: Store,
         resources: R,
         logger: logging.LoggerAdapter[logging.Logger],
         on_lease_extended: Callable[[float], None],
@@ -71,7 +70,7 @@ class JobContext(Generic[R]):
         self._visibility_timeout = visibility_timeout
         self._emit = emit
         #: the state store, with writes attributed to this job's workflow
-        self.states = States(job.correlation_id)
+        self.states = States(job.correlation_id, store)
 
     @property
     def payload(self) -> Any:
@@ -108,10 +107,14 @@ class JobContext(Generic[R]):
 
         The run shows as ``waiting`` with ``prompt``; this step itself finishes normally.
         """
-        from .approvals import open_gate
-
         open_gate(
-            self.job.correlation_id, self.job.id, prompt, approve_event, reject_event, payload
+            self._store,
+            self.job.correlation_id,
+            self.job.id,
+            prompt,
+            approve_event,
+            reject_event,
+            payload,
         )
 
     def extend_lease(self, seconds: float | None = None) -> datetime:

@@ -4,7 +4,9 @@ A job is dead-lettered after its last attempt, or at once for a non-retryable er
 payload or a message no worker could read. It keeps its payload, every attempt's error and
 traceback, timestamps and worker. Re-driving creates a *fresh* job (new id, attempts reset,
 linked to the old one through ``redriven_from``) and marks the old one ``redriven`` in the same
-transaction, so one dead letter is re-driven at most once.
+transaction, so one dead letter is re-driven at most once. Every action is audited with its
+``actor``, in the transaction that performs it, whichever door (Python, admin, command) it came
+through.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from typing import Any
 from . import registry
 from .clock import utcnow
 from .errors import NotDeadLetteredError
-from .service import submit, validate_payload
-from .store import EnqueueResult, JobRecord, JobStatus, get_store
+from .records import EnqueueResult, JobRecord, JobStatus
+from .service import after_insert, prepare
+from .store import get_store
 
 #: sentinel: keep the dead job's payload when re-driving
 KEEP_PAYLOAD: Any = object()
+#: who acted, when the caller does not say
+DEFAULT_ACTOR = "python"
 
 
 def list_dead_letters(queue: str | None = None, limit: int = 100) -> list[JobRecord]:
@@ -28,7 +33,9 @@ def list_dead_letters(queue: str | None = None, limit: int = 100) -> list[JobRec
     return get_store().list_dead_letters(queue, limit)
 
 
-def redrive(job_id: str, payload: Any = KEEP_PAYLOAD) -> EnqueueResult:
+def redrive(
+    job_id: str, payload: Any = KEEP_PAYLOAD, *, actor: str = DEFAULT_ACTOR
+) -> EnqueueResult:
     """Re-enqueue a dead-lettered job as a fresh job, optionally with a corrected payload.
 
     The new payload is validated against the queue's schema first; a bad one raises
@@ -38,17 +45,24 @@ def redrive(job_id: str, payload: Any = KEEP_PAYLOAD) -> EnqueueResult:
     dead = store.get_job(job_id)
     if dead.status is not JobStatus.DEAD:
         raise NotDeadLetteredError(f"job {job_id} is {dead.status}, not dead-lettered")
-    worker = registry.get_queue(dead.queue)
-    body = validate_payload(worker, dead.payload if payload is KEEP_PAYLOAD else payload)
-    return submit(
-        worker,
+    spec = registry.get_queue(dead.queue)
+    edited = payload is not KEEP_PAYLOAD
+    body = spec.validate_payload(payload if edited else dead.payload)
+    job = prepare(
+        spec,
         body,
         available_at=utcnow(),
         correlation_id=dead.correlation_id,
         redriven_from=dead.id,
     )
+    detail: dict[str, Any] = {"new_job_id": job.id}
+    if edited:
+        detail.update(payload_before=dead.payload, payload_after=body)
+    result = store.redrive(dead.id, job, actor, detail)
+    after_insert(store, spec, job, result)
+    return result
 
 
-def discard(job_id: str) -> None:
+def discard(job_id: str, *, actor: str = DEFAULT_ACTOR) -> None:
     """Drop a dead letter from the DLQ for good (the row stays, marked ``discarded``)."""
-    get_store().discard(job_id)
+    get_store().discard(job_id, actor)

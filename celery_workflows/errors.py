@@ -1,10 +1,12 @@
 """The exception hierarchy.
 
-Every error a user can hit derives from :class:`WorkflowError`. Configuration mistakes raise
-:class:`ConfigurationError` at declaration or enqueue time, so a wrong value fails early and
-nothing is written. The job-control exceptions (:class:`RetryRequested`, :class:`FatalJobError`
-and friends) are raised by :class:`~celery_workflows.context.JobContext` methods to end an
-attempt in a specific way; handlers normally call those methods rather than raising directly.
+Every exception the toolkit raises derives from :class:`WorkflowError` - except
+:class:`LeaseExpired`, which must not be caught by a handler's ``except Exception``.
+Configuration mistakes raise :class:`ConfigurationError` at declaration or enqueue time, so a
+wrong value fails early and nothing is written. The job-control exceptions
+(:class:`RetryRequested`, :class:`FatalJobError` and friends) are raised by
+:class:`~celery_workflows.context.JobContext` methods to end an attempt in a specific way;
+handlers normally call those methods rather than raising directly.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ class PayloadNotSerializableError(PayloadError):
 
 class PayloadValidationError(PayloadError):
     """The payload does not match the queue's pydantic schema."""
+
+
+class PayloadTooLargeError(PayloadError):
+    """The payload's JSON is larger than ``workflows_max_payload_bytes`` allows."""
+
+
+class SubscriptionError(WorkflowError):
+    """A subscription's ``map`` or ``when`` raised; the emitting attempt fails and retries."""
+
+
+class GateClosedError(WorkflowError):
+    """The run is not waiting for a decision (already decided, or never asked)."""
 
 
 class StateConflictError(WorkflowError):
@@ -79,8 +93,9 @@ class LeaseExpired(BaseException):
     """
 
 
-class JobControl(Exception):
-    """Base of the exceptions that job-control methods raise to end an attempt."""
+class JobControl(WorkflowError):
+    """Base of the exceptions that job-control methods (``ctx.retry()``, ``ctx.fail()``, ...)
+    raise to end an attempt; let them propagate out of the handler."""
 
 
 class RetryRequested(JobControl):

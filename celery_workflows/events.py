@@ -1,74 +1,24 @@
 """Events: what a step announces instead of calling the next step.
 
-An event is an envelope (:class:`Event`) with its own id, the workflow's correlation id, the id
-of what caused it and a trace id. Emitting never calls anything: the event is written to the
-ledger together with the jobs its subscriptions create (the outbox), in the same transaction as
-the emitting step's outcome - or as the caller's transaction, for :func:`emit` from Django code.
-The jobs' notices are published only after that commit, so a rolled-back step announces nothing.
+An event is an envelope (:class:`~celery_workflows.records.Event`) with its own id, the
+workflow's correlation id, the id of what caused it and a trace id. Emitting never calls
+anything: the event is written to the ledger together with the jobs its subscriptions create
+(the outbox), in the same transaction as the emitting step's outcome - or as the caller's
+transaction, for :func:`emit` from Django code. The jobs' notices are published only after that
+commit, so a rolled-back step announces nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from . import registry, signals
 from .clock import utcnow
 from .errors import ConfigurationError
 from .payloads import to_json, validated
-from .store import NewJob, Outbox, RunStart, get_store
-
-
-@dataclass(frozen=True)
-class Event:
-    """One emitted event, as subscribers and the audit trail see it."""
-
-    id: str
-    name: str
-    payload: Any
-    correlation_id: str
-    #: the job (or event) whose work caused this event; None when emitted from outside a job
-    causation_id: str | None
-    trace_id: str
-    emitted_at: datetime
-    #: ``service.queue`` of the emitting step, or ``service`` for emits from ordinary code
-    source: str
-    #: filled in when the event is written: which subscriptions it started, and their jobs
-    deliveries: list[dict[str, str]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "payload": self.payload,
-            "correlation_id": self.correlation_id,
-            "causation_id": self.causation_id,
-            "trace_id": self.trace_id,
-            "emitted_at": self.emitted_at.isoformat(),
-            "source": self.source,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Event:
-        """Read an envelope received from elsewhere; raises ValueError naming what is wrong."""
-        missing = {"id", "name", "payload", "correlation_id"} - set(data)
-        if missing:
-            raise ValueError(f"event envelope is missing {sorted(missing)}")
-        emitted = data.get("emitted_at")
-        return cls(
-            id=str(data["id"]),
-            name=str(data["name"]),
-            payload=data["payload"],
-            correlation_id=str(data["correlation_id"]),
-            causation_id=data.get("causation_id"),
-            trace_id=str(data.get("trace_id") or data["correlation_id"]),
-            emitted_at=datetime.fromisoformat(emitted) if emitted else utcnow(),
-            source=str(data.get("source") or "external"),
-        )
+from .records import Dispatch, Event, NewJob, Outbox, RunStart
+from .store import Ledger
 
 
 def new_event(
@@ -84,15 +34,17 @@ def new_event(
     registry.check_name("event", name)
     body = event_payload(name, payload)
     correlation = correlation_id or uuid.uuid4().hex
-    return Event(
-        id=uuid.uuid4().hex,
-        name=name,
-        payload=body,
-        correlation_id=correlation,
-        causation_id=causation_id,
-        trace_id=trace_id or correlation,
-        emitted_at=utcnow(),
-        source=source,
+    return registry.hooks().on_emit(
+        Event(
+            id=uuid.uuid4().hex,
+            name=name,
+            payload=body,
+            correlation_id=correlation,
+            causation_id=causation_id,
+            trace_id=trace_id or correlation,
+            emitted_at=utcnow(),
+            source=source,
+        )
     )
 
 
@@ -106,7 +58,7 @@ def event_payload(name: str, payload: Any) -> Any:
     return validated(f"event {name!r}", schema, body).model_dump(mode="json", by_alias=True)
 
 
-def plan(events: list[Event]) -> Outbox:
+def plan(events: list[Event], starts: RunStart | None = None) -> Outbox:
     """The outbox for ``events``: the events themselves and one job per matching subscription.
 
     Each job's idempotency key is ``(event id, subscription)``, so writing the same event twice
@@ -114,14 +66,14 @@ def plan(events: list[Event]) -> Outbox:
     """
     jobs: list[NewJob] = []
     now = utcnow()
+    hooks = registry.hooks()
     for event in events:
         for sub in registry.subscriptions_for(event.name):
             if not sub.matches(event):
                 continue
-            worker = sub.target()
-            payload = sub.payload_for(event)
-            job = worker.new_job(
-                payload,
+            spec = registry.subscription_target(sub)
+            job = spec.new_job(
+                sub.payload_for(event),
                 available_at=now,
                 correlation_id=event.correlation_id,
                 published=True,
@@ -129,15 +81,14 @@ def plan(events: list[Event]) -> Outbox:
                 caused_by=event.id,
                 trace_id=event.trace_id,
             )
+            job = hooks.on_enqueue(job)
             jobs.append(job)
             event.deliveries.append({"subscription": sub.name, "job_id": job.id})
-    return Outbox(events=list(events), jobs=jobs)
+    return Outbox(events=list(events), jobs=jobs, starts=starts)
 
 
 def publish_created(jobs: list[NewJob]) -> None:
     """Publish the notices of jobs an outbox write created (call after commit)."""
-    from .store import Dispatch
-
     queues = registry.queues()
     for job in jobs:
         queues[job.queue].publish(Dispatch(job.id, job.queue, 1, job.priority))
@@ -148,19 +99,19 @@ def announce(events: list[Event]) -> None:
         signals.event_emitted.send(sender=event.source, event=event)
 
 
-def write_and_publish(events: list[Event], starts: RunStart | None = None) -> list[NewJob]:
+def write_and_publish(
+    ledger: Ledger, events: list[Event], starts: RunStart | None = None
+) -> list[NewJob]:
     """Write ``events`` and their subscriptions' jobs now (in the caller's transaction, if any);
     publish the jobs' notices and send ``event_emitted`` when that transaction commits.
     ``starts`` names the workflow run these events start, if their correlation id is new."""
-    outbox = dataclasses.replace(plan(events), starts=starts)
-    store = get_store()
-    created = store.write_outbox(outbox)
+    created = ledger.write_outbox(plan(events, starts))
 
     def after_commit() -> None:
         publish_created(created)
         announce(events)
 
-    store.on_commit(after_commit)
+    ledger.on_commit(after_commit)
     return created
 
 
@@ -171,11 +122,12 @@ def run_start_for(event: Event) -> RunStart:
     event from plain code or another system) to the service whose queue the event's first
     subscription feeds. That service's ``business_key`` reads the key from the payload.
     """
-    owner = registry.services().get(event.source)
+    services = registry.services()
+    owner = services.get(event.source)
     if owner is None:
         targets = sorted(sub.queue for sub in registry.subscriptions_for(event.name))
         queues = registry.queues()
-        owner = next((queues[q].service for q in targets if q in queues), None)
+        owner = next((services.get(queues[q].service) for q in targets if q in queues), None)
     if owner is None:
         return RunStart(event.source, "", event.name)
     return RunStart(owner.name, owner.business_key_of(event.payload), event.name)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .store import JobRecord, JobStatus, get_store
+from .records import JobRecord, JobStatus
+from .store import get_store
 
 
 def get_job(job_id: str) -> JobRecord:
@@ -10,7 +11,8 @@ def get_job(job_id: str) -> JobRecord:
     return get_store().get_job(job_id)
 
 
-def cancel(job_id: str) -> JobStatus:
+def cancel(job_id: str, *, actor: str = "python") -> JobStatus:
     """Cancel a job: a queued job is cancelled at once; a running one sees
-    ``ctx.cancel_requested`` become true and decides how to stop. Returns the job's status."""
-    return get_store().request_cancel(job_id)
+    ``ctx.cancel_requested`` become true and decides how to stop. Audited with ``actor``.
+    Returns the job's status."""
+    return get_store().request_cancel(job_id, actor)

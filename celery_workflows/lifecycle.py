@@ -1,16 +1,24 @@
-"""Per-queue lifecycle settings and the backoff math.
+"""Per-queue lifecycle settings, the backoff math and the one retry-or-give-up rule.
 
 A :class:`Lifecycle` is frozen and validated when the queue is declared, so a wrong number fails
-at import time with the field named. :func:`compute_backoff` is a pure function: the retry
-middleware and the lease sweeper both call it, and the tests check it without a worker.
+at import time with the field named. :func:`compute_backoff` and :func:`after_failure` are pure
+functions: a worker whose handler failed and the sweeper that found an expired lease both call
+:func:`after_failure`, so a failed attempt is judged by one rule wherever it is noticed.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 
 from .errors import ConfigurationError
+from .records import AttemptRecord, JobStatus, Outcome
+
+#: retries due within this many seconds are published at once with a countdown; later ones stay
+#: in the ledger and the sweeper publishes them when due (never parked in the broker for long,
+#: which on Redis/SQS would outlive the broker's visibility timeout and run twice)
+PUBLISH_HORIZON_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -105,3 +113,33 @@ def compute_backoff(
     spread = strategy.jitter_factor * base
     draw = (rng or random).uniform(-spread, spread)
     return max(0.0, base + draw)
+
+
+def after_failure(
+    record: AttemptRecord,
+    max_attempts: int,
+    retry: RetryStrategy,
+    *,
+    give_up: bool = False,
+    delay_seconds: float | None = None,
+    rng: random.Random | None = None,
+) -> Outcome:
+    """The outcome of a failed attempt: another attempt after the backoff, or the DLQ.
+
+    ``give_up`` (a non-retryable error, ``ctx.fail()``, an invalid payload) dead-letters at
+    once with ``record.error`` as the reason. Otherwise the job retries after ``delay_seconds``
+    (what the handler asked for) or the backoff, while attempts remain; the last failure
+    dead-letters with a reason that says so.
+    """
+    if give_up:
+        return Outcome(JobStatus.DEAD, record, reason=record.error)
+    if record.attempt >= max_attempts:
+        reason = f"gave up after {record.attempt} attempt(s); last error: {record.error}"
+        return Outcome(JobStatus.DEAD, replace(record, error=reason), reason=reason)
+    delay = compute_backoff(record.attempt, retry, rng) if delay_seconds is None else delay_seconds
+    return Outcome(
+        JobStatus.QUEUED,
+        record,
+        available_at=record.finished_at + timedelta(seconds=delay),
+        published=delay <= PUBLISH_HORIZON_SECONDS,
+    )

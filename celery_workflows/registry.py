@@ -1,26 +1,41 @@
-"""The explicit registries of declared services and queues (the only global state)."""
+"""The explicit registries of declarations and middleware (the toolkit's only global state).
+
+Everything here is filled at import time by declarations (``WorkflowService``,
+``queue_worker``, ``subscribe``, ``event``, ``add_middleware``) and only read afterwards.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 from .errors import ConfigurationError, UnknownQueueError
-
-if TYPE_CHECKING:
-    from pydantic import BaseModel
-
-    from .service import WorkflowService
-    from .subscriptions import Subscription
-    from .worker import QueueWorker
+from .middleware import Chain, Middleware
+from .queues import QueueSpec
+from .signals import SignalsMiddleware
+from .subscriptions import Subscription
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
 
-_services: dict[str, WorkflowService[Any]] = {}
-_queues: dict[str, QueueWorker] = {}
+
+class Service(Protocol):
+    """What the registry needs of a :class:`~celery_workflows.service.WorkflowService`."""
+
+    name: str
+    celery_app: Any
+
+    def business_key_of(self, payload: Any) -> str: ...
+
+
+_services: dict[str, Service] = {}
+_queues: dict[str, QueueSpec] = {}
 _subscriptions: dict[str, list[Subscription]] = {}
 _subscription_names: set[str] = set()
 _event_schemas: dict[str, type[BaseModel]] = {}
+_middleware: list[Middleware] = [SignalsMiddleware()]
+_chain = Chain(_middleware)
 
 
 def check_name(kind: str, name: str) -> None:
@@ -30,24 +45,24 @@ def check_name(kind: str, name: str) -> None:
         )
 
 
-def register_service(service: WorkflowService[Any]) -> None:
+def register_service(service: Service) -> None:
     existing = _services.get(service.name)
     if existing is not None and existing.celery_app is not service.celery_app:
         raise ConfigurationError(f"service {service.name!r} is declared twice")
     _services[service.name] = service
 
 
-def register_queue(worker: QueueWorker) -> None:
-    _queues[worker.qualified_name] = worker
+def services() -> dict[str, Service]:
+    return dict(_services)
 
 
-def queues() -> dict[str, QueueWorker]:
+def register_queue(spec: QueueSpec) -> None:
+    _queues[spec.qualified_name] = spec
+
+
+def queues() -> dict[str, QueueSpec]:
     """Every declared queue by ``service.queue`` name."""
     return dict(_queues)
-
-
-def services() -> dict[str, WorkflowService[Any]]:
-    return dict(_services)
 
 
 def unknown_queue(qualified_name: str) -> UnknownQueueError:
@@ -55,7 +70,7 @@ def unknown_queue(qualified_name: str) -> UnknownQueueError:
     return UnknownQueueError(f"unknown queue {qualified_name!r}; declared queues: {known}")
 
 
-def get_queue(qualified_name: str) -> QueueWorker:
+def get_queue(qualified_name: str) -> QueueSpec:
     try:
         return _queues[qualified_name]
     except KeyError:
@@ -77,6 +92,17 @@ def subscriptions() -> list[Subscription]:
     return [sub for subs in _subscriptions.values() for sub in subs]
 
 
+def subscription_target(sub: Subscription) -> QueueSpec:
+    """The queue a subscription enqueues, or a ConfigurationError naming both."""
+    try:
+        return _queues[sub.queue]
+    except KeyError:
+        raise ConfigurationError(
+            f"subscription {sub.name!r} to event {sub.event!r} enqueues {sub.queue!r}, "
+            "which no service declares"
+        ) from None
+
+
 def register_event_schema(event: str, schema: type[BaseModel]) -> None:
     existing = _event_schemas.get(event)
     if existing is not None and existing is not schema:
@@ -88,3 +114,19 @@ def register_event_schema(event: str, schema: type[BaseModel]) -> None:
 
 def event_schemas() -> dict[str, type[BaseModel]]:
     return dict(_event_schemas)
+
+
+def add_middleware(middleware: Middleware) -> None:
+    """Register ``middleware`` after those already registered (signals are always first)."""
+    global _chain
+    if not isinstance(middleware, Middleware):
+        raise ConfigurationError(
+            f"add_middleware() takes a celery_workflows.Middleware instance, got {middleware!r}"
+        )
+    _middleware.append(middleware)
+    _chain = Chain(_middleware)
+
+
+def hooks() -> Chain:
+    """The registered middleware, to call a hook on all of them."""
+    return _chain

@@ -11,17 +11,17 @@ from celery import Celery
 from pydantic import BaseModel
 
 from . import registry, signals
+from .celery_integration import install
 from .clock import utcnow
 from .context import Job, JobContext
-from .errors import (
-    ConfigurationError,
-)
-from .events import Event, new_event, run_start_for, write_and_publish
-from .lifecycle import Lifecycle
-from .payloads import to_json, validated
-from .store import Dispatch, EnqueueResult, RunStart, get_store
+from .errors import ConfigurationError
+from .events import new_event, run_start_for, write_and_publish
+from .lifecycle import PUBLISH_HORIZON_SECONDS, Lifecycle
+from .queues import Handler, QueueSpec
+from .records import Dispatch, EnqueueResult, Event, NewJob, RunStart
+from .store import Ledger, get_store
 from .subscriptions import Subscription
-from .worker import PUBLISH_HORIZON_SECONDS, Handler, QueueWorker
+from .worker import run_message
 
 R = TypeVar("R")
 H = TypeVar("H", bound=Handler)
@@ -55,10 +55,8 @@ class WorkflowService(Generic[R]):
         self.business_key = business_key
         self.celery_app = celery_app
         self.resources: R = resources
-        self._queues: dict[str, QueueWorker] = {}
+        self._queues: dict[str, QueueSpec] = {}
         registry.register_service(self)
-        from .celery_integration import install
-
         install(celery_app)
 
     def business_key_of(self, payload: Any) -> str:
@@ -75,7 +73,7 @@ class WorkflowService(Generic[R]):
         return f"<WorkflowService {self.name!r} queues={sorted(self._queues)}>"
 
     @property
-    def queues(self) -> dict[str, QueueWorker]:
+    def queues(self) -> dict[str, QueueSpec]:
         return dict(self._queues)
 
     def queue_worker(
@@ -119,19 +117,20 @@ class WorkflowService(Generic[R]):
         def decorate(handler: H) -> H:
             if not callable(handler):
                 raise ConfigurationError(f"queue {self.name}.{name}: handler must be callable")
-            worker = QueueWorker(
-                service=self,
+            spec = QueueSpec(
+                service=self.name,
                 name=name,
                 description=description,
                 payload_schema=payload,
                 lifecycle=lifecycle or Lifecycle(),
                 handler=handler,
+                resources=self.resources,
                 emits=emitted,
                 result_event=result_event,
             )
-            worker.task = self._make_task(worker)
-            self._queues[name] = worker
-            registry.register_queue(worker)
+            spec.task = self._make_task(spec)
+            self._queues[name] = spec
+            registry.register_queue(spec)
             return handler
 
         return decorate
@@ -223,21 +222,21 @@ class WorkflowService(Generic[R]):
             name, payload, correlation_id=correlation_id, trace_id=trace_id, source=self.name
         )
 
-    def _make_task(self, worker: QueueWorker) -> Any:
+    def _make_task(self, spec: QueueSpec) -> Any:
         def run_job(*args: Any, **kwargs: Any) -> None:
-            worker.run_message(args, kwargs)
+            run_message(spec, args, kwargs)
 
-        run_job.__name__ = run_job.__qualname__ = worker.name
-        run_job.__doc__ = worker.description
+        run_job.__name__ = run_job.__qualname__ = spec.name
+        run_job.__doc__ = spec.description
         return self.celery_app.task(
-            name=worker.task_name,
+            name=spec.task_name,
             ignore_result=True,
             acks_late=False,
             typing=False,
             shared=False,
         )(run_job)
 
-    def queue(self, name: str) -> QueueWorker:
+    def queue(self, name: str) -> QueueSpec:
         try:
             return self._queues[name]
         except KeyError:
@@ -261,29 +260,33 @@ class WorkflowService(Generic[R]):
         makes enqueueing the same logical job twice return the first job (``created=False``).
         ``priority`` (0-9, higher first on brokers that support it) orders waiting jobs.
         """
-        worker = self.queue(queue)
-        body = validate_payload(worker, payload)
-        available_at = _available_at(worker, delay, eta)
+        spec = self.queue(queue)
+        body = spec.validate_payload(payload)
+        available_at = _available_at(spec, delay, eta)
         if priority is not None and (
             isinstance(priority, bool)
             or not isinstance(priority, int)
             or priority not in PRIORITY_RANGE
         ):
             raise ConfigurationError(
-                f"queue {worker.qualified_name}: priority must be an int 0-9, got {priority!r}"
+                f"queue {spec.qualified_name}: priority must be an int 0-9, got {priority!r}"
             )
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
             raise ConfigurationError(
-                f"queue {worker.qualified_name}: idempotency_key must be 1-200 characters"
+                f"queue {spec.qualified_name}: idempotency_key must be 1-200 characters"
             )
-        return submit(
-            worker,
+        store = get_store()
+        job = prepare(
+            spec,
             body,
             available_at=available_at,
+            correlation_id=correlation_id or uuid.uuid4().hex,
             idempotency_key=idempotency_key,
             priority=priority,
-            correlation_id=correlation_id or uuid.uuid4().hex,
         )
+        result = store.insert_job(job)
+        after_insert(store, spec, job, result)
+        return result
 
 
 def emit(
@@ -303,72 +306,64 @@ def emit(
         causation_id=None,
         trace_id=trace_id,
     )
-    write_and_publish([event], run_start_for(event))
+    write_and_publish(get_store(), [event], run_start_for(event))
     return event
 
 
-def validate_payload(worker: QueueWorker, payload: Any) -> Any:
-    """Return the JSON form of ``payload`` or raise naming the queue and the problem."""
-    what = f"queue {worker.qualified_name}"
-    body = to_json(what, payload)
-    if worker.payload_schema is not None:
-        validated(what, worker.payload_schema, body)
-    return body
-
-
 def _available_at(
-    worker: QueueWorker, delay: float | timedelta | None, eta: datetime | None
+    spec: QueueSpec, delay: float | timedelta | None, eta: datetime | None
 ) -> datetime:
     now = utcnow()
     if delay is not None and eta is not None:
-        raise ConfigurationError(f"queue {worker.qualified_name}: pass delay or eta, not both")
+        raise ConfigurationError(f"queue {spec.qualified_name}: pass delay or eta, not both")
     if eta is not None:
         if eta.tzinfo is None:
             raise ConfigurationError(
-                f"queue {worker.qualified_name}: eta must be timezone-aware, got naive {eta}"
+                f"queue {spec.qualified_name}: eta must be timezone-aware, got naive {eta}"
             )
         return max(now, eta)
     if delay is None:
         return now
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
     if seconds < 0:
-        raise ConfigurationError(f"queue {worker.qualified_name}: delay must be >= 0, got {delay}")
+        raise ConfigurationError(f"queue {spec.qualified_name}: delay must be >= 0, got {delay}")
     return now + timedelta(seconds=seconds)
 
 
-def submit(
-    worker: QueueWorker,
+def prepare(
+    spec: QueueSpec,
     payload: Any,
     *,
     available_at: datetime,
     correlation_id: str,
-    idempotency_key: str | None = None,
-    priority: int | None = None,
-    redriven_from: str | None = None,
-) -> EnqueueResult:
-    """Insert an already-validated job and publish it after commit if it is due soon."""
-    store = get_store()
-    countdown = max(0.0, (available_at - utcnow()).total_seconds())
-    publish = countdown <= PUBLISH_HORIZON_SECONDS
-    job = worker.new_job(
+    **options: Any,
+) -> NewJob:
+    """The ledger row of a job started from outside any step (``enqueue()``, a redrive):
+    it starts a workflow run, named after the service, unless its correlation id has one."""
+    owner = registry.services()[spec.service]
+    job = spec.new_job(
         payload,
         available_at=available_at,
         correlation_id=correlation_id,
-        published=publish,
-        idempotency_key=idempotency_key,
-        priority=priority,
-        redriven_from=redriven_from,
-        starts=RunStart(
-            worker.service.name, worker.service.business_key_of(payload), worker.qualified_name
-        ),
+        published=available_at <= utcnow() + timedelta(seconds=PUBLISH_HORIZON_SECONDS),
+        starts=RunStart(spec.service, owner.business_key_of(payload), spec.qualified_name),
+        **options,
     )
-    result = (
-        store.insert_job(job) if redriven_from is None else store.mark_redriven(redriven_from, job)
-    )
-    if result.created and publish:
-        dispatch = Dispatch(job.id, worker.qualified_name, 1, priority, countdown)
-        store.on_commit(lambda: worker.publish(dispatch))
+    return registry.hooks().on_enqueue(job)
+
+
+def after_insert(ledger: Ledger, spec: QueueSpec, job: NewJob, result: EnqueueResult) -> None:
+    """Publish a job that is due soon once its transaction commits; send ``job_enqueued``."""
+    if result.created and job.published:
+
+        def publish() -> None:
+            countdown = max(0.0, (job.available_at - utcnow()).total_seconds())
+            spec.publish(Dispatch(job.id, spec.qualified_name, 1, job.priority, countdown))
+
+        ledger.on_commit(publish)
     signals.job_enqueued.send(
-        sender=worker, job_id=result.job_id, queue=worker.qualified_name, created=result.created
+        sender=spec.qualified_name,
+        job_id=result.job_id,
+        queue=spec.qualified_name,
+        created=result.created,
     )
-    return result

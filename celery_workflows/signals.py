@@ -1,4 +1,4 @@
-"""Every signal celery-workflows sends, in one place.
+"""Every signal celery-workflows sends, in one place, and the middleware that sends them.
 
 They are Celery's dispatch signals (the same ``connect`` API as Django's). They fire in the
 process where the thing happened, after the ledger write that made it true.
@@ -7,6 +7,9 @@ process where the thing happened, after the ledger write that made it true.
 from __future__ import annotations
 
 from celery.utils.dispatch import Signal
+
+from .middleware import AttemptInfo, DeadLetterInfo, Middleware
+from .records import JobStatus, Outcome
 
 #: a job was written to the ledger; kwargs: job_id, queue, created
 job_enqueued = Signal(name="job_enqueued")
@@ -22,3 +25,30 @@ job_fenced = Signal(name="job_fenced")
 event_emitted = Signal(name="event_emitted")
 #: a workflow has no job left queued or running; kwargs: correlation_id, status, last_job_id
 workflow_finished = Signal(name="workflow_finished")
+
+
+class SignalsMiddleware(Middleware):
+    """Sends the job signals; always the first middleware."""
+
+    def after_outcome(self, attempt: AttemptInfo, outcome: Outcome | None) -> None:
+        common = {"job_id": attempt.job_id, "queue": attempt.queue, "attempt": attempt.attempt}
+        if outcome is None:
+            job_fenced.send(sender=attempt.queue, **common)
+        elif outcome.status == JobStatus.SUCCEEDED:
+            job_succeeded.send(sender=attempt.queue, result=outcome.result, **common)
+        elif outcome.status == JobStatus.QUEUED:
+            job_failed.send(
+                sender=attempt.queue,
+                error=outcome.attempt.error,
+                retry_in=outcome.retry_in_seconds,
+                **common,
+            )
+
+    def on_dead_letter(self, dead: DeadLetterInfo) -> None:
+        job_dead_lettered.send(
+            sender=dead.queue,
+            job_id=dead.job_id,
+            queue=dead.queue,
+            attempt=dead.attempt,
+            reason=dead.reason,
+        )

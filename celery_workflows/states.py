@@ -9,33 +9,31 @@ other's changes; :meth:`States.set_state` overwrites (last writer wins) and says
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import StateConflictError
 from .payloads import to_json
-from .store import get_store
+from .records import StateValue
+from .store import Runs, get_store
 
 #: compare-and-set retries before update_state gives up (only under pathological contention)
 MAX_UPDATE_ATTEMPTS = 50
 
 
-@dataclass(frozen=True)
-class StateValue:
-    value: Any
-    #: 1 after the first write, +1 per write
-    version: int
-
-
 class States:
     """Access to the state store, attributed to one workflow (``correlation_id``)."""
 
-    def __init__(self, correlation_id: str | None = None) -> None:
+    def __init__(self, correlation_id: str | None = None, runs: Runs | None = None) -> None:
         self.correlation_id = correlation_id
+        self._runs = runs
+
+    @property
+    def runs(self) -> Runs:
+        return self._runs if self._runs is not None else get_store()
 
     def get(self, key: str) -> StateValue | None:
         """The document and its version, or None if it was never written."""
-        return get_store().get_state(_check_key(key))
+        return self.runs.get_state(_check_key(key))
 
     def get_state(self, key: str, default: Any = None) -> Any:
         found = self.get(key)
@@ -43,9 +41,7 @@ class States:
 
     def set_state(self, key: str, value: Any) -> int:
         """Overwrite the document (last writer wins); return its new version."""
-        version = get_store().put_state(
-            _check_key(key), _json(key, value), None, self.correlation_id
-        )
+        version = self.runs.put_state(_check_key(key), _json(key, value), None, self.correlation_id)
         assert version is not None  # an unconditional write cannot lose
         return version
 
@@ -56,7 +52,7 @@ class States:
         """
         if expected_version < 0:
             raise ValueError("expected_version must be >= 0")
-        version = get_store().put_state(
+        version = self.runs.put_state(
             _check_key(key), _json(key, value), expected_version, self.correlation_id
         )
         if version is None:

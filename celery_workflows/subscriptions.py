@@ -10,14 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import registry
-from .errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from .events import Event
-    from .worker import QueueWorker
+from .errors import SubscriptionError
+from .records import Event
 
 
 @dataclass(frozen=True)
@@ -31,15 +27,6 @@ class Subscription:
     when: Callable[[Event], bool] | None = None
     #: True for handler-style subscriptions: the job's payload is the whole envelope
     delivers_envelope: bool = False
-
-    def target(self) -> QueueWorker:
-        try:
-            return registry.get_queue(self.queue)
-        except ConfigurationError:
-            raise ConfigurationError(
-                f"subscription {self.name!r} to event {self.event!r} enqueues {self.queue!r}, "
-                "which no service declares"
-            ) from None
 
     def payload_for(self, event: Event) -> Any:
         if self.delivers_envelope:
@@ -64,7 +51,3 @@ class Subscription:
                 f"subscription {self.name!r}: when() failed for event {event.name!r} "
                 f"{event.id}: {type(exc).__name__}: {exc}"
             ) from exc
-
-
-class SubscriptionError(Exception):
-    """A subscription's ``map`` or ``when`` raised; the emitting attempt fails and retries."""

@@ -3,10 +3,14 @@
 It is what makes the ledger, not the broker, the source of truth. Each pass:
 
 1. finds attempts whose lease expired (worker SIGKILLed, OOM-killed, hung, partitioned) and
-   records them as failed attempts, then retries or dead-letters the job - so a poison job that
+   records them as failed attempts, then retries or dead-letters the job by the same rule a
+   worker applies (:func:`~celery_workflows.lifecycle.after_failure`) - so a poison job that
    kills its worker every time still ends in the DLQ after ``max_attempts``;
 2. publishes jobs that are due but have no live notice in the broker: delayed jobs whose time
-   has come, and jobs whose notice was lost (publish failed after commit, broker lost it).
+   has come, and jobs whose notice was lost (publish failed after commit, broker lost it);
+3. settles runs that have nothing pending but were left open - two parallel branches that ended
+   at the same instant each saw the other still running - looking at a bounded page of open
+   runs per pass and moving on from where the last pass stopped.
 
 Every write is conditional, so any number of sweepers (one per worker) may run at once. Celery
 workers run it on their consumer's timer, in the main thread (see
@@ -23,10 +27,11 @@ from datetime import timedelta
 
 from . import registry, signals
 from .clock import utcnow
-from .lease import worker_name
-from .lifecycle import compute_backoff
-from .store import AttemptOutcome, AttemptRecord, Dispatch, ExpiredLease, get_store
-from .worker import PUBLISH_HORIZON_SECONDS, finish_if_done
+from .lifecycle import after_failure
+from .middleware import AttemptInfo
+from .records import AttemptOutcome, AttemptRecord, ExpiredLease, RunCursor
+from .store import Store, get_store
+from .worker import follow_up
 
 logger = logging.getLogger("celery_workflows.sweeper")
 
@@ -36,93 +41,98 @@ DEFAULT_INTERVAL_SECONDS = 1.0
 DEFAULT_REPUBLISH_AFTER_SECONDS = 300.0
 #: rows handled per pass and kind, so one pass stays short
 BATCH_SIZE = 500
+#: open runs looked at per pass for ones left unsettled
+RUN_PAGE = 200
 
 
 @dataclass(frozen=True)
 class SweepReport:
     expired: int
     published: int
+    settled: int = 0
 
 
-def sweep_once(republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS) -> SweepReport:
-    """Run one pass over the queues this process declares (it knows their lifecycles).
+class Sweeper:
+    """Runs passes; remembers where its scan of open runs stopped between passes."""
 
-    Returns how many leases were settled and notices published.
-    """
-    store = get_store()
+    def __init__(self, republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS) -> None:
+        self.republish_after = republish_after
+        self.runs_cursor: RunCursor | None = None
+
+    def sweep(self, store: Store | None = None) -> SweepReport:
+        """One pass over the queues this process declares (it knows their lifecycles)."""
+        store = store or get_store()
+        now = utcnow()
+        known = registry.queues()
+        names = sorted(known)
+        expired = sum(
+            settle_expired(store, lease) for lease in store.expire_leases(names, now, BATCH_SIZE)
+        )
+        published = 0
+        stale_before = now - timedelta(seconds=self.republish_after)
+        for dispatch in store.take_due(names, now, stale_before, BATCH_SIZE):
+            known[dispatch.queue].publish(dispatch)
+            published += 1
+        return SweepReport(expired, published, self._settle_idle_runs(store))
+
+    def _settle_idle_runs(self, store: Store) -> int:
+        idle, self.runs_cursor = store.idle_runs(self.runs_cursor, RUN_PAGE)
+        settled = 0
+        for correlation_id in idle:
+            status = store.finish_workflow(correlation_id, "")
+            if status is None:
+                continue
+            settled += 1
+            logger.info("workflow %s had nothing pending; settled as %s", correlation_id, status)
+            signals.workflow_finished.send(
+                sender="sweeper", correlation_id=correlation_id, status=str(status), last_job_id=""
+            )
+        return settled
+
+    def safe_sweep(self) -> None:
+        """One pass that never raises: a DB or broker outage is logged and retried next time."""
+        try:
+            self.sweep()
+        except Exception:
+            logger.exception("sweeper pass failed; it runs again at the next interval")
+
+
+def sweep_once(
+    republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS, store: Store | None = None
+) -> SweepReport:
+    """One full pass (``manage.py workflows sweep``, cron): leases, due jobs, open runs."""
+    return Sweeper(republish_after).sweep(store)
+
+
+def settle_expired(store: Store, lease: ExpiredLease) -> bool:
+    """Record an expired lease as a failed attempt, once; False if another sweeper did."""
+    spec = registry.get_queue(lease.queue)
     now = utcnow()
-    known = registry.queues()
-    expired = 0
-    names = sorted(known)
-    for lease in store.expire_leases(names, now, BATCH_SIZE):
-        if _settle(lease):
-            expired += 1
-    published = 0
-    for dispatch in store.take_due(
-        names, now, now - timedelta(seconds=republish_after), BATCH_SIZE
-    ):
-        known[dispatch.queue].publish(dispatch)
-        published += 1
-    return SweepReport(expired=expired, published=published)
-
-
-def _settle(lease: ExpiredLease) -> bool:
-    store = get_store()
-    worker = registry.get_queue(lease.queue)
-    now = utcnow()
-    error = (
-        f"lease expired: worker {lease.worker} stopped renewing it within "
-        f"{worker.lifecycle.visibility_timeout:g}s (killed, crashed, hung or partitioned)"
-    )
-    final = lease.attempt >= lease.max_attempts
     record = AttemptRecord(
         attempt=lease.attempt,
         worker=lease.worker,
         started_at=lease.started_at or now,
         finished_at=now,
         outcome=AttemptOutcome.LEASE_EXPIRED,
-        error=error
-        if not final
-        else f"gave up after {lease.attempt} attempt(s); last error: {error}",
+        error=(
+            f"lease expired: worker {lease.worker} stopped renewing it within "
+            f"{spec.lifecycle.visibility_timeout:g}s (killed, crashed, hung or partitioned)"
+        ),
     )
-    if final:
-        if not store.settle_expired(lease, record, None, False):
-            return False
-        logger.error("job %s dead-lettered by %s: %s", lease.job_id, worker_name(), record.error)
-        signals.job_dead_lettered.send(
-            sender=worker,
-            job_id=lease.job_id,
-            queue=lease.queue,
-            attempt=lease.attempt,
-            reason=record.error,
-        )
-        finish_if_done(worker, lease.correlation_id, lease.job_id)
-        return True
-    delay = compute_backoff(lease.attempt, worker.lifecycle.retry)
-    publish = delay <= PUBLISH_HORIZON_SECONDS
-    if not store.settle_expired(lease, record, now + timedelta(seconds=delay), publish):
+    outcome = after_failure(record, lease.max_attempts, spec.lifecycle.retry)
+    recorded = store.settle_expired(lease, outcome)
+    if recorded is None:
         return False
-    logger.warning(
-        "job %s attempt %s: %s; retrying in %.2fs", lease.job_id, lease.attempt, error, delay
-    )
-    if publish:
-        worker.publish(
-            Dispatch(lease.job_id, lease.queue, lease.attempt + 1, lease.priority, delay)
-        )
-    signals.job_failed.send(
-        sender=worker,
+    info = AttemptInfo(
         job_id=lease.job_id,
         queue=lease.queue,
         attempt=lease.attempt,
-        error=error,
-        retry_in=delay,
+        max_attempts=lease.max_attempts,
+        correlation_id=lease.correlation_id,
+        trace_id="",
+        started_at=record.started_at,
+        worker=lease.worker,
+        ran_here=False,
     )
+    follow_up(spec, info, outcome, recorded, lease.priority, logger)
     return True
-
-
-def safe_sweep(republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS) -> None:
-    """One pass that never raises: a DB or broker outage is logged and retried next time."""
-    try:
-        sweep_once(republish_after)
-    except Exception:
-        logger.exception("sweeper pass failed; it runs again at the next interval")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -24,11 +24,28 @@ from django.urls import path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from celery_workflows import GateClosedError, PayloadError, WorkflowError, decide, registry
+from celery_workflows import (
+    GateClosedError,
+    PayloadError,
+    RunStatus,
+    WorkflowError,
+    decide,
+    discard,
+    redrive,
+    registry,
+)
+from celery_workflows.deadletter import KEEP_PAYLOAD
 
-from . import diagram, operations
+from . import diagram
 from .models import AuditEntry, DeadLetter, Event, Job, State, WorkflowRun
-from .queries import current_step, history
+from .queries import workflow_status
+
+if TYPE_CHECKING:  # generic in django-stubs, not at runtime
+    _Paginator = Paginator[Any]
+    _ModelAdmin = admin.ModelAdmin[Any]
+else:
+    _Paginator = Paginator
+    _ModelAdmin = admin.ModelAdmin
 
 BADGE_COLOURS = {
     "running": "#1565c0",
@@ -62,7 +79,7 @@ def badge(status: str) -> str:
 COUNT_CAP = 10_000
 
 
-class EstimatedCountPaginator(Paginator):
+class EstimatedCountPaginator(_Paginator):
     """Counts that stay fast on tables of millions of rows.
 
     Unfiltered on PostgreSQL: the planner's row estimate. Otherwise: an exact count capped at
@@ -109,7 +126,7 @@ WorkflowNameFilter = declared_filter("workflow", "name", lambda: registry.servic
 QueueFilter = declared_filter("queue", "queue", lambda: registry.queues())
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(_ModelAdmin):
     """The ledger is written by workers and actions, never by editing rows in a form.
 
     Search is an exact match on ``exact_search_fields`` (ids and keys, all indexed): Django's
@@ -143,6 +160,20 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def page_context(self, request: HttpRequest, object_id: str) -> dict[str, Any]:
+        """What an object's page shows besides Django's own context."""
+        return {}
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: Any = None,
+    ) -> HttpResponse:
+        extra = {**(extra_context or {}), **self.page_context(request, object_id)}
+        return super().change_view(request, object_id, form_url, extra)
+
 
 def short(value: str) -> str:
     return value[:8]
@@ -167,9 +198,8 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[WorkflowRun]:
         latest = Job.objects.filter(correlation_id=OuterRef("pk")).order_by("-created_at")
-        return (
-            super().get_queryset(request).annotate(latest_step=Subquery(latest.values("queue")[:1]))
-        )
+        runs: QuerySet[WorkflowRun] = super().get_queryset(request)
+        return runs.annotate(latest_step=Subquery(latest.values("queue")[:1]))
 
     @admin.display(description="run", ordering="correlation_id")
     def run_id(self, run: WorkflowRun) -> str:
@@ -190,24 +220,17 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 WorkflowRun.objects.order_by().values_list("status").annotate(n=Count("status"))
             )
             cache.set("celery_workflows:run_counts", counts, STATUS_COUNTS_TTL)
-        extra = {"status_counts": [(s, badge(s), counts.get(s, 0)) for s in WorkflowRun.Status]}
+        extra = {"status_counts": [(s, badge(s), counts.get(s, 0)) for s in RunStatus]}
         return super().changelist_view(request, {**(extra_context or {}), **extra})
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: Any = None,
-    ) -> HttpResponse:
+    def page_context(self, request: HttpRequest, object_id: str) -> dict[str, Any]:
         run = get_object_or_404(WorkflowRun, pk=object_id)
-        entries = history(run.correlation_id)
-        step = current_step(entries)
-        last_status = {h.name: h.status for h in entries if h.kind == "job"}
-        extra = {
-            "run": run,
-            "status_badge": badge(run.status),
-            "current_step": step,
+        status = workflow_status(run)
+        last_status = {h.name: h.status for h in status.history if h.kind == "job"}
+        return {
+            "run": status,
+            "status_badge": badge(status.status),
+            "current_step": status.current_step,
             "entries": [
                 {
                     "entry": h,
@@ -216,21 +239,15 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                     "payload_json": json.dumps(h.payload, indent=2),
                     "result_json": json.dumps(h.result),
                 }
-                for h in entries
+                for h in status.history
             ],
-            "diagram": diagram.render(run.started_by, last_status, step),
-            "states": [
-                (key, json.dumps(value, indent=2))
-                for key, value in State.objects.filter(
-                    correlation_id=run.correlation_id
-                ).values_list("key", "value")
-            ],
-            "audit": AuditEntry.objects.filter(correlation_id=run.correlation_id)[:50],
+            "diagram": diagram.render(status.started_by, last_status, status.current_step),
+            "states": [(key, json.dumps(value, indent=2)) for key, value in status.states.items()],
+            "audit": status.audit,
             "can_redrive": request.user.has_perm("celery_workflows.redrive_job"),
-            "gate": run.waiting_for if run.status == WorkflowRun.Status.WAITING else None,
+            "gate": status.waiting_for,
             "can_decide": request.user.has_perm("celery_workflows.decide_workflowrun"),
         }
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
 
     def get_urls(self) -> list[Any]:
         return [
@@ -318,7 +335,8 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
         runs = WorkflowRun.objects.filter(correlation_id=OuterRef("correlation_id"))
-        return super().get_queryset(request).annotate(has_run=Exists(runs))
+        dead: QuerySet[DeadLetter] = super().get_queryset(request)
+        return dead.annotate(has_run=Exists(runs))
 
     @admin.display(description="workflow")
     def run_link(self, job: Job) -> str:
@@ -337,14 +355,14 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Re-drive selected dead letters", permissions=["redrive"])
     def redrive_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        done = [operations.redrive(job, request.user.get_username()) for job in queryset]
+        done = [redrive(job.id, actor=request.user.get_username()) for job in queryset]
         self.message_user(request, f"Re-drove {len(done)} dead letter(s).", messages.SUCCESS)
 
     @admin.action(description="Discard selected dead letters", permissions=["discard"])
     def discard_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         jobs = list(queryset)
         for job in jobs:
-            operations.discard(job, request.user.get_username())
+            discard(job.id, actor=request.user.get_username())
         self.message_user(request, f"Discarded {len(jobs)} dead letter(s).", messages.SUCCESS)
 
     def get_urls(self) -> list[Any]:
@@ -362,20 +380,13 @@ class DeadLetterAdmin(ReadOnlyAdmin):
             *super().get_urls(),
         ]
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: Any = None,
-    ) -> HttpResponse:
+    def page_context(self, request: HttpRequest, object_id: str) -> dict[str, Any]:
         job = get_object_or_404(DeadLetter, pk=object_id)
-        extra = {
+        return {
             "can_redrive": self.has_redrive_permission(request),
             "can_discard": self.has_discard_permission(request),
             "redrive_form": RedriveForm(initial={"payload": json.dumps(job.payload, indent=2)}),
         }
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
 
     def redrive_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         if request.method != "POST":
@@ -393,11 +404,9 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         payload = form.cleaned_data["payload"]
         edited = payload != job.payload
         try:
-            new_id = operations.redrive(
-                job,
-                request.user.get_username(),
-                payload if edited else operations.deadletter.KEEP_PAYLOAD,
-            )
+            new_id = redrive(
+                job.id, payload if edited else KEEP_PAYLOAD, actor=request.user.get_username()
+            ).job_id
         except (PayloadError, WorkflowError) as exc:
             self.message_user(request, f"Not re-driven: {exc}", messages.ERROR)
             return HttpResponseRedirect(back)
@@ -413,8 +422,12 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         if not self.has_discard_permission(request):
             raise PermissionDenied
         job = get_object_or_404(DeadLetter, pk=object_id)
-        operations.discard(job, request.user.get_username())
-        self.message_user(request, f"Discarded dead letter {short(job.id)}.", messages.SUCCESS)
+        try:
+            discard(job.id, actor=request.user.get_username())
+        except WorkflowError as exc:
+            self.message_user(request, f"Not discarded: {exc}", messages.ERROR)
+        else:
+            self.message_user(request, f"Discarded dead letter {short(job.id)}.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:celery_workflows_deadletter_changelist"))
 
 

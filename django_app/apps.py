@@ -11,13 +11,14 @@ class CeleryWorkflowsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from celery_workflows.store import configure
+        from celery_workflows.store import Store, configure
 
         from . import checks, sqlite  # noqa: F401 - checks registers the system checks
         from .conf import app_settings
-        from .store import DjangoJobStore
+        from .store import DjangoStore
 
-        configure(DjangoJobStore())
+        store: Store = DjangoStore()  # mypy checks the implementation against the protocol
+        configure(store)
         conf = app_settings()
         sqlite.install(conf.sqlite_wal)
         if conf.module is not None:

@@ -2,14 +2,23 @@
 
 A successful job costs three writes: the insert at enqueue, the claim (lease) and the outcome.
 Attempts are kept as a JSON list on the job row (``attempt_log``), appended by the fenced
-outcome write, so recording an attempt never needs a second statement.
+outcome write, so recording an attempt never needs a second statement. Status values come from
+the enums in :mod:`celery_workflows.records`.
 """
 
 from __future__ import annotations
 
-from django.db import models
+from typing import Any, ClassVar
 
-from celery_workflows.store import JobStatus
+from django.db import models
+from django.utils import timezone
+
+from celery_workflows.records import JobStatus, RunStatus
+
+RUN_STATUS_CHOICES = [
+    (s.value, "dead-lettered" if s == RunStatus.DEAD_LETTERED else s.value.capitalize())
+    for s in RunStatus
+]
 
 
 class Job(models.Model):
@@ -65,21 +74,23 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["correlation_id", "created_at"], name="cw_job_workflow"),
             models.Index(
-                fields=["available_at"], condition=models.Q(status="queued"), name="cw_job_due"
+                fields=["available_at"],
+                condition=models.Q(status=JobStatus.QUEUED),
+                name="cw_job_due",
             ),
             models.Index(
                 fields=["lease_expires_at"],
-                condition=models.Q(status="running"),
+                condition=models.Q(status=JobStatus.RUNNING),
                 name="cw_job_leases",
             ),
             models.Index(
                 fields=["queue", "-finished_at"],
-                condition=models.Q(status="dead"),
+                condition=models.Q(status=JobStatus.DEAD),
                 name="cw_job_dead_letters",
             ),
             models.Index(
                 fields=["-finished_at"],
-                condition=models.Q(status="dead"),
+                condition=models.Q(status=JobStatus.DEAD),
                 name="cw_job_dead_recent",
             ),
         ]
@@ -115,19 +126,10 @@ class WorkflowRun(models.Model):
     """One workflow (correlation id): created when it starts, settled once when its last job
     ends. Its steps and events are the jobs and events sharing its correlation id."""
 
-    class Status(models.TextChoices):
-        RUNNING = "running"
-        WAITING = "waiting"
-        COMPENSATING = "compensating"
-        COMPLETED = "completed"
-        COMPENSATED = "compensated"
-        DEAD_LETTERED = "dead_lettered", "dead-lettered"
-        CANCELLED = "cancelled"
-
     correlation_id = models.CharField(primary_key=True, max_length=64)
     name = models.CharField(max_length=201, help_text="the service that started it")
     business_key = models.CharField(max_length=200, blank=True, default="", db_index=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    status = models.CharField(max_length=16, choices=RUN_STATUS_CHOICES, default=RunStatus.RUNNING)
     started_by = models.CharField(
         max_length=201, blank=True, default="", help_text="the event or queue that started it"
     )
@@ -189,16 +191,30 @@ class AuditEntry(models.Model):
     def __str__(self) -> str:
         return f"{self.action} by {self.actor} at {self.at:%Y-%m-%d %H:%M:%S}"
 
+    @classmethod
+    def record(
+        cls, correlation_id: str, job_id: str, action: str, actor: str, **detail: Any
+    ) -> AuditEntry:
+        """Write one entry (in the caller's transaction, beside the action it records)."""
+        return cls.objects.create(
+            correlation_id=correlation_id,
+            job_id=job_id,
+            action=action,
+            actor=actor[:150],
+            detail=detail,
+            at=timezone.now(),
+        )
+
 
 class DeadLetterManager(models.Manager["DeadLetter"]):
     def get_queryset(self) -> models.QuerySet[DeadLetter]:
-        return super().get_queryset().filter(status="dead")
+        return super().get_queryset().filter(status=JobStatus.DEAD)
 
 
 class DeadLetter(Job):
     """The dead-letter queues: jobs that gave up, for operators to inspect and re-drive."""
 
-    objects = DeadLetterManager()
+    objects: ClassVar[DeadLetterManager] = DeadLetterManager()  # type: ignore[assignment]
 
     class Meta:
         proxy = True

@@ -1,40 +1,132 @@
-"""Operator actions on dead letters, each recorded in the audit trail with who did it."""
+"""What operators do to jobs - read, re-drive, discard, cancel, prune - each action audited in
+the transaction that performs it, whichever door (Python, admin, command) it came through."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from celery_workflows import deadletter
+from celery_workflows.errors import JobNotFoundError, NotDeadLetteredError
+from celery_workflows.records import (
+    OPEN_RUN_STATUSES,
+    EnqueueResult,
+    JobRecord,
+    JobStatus,
+    NewJob,
+    RunStatus,
+)
 
-from .models import AuditEntry, Job
+from . import sql
+from .models import AuditEntry, Event, Job, State, WorkflowRun
 
 
-def _audit(job: Job, action: str, actor: str, **detail: Any) -> None:
-    AuditEntry.objects.create(
-        correlation_id=job.correlation_id,
-        job_id=job.id,
-        action=action,
-        actor=actor,
-        detail=detail,
-        at=timezone.now(),
+class Operations:
+    """:class:`celery_workflows.store.Operations` for the Django ledger."""
+
+    def get_job(self, job_id: str) -> JobRecord:
+        try:
+            return job_record(Job.objects.get(id=job_id))
+        except Job.DoesNotExist:
+            raise JobNotFoundError(f"no job with id {job_id!r}") from None
+
+    def list_dead_letters(self, queue: str | None, limit: int) -> list[JobRecord]:
+        rows = Job.objects.filter(status=JobStatus.DEAD)
+        if queue is not None:
+            rows = rows.filter(queue=queue)
+        return [job_record(row) for row in rows.order_by("-finished_at")[:limit]]
+
+    def redrive(
+        self, job_id: str, new_job: NewJob, actor: str, detail: dict[str, Any]
+    ) -> EnqueueResult:
+        with transaction.atomic():
+            if not Job.objects.filter(id=job_id, status=JobStatus.DEAD).update(
+                status=JobStatus.REDRIVEN
+            ):
+                raise NotDeadLetteredError(f"job {job_id} is no longer dead-lettered")
+            WorkflowRun.objects.filter(correlation_id=new_job.correlation_id).update(
+                status=RunStatus.RUNNING, finished_at=None
+            )
+            sql.SqlLedger().insert_job(new_job)
+            AuditEntry.record(new_job.correlation_id, job_id, "redrive", actor, **detail)
+        return EnqueueResult(new_job.id, True, new_job.correlation_id)
+
+    def discard(self, job_id: str, actor: str) -> None:
+        with transaction.atomic():
+            job = Job.objects.select_for_update().filter(id=job_id).first()
+            if job is None:
+                raise JobNotFoundError(f"no job with id {job_id!r}")
+            if job.status != JobStatus.DEAD:
+                raise NotDeadLetteredError(f"job {job_id} is {job.status}, not dead-lettered")
+            Job.objects.filter(id=job_id).update(status=JobStatus.DISCARDED)
+            AuditEntry.record(
+                job.correlation_id,
+                job_id,
+                "discard",
+                actor,
+                queue=job.queue,
+                reason=job.dead_reason,
+            )
+
+    def request_cancel(self, job_id: str, actor: str) -> JobStatus:
+        now = timezone.now()
+        with transaction.atomic():
+            job = Job.objects.select_for_update().filter(id=job_id).first()
+            if job is None:
+                raise JobNotFoundError(f"no job with id {job_id!r}")
+            if job.status == JobStatus.QUEUED:
+                Job.objects.filter(id=job_id).update(
+                    status=JobStatus.CANCELLED, finished_at=now, cancel_requested=True
+                )
+            elif job.status == JobStatus.RUNNING:
+                Job.objects.filter(id=job_id).update(cancel_requested=True)
+            else:
+                return JobStatus(job.status)
+            AuditEntry.record(job.correlation_id, job_id, "cancel", actor, was=job.status)
+            if job.status == JobStatus.QUEUED:
+                sql.finish_run(job.correlation_id, job_id, now)
+                return JobStatus.CANCELLED
+        return JobStatus.RUNNING
+
+    def prune_finished(self, finished_before: datetime, batch_size: int) -> int:
+        finished = WorkflowRun.objects.exclude(status__in=OPEN_RUN_STATUSES).filter(
+            finished_at__lt=finished_before
+        )
+        total = 0
+        while True:
+            with transaction.atomic():
+                batch = list(finished.values_list("correlation_id", flat=True)[:batch_size])
+                if not batch:
+                    return total
+                Job.objects.filter(correlation_id__in=batch).delete()
+                Event.objects.filter(correlation_id__in=batch).delete()
+                State.objects.filter(correlation_id__in=batch).delete()
+                AuditEntry.objects.filter(correlation_id__in=batch).delete()
+                WorkflowRun.objects.filter(correlation_id__in=batch).delete()
+            total += len(batch)
+
+
+def job_record(row: Job) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        service=row.service,
+        queue=row.queue,
+        status=JobStatus(row.status),
+        payload=row.payload,
+        result=row.result,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        correlation_id=row.correlation_id,
+        available_at=row.available_at,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        worker=row.worker,
+        dead_reason=row.dead_reason,
+        idempotency_key=row.idempotency_key,
+        cancel_requested=row.cancel_requested,
+        redriven_from=row.redriven_from_id,
+        caused_by=row.caused_by,
+        attempt_log=list(row.attempt_log or []),
     )
-
-
-def redrive(job: Job, actor: str, payload: Any = deadletter.KEEP_PAYLOAD) -> str:
-    """Re-drive one dead letter (optionally with an edited payload); return the new job id."""
-    with transaction.atomic():
-        result = deadletter.redrive(job.id, payload=payload)
-        detail: dict[str, Any] = {"new_job_id": result.job_id}
-        if payload is not deadletter.KEEP_PAYLOAD:
-            detail.update(payload_before=job.payload, payload_after=payload)
-        _audit(job, "redrive", actor, **detail)
-    return result.job_id
-
-
-def discard(job: Job, actor: str) -> None:
-    with transaction.atomic():
-        deadletter.discard(job.id)
-        _audit(job, "discard", actor, queue=job.queue, reason=job.dead_reason)

@@ -5,9 +5,18 @@ from __future__ import annotations
 from django.db.models import Q
 
 from celery_workflows.errors import WorkflowNotFoundError
-from celery_workflows.status import HistoryEntry, WorkflowStatus
+from celery_workflows.records import (
+    PENDING_JOB_STATUSES,
+    AuditRecord,
+    HistoryEntry,
+    RunStatus,
+    WorkflowStatus,
+)
 
-from .models import Event, Job, State, WorkflowRun
+from .models import AuditEntry, Event, Job, State, WorkflowRun
+
+#: audit entries shown with a run (newest first)
+AUDIT_LIMIT = 50
 
 
 def find_run(id_or_business_key: str) -> WorkflowRun:
@@ -59,7 +68,7 @@ def history(correlation_id: str) -> list[HistoryEntry]:
 
 def current_step(entries: list[HistoryEntry]) -> str:
     jobs = [h for h in entries if h.kind == "job"]
-    active = [h for h in jobs if h.status in ("queued", "running")]
+    active = [h for h in jobs if h.status in PENDING_JOB_STATUSES]
     if active:
         return active[-1].name
     return jobs[-1].name if jobs else ""
@@ -67,6 +76,7 @@ def current_step(entries: list[HistoryEntry]) -> str:
 
 def workflow_status(run: WorkflowRun) -> WorkflowStatus:
     entries = history(run.correlation_id)
+    audit = AuditEntry.objects.filter(correlation_id=run.correlation_id)[:AUDIT_LIMIT]
     return WorkflowStatus(
         correlation_id=run.correlation_id,
         name=run.name,
@@ -80,4 +90,6 @@ def workflow_status(run: WorkflowRun) -> WorkflowStatus:
         states=dict(
             State.objects.filter(correlation_id=run.correlation_id).values_list("key", "value")
         ),
+        waiting_for=run.waiting_for if run.status == RunStatus.WAITING else None,
+        audit=[AuditRecord(a.action, a.actor, a.at, a.job_id, dict(a.detail or {})) for a in audit],
     )

@@ -8,9 +8,10 @@ from datetime import timedelta
 
 import pytest
 
-from celery_workflows import get_job, get_store, list_dead_letters
+from celery_workflows import get_job, list_dead_letters
 from celery_workflows.clock import utcnow
-from celery_workflows.store import Dispatch, NewJob
+from celery_workflows.records import Dispatch, NewJob
+from celery_workflows.store import get_store
 from celery_workflows.testing import wait_for
 from tests.proj.celery_app import app
 from tests.proj.workflows import t

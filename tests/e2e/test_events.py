@@ -79,6 +79,13 @@ def test_four_step_chain_driven_only_by_events_carries_the_correlation_id(
         ]
     )
     assert finished == [{"correlation_id": placed.correlation_id, "status": "completed"}]
+    # middleware saw every emit, in the web process and in the workers
+    emits = [
+        json.loads(x)[1]
+        for x in redis_client.lrange(f"hooks:{placed.correlation_id}", 0, -1)
+        if json.loads(x)[0] == "emit"
+    ]
+    assert sorted(emits) == ["orderPlaced", "paymentProcessed", "shipmentCreated", "stockChecked"]
 
 
 def test_one_event_fans_out_and_filters_route_backorders_to_another_worker(shop_workers, recorder):

@@ -6,8 +6,9 @@ import itertools
 
 import pytest
 
-from celery_workflows import get_job, list_dead_letters, redrive
-from celery_workflows.store import JobStatus
+from celery_workflows import get_job, get_workflow, list_dead_letters, redrive
+from celery_workflows.records import JobStatus
+from tests.helpers import write_unvalidated
 from tests.proj.workflows import t
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("session_worker", "transactional_db")]
@@ -55,15 +56,7 @@ def test_invalid_payload_is_dead_lettered_after_one_attempt_with_the_validation_
     wait_status, recorder
 ):
     # a job written by an older deploy whose schema differed: enqueue() itself would refuse it
-    from celery_workflows.clock import utcnow
-    from celery_workflows.service import submit
-
-    job = submit(
-        t.queue("typed"),
-        {"orderId": "o-1", "qty": "many"},
-        available_at=utcnow(),
-        correlation_id="wf-bad",
-    )
+    job = write_unvalidated(t.queue("typed"), {"orderId": "o-1", "qty": "many"}, "wf-bad")
     wait_status(job.job_id, "dead")
     record = get_job(job.job_id)
     assert record.attempts == 1
@@ -92,20 +85,15 @@ def test_handler_that_extends_its_lease_keeps_the_job(wait_status):
 
 
 def test_redriving_a_dead_letter_runs_it_again_to_success(wait_status):
-    from celery_workflows.clock import utcnow
-    from celery_workflows.service import submit
-
-    dead = submit(
-        t.queue("typed"),
-        {"orderId": "o-7", "qty": "seven"},
-        available_at=utcnow(),
-        correlation_id="wf-redrive",
-    )
+    dead = write_unvalidated(t.queue("typed"), {"orderId": "o-7", "qty": "seven"}, "wf-redrive")
     wait_status(dead.job_id, "dead")
-    fresh = redrive(dead.job_id, payload={"orderId": "o-7", "qty": 7})
+    fresh = redrive(dead.job_id, payload={"orderId": "o-7", "qty": 7}, actor="ops-anna")
     wait_status(fresh.job_id, "succeeded")
     assert get_job(fresh.job_id).result == {"orderId": "o-7", "qty": 7}
     assert get_job(fresh.job_id).redriven_from == dead.job_id
     assert get_job(fresh.job_id).correlation_id == "wf-redrive"
     assert get_job(dead.job_id).status is JobStatus.REDRIVEN
     assert dead.job_id not in [d.id for d in list_dead_letters("t.typed")]
+    (entry,) = get_workflow("wf-redrive").audit
+    assert (entry.action, entry.actor, entry.job_id) == ("redrive", "ops-anna", dead.job_id)
+    assert entry.detail["payload_after"] == {"orderId": "o-7", "qty": 7}

@@ -6,6 +6,7 @@ test can see what a worker process did, in which attempt, and when.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -13,10 +14,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from celery_workflows import (
+    AttemptInfo,
+    DeadLetterInfo,
+    Event,
     Job,
     JobContext,
     Lifecycle,
+    Middleware,
+    Outcome,
     WorkflowService,
+    add_middleware,
 )
 from tests.proj.celery_app import app
 from tests.proj.recorder import FAST_RETRY, Recorder, recorder
@@ -189,3 +196,38 @@ def refuse(ctx: JobContext[Recorder], job: Job[Any]) -> str:
 
 t.subscribe("orderApproved", enqueue="fulfil")
 t.subscribe("orderRejected", enqueue="refuse")
+
+
+class HookRecorder(Middleware):
+    """Writes every hook call to ``hooks:<correlation id>`` in Redis, in call order."""
+
+    def _note(self, correlation_id: str, *entry: Any) -> None:
+        recorder.redis.rpush(f"hooks:{correlation_id}", json.dumps(entry))
+
+    def before_attempt(self, attempt: AttemptInfo) -> None:
+        self._note(attempt.correlation_id, "before", attempt.queue, attempt.attempt)
+
+    def after_outcome(self, attempt: AttemptInfo, outcome: Outcome | None) -> None:
+        status = "fenced" if outcome is None else str(outcome.status)
+        self._note(attempt.correlation_id, "after", attempt.attempt, status, attempt.ran_here)
+
+    def on_emit(self, event: Event) -> Event:
+        self._note(event.correlation_id, "emit", event.name)
+        return event
+
+    def on_dead_letter(self, dead: DeadLetterInfo) -> None:
+        self._note(dead.correlation_id, "dead", dead.attempt, dead.reason[:9])
+
+
+class BrokenHooks(Middleware):
+    """Raises in every hook of workflows whose id starts with ``broken-hooks``."""
+
+    def before_attempt(self, attempt: AttemptInfo) -> None:
+        if attempt.correlation_id.startswith("broken-hooks"):
+            raise RuntimeError("a middleware bug")
+
+    after_outcome = before_attempt  # type: ignore[assignment]
+
+
+add_middleware(HookRecorder())
+add_middleware(BrokenHooks())

@@ -72,9 +72,7 @@ def test_a_pydantic_model_instance_is_accepted_as_payload():
         orderId: str
         qty: int
 
-    from celery_workflows.service import validate_payload
-
-    assert validate_payload(t.queue("typed"), Order(orderId="o", qty=2)) == {
+    assert t.queue("typed").validate_payload(Order(orderId="o", qty=2)) == {
         "orderId": "o",
         "qty": 2,
     }

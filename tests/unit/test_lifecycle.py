@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from celery_workflows import ConfigurationError, Lifecycle, RetryStrategy, compute_backoff
+from celery_workflows import ConfigurationError, Lifecycle, RetryStrategy
+from celery_workflows.lifecycle import compute_backoff
 
 
 def test_backoff_grows_by_the_multiplier_and_is_capped_by_max_delay():

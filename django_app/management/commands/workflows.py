@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from celery_workflows import WorkflowError, get_workflow, list_dead_letters, sweep_once
+from celery_workflows import (
+    WorkflowError,
+    discard,
+    get_workflow,
+    list_dead_letters,
+    redrive,
+)
+from celery_workflows.deadletter import KEEP_PAYLOAD
 from celery_workflows.retention import PRUNE_BATCH, prune_finished_runs
-from django_app import operations
-from django_app.models import Job
+from celery_workflows.sweeper import Sweeper
 
 
 class Command(BaseCommand):
@@ -25,11 +32,17 @@ class Command(BaseCommand):
         dlq = sub.add_parser("dlq", help="list dead letters")
         dlq.add_argument("--queue", help="service.queue")
         dlq.add_argument("--limit", type=int, default=50)
-        redrive = sub.add_parser("redrive", help="re-drive a dead letter")
-        redrive.add_argument("job_id")
-        redrive.add_argument("--payload", help="replacement payload as JSON")
-        discard = sub.add_parser("discard", help="discard a dead letter")
-        discard.add_argument("job_id")
+        redrive_cmd = sub.add_parser("redrive", help="re-drive a dead letter")
+        redrive_cmd.add_argument("job_id")
+        redrive_cmd.add_argument("--payload", help="replacement payload as JSON")
+        discard_cmd = sub.add_parser("discard", help="discard a dead letter")
+        discard_cmd.add_argument("job_id")
+        for action in (redrive_cmd, discard_cmd):
+            action.add_argument(
+                "--actor",
+                default=f"manage.py:{getpass.getuser()}",
+                help="who is acting, for the audit trail (default: manage.py:<os user>)",
+            )
         prune = sub.add_parser("prune", help="delete finished runs older than N days")
         prune.add_argument("--days", type=int, required=True)
         prune.add_argument("--batch-size", type=int, default=PRUNE_BATCH)
@@ -76,25 +89,18 @@ class Command(BaseCommand):
                 f"{job.id}  {job.queue}  {job.attempts} attempt(s)  {job.dead_reason}"
             )
 
-    def _dead(self, job_id: str) -> Job:
-        try:
-            return Job.objects.get(id=job_id)
-        except Job.DoesNotExist:
-            raise CommandError(f"no job {job_id}") from None
-
     def do_redrive(self, options: dict[str, Any]) -> None:
-        job = self._dead(options["job_id"])
-        payload = operations.deadletter.KEEP_PAYLOAD
+        payload = KEEP_PAYLOAD
         if options["payload"] is not None:
             try:
                 payload = json.loads(options["payload"])
             except json.JSONDecodeError as exc:
                 raise CommandError(f"--payload is not valid JSON: {exc}") from exc
-        new_id = operations.redrive(job, "manage.py", payload)
-        self.stdout.write(f"re-driven as job {new_id}")
+        result = redrive(options["job_id"], payload, actor=options["actor"])
+        self.stdout.write(f"re-driven as job {result.job_id}")
 
     def do_discard(self, options: dict[str, Any]) -> None:
-        operations.discard(self._dead(options["job_id"]), "manage.py")
+        discard(options["job_id"], actor=options["actor"])
         self.stdout.write("discarded")
 
     def do_prune(self, options: dict[str, Any]) -> None:
@@ -102,9 +108,13 @@ class Command(BaseCommand):
         self.stdout.write(f"pruned {total} finished run(s) older than {options['days']} day(s)")
 
     def do_sweep(self, options: dict[str, Any]) -> None:
+        sweeper = Sweeper()
         while True:
-            report = sweep_once()
-            self.stdout.write(f"expired {report.expired}, published {report.published}")
+            report = sweeper.sweep()
+            self.stdout.write(
+                f"expired {report.expired}, published {report.published}, "
+                f"settled {report.settled} run(s)"
+            )
             if not options["loop"]:
                 return
             time.sleep(1)

@@ -1,0 +1,107 @@
+"""A declared queue: one business step's schema, lifecycle and handler.
+
+:class:`QueueSpec` is a declaration, not a process: ``@service.queue_worker(...)`` creates one,
+and any ``celery worker`` consuming its Celery queue (named ``service.queue``) runs its jobs
+(see :mod:`celery_workflows.worker`). It knows how to build its jobs' ledger rows and how to
+send the "job X is ready for attempt N" notice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from .payloads import to_json, validated
+from .records import Dispatch, NewJob
+
+if TYPE_CHECKING:
+    from celery import Task
+
+    from .lifecycle import Lifecycle
+
+#: ``handler(ctx: JobContext[R], job: Job[P]) -> result``
+Handler = Callable[..., Any]
+
+
+@dataclass(eq=False)
+class QueueSpec:
+    """One queue's declaration and the Celery task that carries its notices."""
+
+    #: the declaring service's name
+    service: str
+    name: str
+    description: str
+    payload_schema: type[BaseModel] | None
+    lifecycle: Lifecycle
+    handler: Handler
+    #: the declaring service's resources, handed to the handler as ``ctx.resources``
+    resources: Any = None
+    #: event names this step may emit (documents the graph; emitting others is an error)
+    emits: tuple[str, ...] = ()
+    #: when set, a successful result is emitted as this event, with the result as payload
+    result_event: str | None = None
+    task: Task[Any, Any] | None = None
+
+    @property
+    def qualified_name(self) -> str:
+        """``service.queue``: the ledger's queue name and the Celery queue to consume."""
+        return f"{self.service}.{self.name}"
+
+    @property
+    def task_name(self) -> str:
+        return f"celery_workflows.{self.qualified_name}"
+
+    @property
+    def graph_emits(self) -> tuple[str, ...]:
+        """Every event this step can emit, for the graph: declared ones and the result event."""
+        extra = (
+            (self.result_event,)
+            if self.result_event and self.result_event not in self.emits
+            else ()
+        )
+        return (*self.emits, *extra)
+
+    def validate_payload(self, payload: Any) -> Any:
+        """The JSON form of ``payload``, or raise naming this queue and the problem."""
+        what = f"queue {self.qualified_name}"
+        body = to_json(what, payload)
+        if self.payload_schema is not None:
+            validated(what, self.payload_schema, body)
+        return body
+
+    def new_job(
+        self,
+        payload: Any,
+        *,
+        available_at: datetime,
+        correlation_id: str,
+        published: bool,
+        **options: Any,
+    ) -> NewJob:
+        """A ledger row for a fresh job on this queue (``options``: the other NewJob fields)."""
+        return NewJob(
+            id=uuid.uuid4().hex,
+            service=self.service,
+            queue=self.qualified_name,
+            payload=payload,
+            max_attempts=self.lifecycle.max_attempts,
+            available_at=available_at,
+            correlation_id=correlation_id,
+            published=published,
+            **options,
+        )
+
+    def publish(self, dispatch: Dispatch) -> None:
+        """Send the "ready for attempt N" notice to this queue."""
+        assert self.task is not None
+        options: dict[str, Any] = {"queue": self.qualified_name}
+        if dispatch.countdown > 0:
+            options["countdown"] = dispatch.countdown
+        if dispatch.priority is not None:
+            options["priority"] = dispatch.priority
+        self.task.apply_async(args=(dispatch.job_id, dispatch.attempt), **options)

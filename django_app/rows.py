@@ -1,0 +1,109 @@
+"""How records become row values for the raw SQL in :mod:`.sql`, and how rows come back.
+
+Values are adapted by Django's own database operations, so a JSON or datetime column gets what
+the project's database expects.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import connection
+from django.utils.dateparse import parse_datetime
+
+from celery_workflows.records import Event, JobStatus, NewJob, Outcome, RunStart, RunStatus
+
+
+def dt(value: datetime | None) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def js(value: Any) -> Any:
+    return connection.ops.adapt_json_value(value, None)
+
+
+def from_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def from_dt(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def run_values(correlation_id: str, starts: RunStart, now: datetime) -> dict[str, Any]:
+    return {
+        "correlation_id": correlation_id,
+        "name": starts.name,
+        "business_key": starts.business_key,
+        "started_by": starts.started_by,
+        "status": RunStatus.RUNNING.value,
+        "started_at": dt(now),
+        "finished_at": None,
+        "last_job_id": "",
+        "waiting_for": None,
+    }
+
+
+def job_values(job: NewJob, now: datetime) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "service": job.service,
+        "queue": job.queue,
+        "status": JobStatus.QUEUED.value,
+        "payload": js(job.payload),
+        "result": None,
+        "attempts": 0,
+        "max_attempts": job.max_attempts,
+        "priority": job.priority,
+        "correlation_id": job.correlation_id,
+        "idempotency_key": job.idempotency_key,
+        "available_at": dt(job.available_at),
+        "published_at": dt(job.available_at if job.published else None),
+        "lease_token": None,
+        "lease_expires_at": None,
+        "worker": "",
+        "started_at": None,
+        "finished_at": None,
+        "cancel_requested": False,
+        "dead_reason": "",
+        "attempt_log": js([]),
+        "redriven_from_id": job.redriven_from,
+        "caused_by": job.caused_by,
+        "trace_id": job.trace_id,
+        "created_at": dt(now),
+    }
+
+
+def event_values(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "name": event.name,
+        "payload": js(event.payload),
+        "correlation_id": event.correlation_id,
+        "causation_id": event.causation_id,
+        "trace_id": event.trace_id,
+        "source": event.source,
+        "emitted_at": dt(event.emitted_at),
+        "deliveries": js(event.deliveries),
+    }
+
+
+def outcome_changes(outcome: Outcome) -> dict[str, Any]:
+    """Column changes of an outcome, besides the lease release and the attempt log."""
+    changes: dict[str, Any] = {"status": outcome.status.value}
+    if outcome.status == JobStatus.SUCCEEDED:
+        changes.update(result=js(outcome.result), finished_at=dt(outcome.attempt.finished_at))
+    elif outcome.status == JobStatus.QUEUED:
+        assert outcome.available_at is not None
+        changes.update(
+            available_at=dt(outcome.available_at),
+            published_at=dt(outcome.available_at if outcome.published else None),
+        )
+    else:
+        changes.update(dead_reason=outcome.reason, finished_at=dt(outcome.attempt.finished_at))
+    return changes

@@ -1,0 +1,448 @@
+"""The ledger's hot path in raw SQL, and the one object that knows the database's dialect.
+
+The ORM costs ~0.2 ms of Python per statement to compile; on a busy worker that is most of the
+ledger's overhead, so the writes every job makes - insert, claim, outcome with its outbox - are
+written here once, by hand. What differs between PostgreSQL, SQLite and MariaDB/MySQL
+(``RETURNING``, ``ON CONFLICT`` or ``INSERT IGNORE``, appending to a JSON list, the outcome and
+its outbox in one statement) is decided by a :class:`Dialect`, chosen from the connection's
+vendor; no other module branches on the vendor.
+
+:class:`SqlLedger` implements :class:`celery_workflows.store.Ledger` on these statements.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, connection, models, transaction
+from django.utils import timezone
+
+from celery_workflows.records import (
+    PENDING_JOB_STATUSES,
+    AttemptOutcome,
+    ClaimedJob,
+    EnqueueResult,
+    JobStatus,
+    NewJob,
+    Outbox,
+    Outcome,
+    Recorded,
+    RunStatus,
+)
+
+from .models import Event as EventRow
+from .models import Job, WorkflowRun
+from .rows import dt, event_values, from_dt, from_json, job_values, js, outcome_changes, run_values
+
+
+def _columns(model: type[models.Model]) -> list[str]:
+    return [str(f.column) for f in model._meta.concrete_fields]
+
+
+JOB = Job._meta.db_table
+JOB_COLUMNS = _columns(Job)
+EVENT = EventRow._meta.db_table
+EVENT_COLUMNS = _columns(EventRow)
+RUN = WorkflowRun._meta.db_table
+RUN_COLUMNS = _columns(WorkflowRun)
+#: what a worker needs to know about the job it claimed
+CLAIM_FIELDS = [
+    "queue",
+    "payload",
+    "max_attempts",
+    "correlation_id",
+    "attempt_log",
+    "created_at",
+    "priority",
+    "trace_id",
+]
+
+_PENDING = ", ".join(f"'{s}'" for s in PENDING_JOB_STATUSES)
+_OPEN_RUN = f"'{RunStatus.RUNNING}', '{RunStatus.COMPENSATING}'"
+
+
+def marks(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+class Dialect:
+    """SQL that differs between databases. The base class speaks MariaDB/MySQL."""
+
+    #: ``UPDATE/INSERT ... RETURNING``
+    returning = False
+    #: the outcome, its events, its jobs and the run's settling in ONE statement
+    one_statement_outbox = False
+
+    def insert(self, table: str, columns: Sequence[str], rows: int, ignore: bool) -> str:
+        """``INSERT`` of ``rows`` rows; ``ignore`` skips rows that hit a unique key."""
+        values = ", ".join([f"({marks(len(columns))})"] * rows)
+        verb = "INSERT IGNORE" if ignore else "INSERT"
+        return f"{verb} INTO {table} ({', '.join(columns)}) VALUES {values}"
+
+    def json_append(self, column: str) -> str:
+        """An expression: the JSON list in ``column`` with one JSON value (a parameter) added."""
+        return f"JSON_ARRAY_APPEND({column}, '$', CAST(%s AS JSON))"
+
+
+class SQLite(Dialect):
+    returning = True
+
+    def insert(self, table: str, columns: Sequence[str], rows: int, ignore: bool) -> str:
+        sql = super().insert(table, columns, rows, ignore=False)
+        return f"{sql} ON CONFLICT DO NOTHING" if ignore else sql
+
+    def json_append(self, column: str) -> str:
+        return f"json_insert({column}, '$[#]', json(%s))"
+
+
+class PostgreSQL(SQLite):
+    one_statement_outbox = True
+
+    def json_append(self, column: str) -> str:
+        return f"{column} || jsonb_build_array(%s::jsonb)"
+
+
+_DIALECTS: dict[str, Dialect] = {
+    "postgresql": PostgreSQL(),
+    "sqlite": SQLite(),
+    "mysql": Dialect(),
+}
+
+
+def dialect() -> Dialect:
+    """The dialect of the default database connection."""
+    return _DIALECTS.get(connection.vendor, _DIALECTS["mysql"])
+
+
+def execute(sql: str, params: Sequence[Any]) -> Any:
+    """Run one statement; return the cursor's rows (empty when it returns none)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def update(sql: str, params: Sequence[Any]) -> int:
+    """Run one UPDATE; return how many rows it changed."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+def insert_rows(
+    table: str, columns: list[str], rows: list[dict[str, Any]], key: str = "id"
+) -> set[str]:
+    """INSERT rows, skipping any that collide with a unique key; return the keys inserted.
+
+    One statement where the dialect has ``RETURNING``; a savepoint per row elsewhere (which
+    reports duplicates as errors). Must run inside a transaction.
+    """
+    if not rows:
+        return set()
+    d = dialect()
+    if d.returning:
+        sql = d.insert(table, columns, len(rows), ignore=True) + f" RETURNING {key}"
+        return {r[0] for r in execute(sql, [row[c] for row in rows for c in columns])}
+    inserted = set()
+    single = d.insert(table, columns, 1, ignore=False)
+    for row in rows:
+        try:
+            with transaction.atomic():
+                execute(single, [row[c] for c in columns])
+        except IntegrityError:
+            continue
+        inserted.add(row[key])
+    return inserted
+
+
+def final_run_status(correlation_id: str, this_job: str | None = None) -> tuple[str, list[Any]]:
+    """A CASE expression: the status a run ends with once nothing of it is pending.
+
+    ``cancelled`` if a job was cancelled; ``completed`` if none was dead-lettered;
+    ``compensated`` if one was and jobs started by events it emitted (its compensation) ran;
+    ``dead_lettered`` otherwise. ``this_job``, when given, is being dead-lettered by the
+    statement this expression is part of (which cannot see its own change).
+    """
+    dead = f"status = '{JobStatus.DEAD}'"
+    if this_job is not None:
+        dead = f"({dead} OR id = %s)"
+    sql = (
+        "CASE "
+        f"WHEN EXISTS (SELECT 1 FROM {JOB} WHERE correlation_id = %s "
+        f"AND status = '{JobStatus.CANCELLED}') THEN '{RunStatus.CANCELLED}' "
+        f"WHEN NOT EXISTS (SELECT 1 FROM {JOB} WHERE correlation_id = %s AND {dead}) "
+        f"THEN '{RunStatus.COMPLETED}' "
+        f"WHEN EXISTS (SELECT 1 FROM {JOB} d JOIN {EVENT} e ON e.causation_id = d.id "
+        f"JOIN {JOB} c ON c.caused_by = e.id WHERE d.correlation_id = %s "
+        f"AND d.status = '{JobStatus.DEAD}') THEN '{RunStatus.COMPENSATED}' "
+        f"ELSE '{RunStatus.DEAD_LETTERED}' END"
+    )
+    params: list[Any] = [correlation_id, correlation_id]
+    if this_job is not None:
+        params.append(this_job)
+    params.append(correlation_id)
+    return sql, params
+
+
+def finish_run(correlation_id: str, last_job_id: str, now: datetime) -> RunStatus | None:
+    """Settle a run none of whose jobs is pending; the row lock makes exactly one caller win."""
+    status, status_params = final_run_status(correlation_id)
+    sql = (
+        f"UPDATE {RUN} SET status = {status}, finished_at = %s, last_job_id = %s "
+        f"WHERE correlation_id = %s AND status IN ({_OPEN_RUN}) AND NOT EXISTS "
+        f"(SELECT 1 FROM {JOB} WHERE correlation_id = %s AND status IN ({_PENDING}))"
+    )
+    params = [*status_params, dt(now), last_job_id, correlation_id, correlation_id]
+    if dialect().returning:
+        rows = execute(f"{sql} RETURNING status", params)
+        return RunStatus(rows[0][0]) if rows else None
+    if not update(sql, params):
+        return None
+    rows = execute(f"SELECT status FROM {RUN} WHERE correlation_id = %s", [correlation_id])
+    return RunStatus(rows[0][0])
+
+
+@functools.cache
+def _cast_row(model: type[models.Model], columns: tuple[str, ...]) -> str:
+    """``(CAST(%s AS type), ...)``: VALUES rows in an INSERT ... SELECT lose column types."""
+    types = {f.column: f.db_type(connection) for f in model._meta.concrete_fields}
+    return "(" + ", ".join(f"CAST(%s AS {types[c]})" for c in columns) + ")"
+
+
+class SqlLedger:
+    """:class:`celery_workflows.store.Ledger` on the statements above."""
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        transaction.on_commit(callback)
+
+    def insert_job(self, job: NewJob) -> EnqueueResult:
+        now = timezone.now()
+        if job.idempotency_key is None:
+            self._insert(job, now)
+            return EnqueueResult(job.id, True, job.correlation_id)
+        try:
+            with transaction.atomic():
+                self._insert(job, now)
+        except IntegrityError:
+            existing = (
+                Job.objects.filter(queue=job.queue, idempotency_key=job.idempotency_key)
+                .values_list("id", "correlation_id")
+                .first()
+            )
+            if existing is None:
+                raise
+            return EnqueueResult(existing[0], False, existing[1])
+        return EnqueueResult(job.id, True, job.correlation_id)
+
+    def _insert(self, job: NewJob, now: datetime) -> None:
+        """INSERT the job row (and its run's row unless that exists), atomically."""
+        d = dialect()
+        values = job_values(job, now)
+        job_sql = d.insert(JOB, JOB_COLUMNS, 1, ignore=False)
+        job_params = [values[c] for c in JOB_COLUMNS]
+        if job.starts is None:
+            execute(job_sql, job_params)
+            return
+        run = run_values(job.correlation_id, job.starts, now)
+        run_sql = d.insert(RUN, RUN_COLUMNS, 1, ignore=True)
+        run_params = [run[c] for c in RUN_COLUMNS]
+        if d.one_statement_outbox:
+            execute(f"WITH run AS ({run_sql}) {job_sql}", [*run_params, *job_params])
+            return
+        with transaction.atomic():
+            execute(run_sql, run_params)
+            execute(job_sql, job_params)
+
+    def claim(
+        self, job_id: str, attempt: int, lease_token: str, worker: str, lease_seconds: float
+    ) -> ClaimedJob | None:
+        now = timezone.now()
+        expires = now + timedelta(seconds=lease_seconds)
+        sql = (
+            f"UPDATE {JOB} SET status = '{JobStatus.RUNNING}', attempts = %s, lease_token = %s, "
+            "lease_expires_at = %s, worker = %s, started_at = %s "
+            f"WHERE id = %s AND status = '{JobStatus.QUEUED}' AND attempts = %s"
+        )
+        params = [attempt, lease_token, dt(expires), worker, dt(now), job_id, attempt - 1]
+        fields = ", ".join(CLAIM_FIELDS)
+        if dialect().returning:
+            rows = execute(f"{sql} RETURNING {fields}", params)
+        elif update(sql, params):
+            rows = execute(f"SELECT {fields} FROM {JOB} WHERE id = %s", [job_id])
+        else:
+            rows = []
+        if not rows:
+            return None
+        row = dict(zip(CLAIM_FIELDS, rows[0], strict=True))
+        return ClaimedJob(
+            id=job_id,
+            attempt=attempt,
+            lease_token=lease_token,
+            lease_expires_at=expires,
+            started_at=now,
+            queue=row["queue"],
+            payload=from_json(row["payload"]),
+            max_attempts=row["max_attempts"],
+            correlation_id=row["correlation_id"],
+            attempt_log=from_json(row["attempt_log"]) or [],
+            created_at=from_dt(row["created_at"]),
+            priority=row["priority"],
+            trace_id=row["trace_id"],
+        )
+
+    def extend_lease(self, job_id: str, lease_token: str, lease_seconds: float) -> datetime | None:
+        now = timezone.now()
+        expires = now + timedelta(seconds=lease_seconds)
+        fenced = self._fenced_update(job_id, lease_token, now, {"lease_expires_at": dt(expires)})
+        return expires if fenced else None
+
+    def record_outcome(self, job: ClaimedJob, outcome: Outcome, outbox: Outbox) -> Recorded | None:
+        changes = outcome_changes(outcome)
+        changes.update(
+            lease_token=None,
+            lease_expires_at=None,
+            attempt_log=js([*job.attempt_log, outcome.attempt.to_json()]),
+        )
+        now = timezone.now()
+        final = outcome.status != JobStatus.QUEUED
+        if dialect().one_statement_outbox and outbox.starts is None:
+            return self._record_in_one_statement(job, outcome, outbox, changes, now, final)
+        with transaction.atomic():
+            if not self._fenced_update(job.id, job.lease_token, now, changes):
+                return None
+            created = self.write_outbox(outbox) if outbox else []
+            settled = finish_run(job.correlation_id, job.id, now) if final and not created else None
+        return Recorded(created, settled)
+
+    def _fenced_update(
+        self, job_id: str, lease_token: str, now: datetime, changes: dict[str, Any]
+    ) -> bool:
+        """Apply ``changes`` (column -> adapted value) only while the lease is held."""
+        assignments = ", ".join(f"{column} = %s" for column in changes)
+        return bool(
+            update(
+                f"UPDATE {JOB} SET {assignments} WHERE id = %s AND status = '{JobStatus.RUNNING}' "
+                "AND lease_token = %s AND lease_expires_at > %s",
+                [*changes.values(), job_id, lease_token, dt(now)],
+            )
+        )
+
+    def _record_in_one_statement(
+        self,
+        job: ClaimedJob,
+        outcome: Outcome,
+        outbox: Outbox,
+        changes: dict[str, Any],
+        now: datetime,
+        final: bool,
+    ) -> Recorded | None:
+        """PostgreSQL: the fenced outcome, its events, the jobs they start and - when nothing
+        of the run is pending any more - the run's settling, in ONE statement.
+
+        The inserts select from the UPDATE's result, so a fenced (zombie) attempt writes
+        nothing. The statement cannot see its own changes, so the run's settling excludes this
+        job from "pending" and requires that no job was inserted. Two branches of one run that
+        end at the same instant may each see the other still running; the sweeper settles
+        such a run (see :func:`finish_run`).
+        """
+        assignments = ", ".join(f"{column} = %s" for column in changes)
+        params: list[Any] = [*changes.values(), job.id, job.lease_token, dt(now)]
+        parts = [
+            f"WITH done AS (UPDATE {JOB} SET {assignments} WHERE id = %s "
+            f"AND status = '{JobStatus.RUNNING}' AND lease_token = %s AND lease_expires_at > %s "
+            "RETURNING 1)"
+        ]
+        for name, model, columns, rows in (
+            ("ev", EventRow, EVENT_COLUMNS, [event_values(e) for e in outbox.events]),
+            ("jb", Job, JOB_COLUMNS, [job_values(j, now) for j in outbox.jobs]),
+        ):
+            if not rows:
+                continue
+            row = _cast_row(model, tuple(columns))
+            parts.append(
+                f", {name} AS (INSERT INTO {model._meta.db_table} ({', '.join(columns)}) "
+                f"SELECT * FROM (VALUES {', '.join([row] * len(rows))}) v "
+                "WHERE EXISTS (SELECT 1 FROM done) ON CONFLICT DO NOTHING RETURNING id)"
+            )
+            params += [r[c] for r in rows for c in columns]
+        settle = "NULL"
+        if final:
+            dead_here = job.id if outcome.status == JobStatus.DEAD else None
+            status, status_params = final_run_status(job.correlation_id, dead_here)
+            no_new_jobs = "AND NOT EXISTS (SELECT 1 FROM jb) " if outbox.jobs else ""
+            parts.append(
+                f", settled AS (UPDATE {RUN} SET status = {status}, finished_at = %s, "
+                f"last_job_id = %s WHERE correlation_id = %s AND status IN ({_OPEN_RUN}) "
+                f"AND EXISTS (SELECT 1 FROM done) {no_new_jobs}"
+                f"AND NOT EXISTS (SELECT 1 FROM {JOB} WHERE correlation_id = %s "
+                f"AND status IN ({_PENDING}) AND id <> %s) RETURNING status)"
+            )
+            params += [*status_params, dt(now), job.id, job.correlation_id]
+            params += [job.correlation_id, job.id]
+            settle = "(SELECT status FROM settled)"
+        created = "(SELECT array_agg(id) FROM jb)" if outbox.jobs else "NULL"
+        parts.append(f" SELECT (SELECT count(*) FROM done), {created}, {settle}")
+        ((won, ids, status_value),) = execute("".join(parts), params)
+        if not won:
+            return None
+        created_ids = set(ids or ())
+        return Recorded(
+            [j for j in outbox.jobs if j.id in created_ids],
+            RunStatus(status_value) if status_value else None,
+        )
+
+    def write_outbox(self, outbox: Outbox) -> list[NewJob]:
+        now = timezone.now()
+        with transaction.atomic(savepoint=False):
+            if outbox.starts is not None:
+                insert_rows(
+                    RUN,
+                    RUN_COLUMNS,
+                    [run_values(e.correlation_id, outbox.starts, now) for e in outbox.events],
+                    key="correlation_id",
+                )
+            insert_rows(EVENT, EVENT_COLUMNS, [event_values(e) for e in outbox.events])
+            created = insert_rows(JOB, JOB_COLUMNS, [job_values(j, now) for j in outbox.jobs])
+        return [j for j in outbox.jobs if j.id in created]
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        rows = execute(f"SELECT cancel_requested FROM {JOB} WHERE id = %s", [job_id])
+        return bool(rows and rows[0][0])
+
+    def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
+        now = timezone.now()
+        job = NewJob(
+            id=uuid.uuid4().hex,
+            service=queue.split(".", 1)[0],
+            queue=queue,
+            payload=body,
+            max_attempts=1,
+            available_at=now,
+            correlation_id=uuid.uuid4().hex,
+            published=False,
+        )
+        entry = {
+            "attempt": 1,
+            "outcome": AttemptOutcome.INVALID_PAYLOAD.value,
+            "error": reason,
+            "started_at": now.isoformat(),
+            "finished_at": now.isoformat(),
+            "worker": "",
+            "traceback": "",
+            "duration_ms": 0,
+        }
+        values = {
+            **job_values(job, now),
+            "status": JobStatus.DEAD.value,
+            "attempts": 1,
+            "finished_at": dt(now),
+            "dead_reason": reason,
+            "attempt_log": js([entry]),
+        }
+        execute(
+            dialect().insert(JOB, JOB_COLUMNS, 1, ignore=False), [values[c] for c in JOB_COLUMNS]
+        )
+        return job.id
