@@ -9,10 +9,8 @@
 - a consumer bootstep that runs the :mod:`~celery_workflows.sweeper` on the worker's timer in
   every ``celery worker`` (settings ``workflows_sweep_interval`` and
   ``workflows_republish_after``, in seconds, on the Celery app's config);
-- handlers for Celery's ``task_unknown`` / ``task_rejected`` signals and a consumer whose
-  ``on_decode_error`` records the message first, so a message that names no registered task
-  or cannot be read, arriving on one of our queues, is dead-lettered with the reason instead
-  of being dropped.
+- the consumer of :mod:`celery_workflows.consumer` as ``worker_consumer``: no message can stop
+  the worker, and one that cannot be run is dead-lettered with its reason and raw body.
 """
 
 from __future__ import annotations
@@ -22,12 +20,13 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import task_rejected, task_unknown
-from celery.worker.consumer import Consumer
 
 from . import graph, registry
-from .errors import PayloadError
+from .consumer import DELIVER_EVENT_TASK
+from .errors import WorkflowError
 from .events import event_payload, run_start_for, write_and_publish
+from .intake import envelope_problem, stored_body
+from .payloads import max_payload_bytes, storable_text
 from .records import Event
 from .retention import PRUNE_TASK, prune_finished_runs
 from .store import get_store
@@ -36,7 +35,6 @@ from .worker import dead_letter_message
 
 #: the queue external event envelopes arrive on; add it to a worker's ``-Q``
 EVENTS_QUEUE = "celery_workflows.events"
-DELIVER_EVENT_TASK = "celery_workflows.deliver_event"
 
 DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
 logger = logging.getLogger("celery_workflows.celery_integration")
@@ -92,24 +90,13 @@ class SweeperStep(bootsteps.StartStopStep):
     shutdown = stop
 
 
-class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
-    """Celery's consumer, except that a message on one of our queues whose body cannot be
-    decoded (broken JSON, a body without task headers) is dead-lettered, not only logged."""
-
-    def on_decode_error(self, message: Any, exc: Exception) -> None:
-        try:
-            _dead_letter_message(message, f"message body could not be decoded: {exc}")
-        except Exception:  # recording must never stop the consumer; Celery still logs it
-            logger.exception("could not dead-letter an undecodable message")
-        super().on_decode_error(message, exc)
-
-
 def install(app: Celery) -> None:
     if id(app) in _installed:
         return
     _installed.add(id(app))
+    registry.set_max_payload_bytes(max_payload_bytes(app.conf))
     if app.conf.worker_consumer == DEFAULT_CONSUMER:
-        app.conf.worker_consumer = f"{__name__}:DeadLetteringConsumer"
+        app.conf.worker_consumer = "celery_workflows.consumer:DeadLetteringConsumer"
     else:
         logger.info("worker_consumer is customised; undecodable messages are not dead-lettered")
     app.steps["worker"].add(GraphCheck)
@@ -123,60 +110,26 @@ def install(app: Celery) -> None:
 
 def _deliver_event(*args: Any, **kwargs: Any) -> None:
     """Write an event received through the broker and start its subscriptions' jobs."""
+    store = get_store()
     try:
-        if len(args) != 1 or kwargs or not isinstance(args[0], dict):
-            raise ValueError("expected one argument: the event envelope as a JSON object")
+        problem = envelope_problem(args, kwargs)
+        if problem is not None:
+            raise ValueError(problem)
         received = Event.from_json(args[0])
+        registry.check_name("event", received.name)
         event = dataclasses.replace(
             received, payload=event_payload(received.name, received.payload)
         )
-    except (ValueError, TypeError, PayloadError) as exc:
-        dead_letter_message(
-            get_store(),
-            EVENTS_QUEUE,
-            {"args": _jsonable(list(args)), "kwargs": _jsonable(kwargs)},
-            f"malformed event envelope: {exc}",
-        )
+    except (ValueError, TypeError, WorkflowError) as exc:
+        body = {"args": list(args), "kwargs": kwargs}
+        reason = storable_text(f"malformed event envelope: {exc}")
+        dead_letter_message(store, EVENTS_QUEUE, {"body": stored_body(body)}, reason)
         return
-    write_and_publish(get_store(), [event], run_start_for(event))
+    if not registry.subscriptions_for(event.name):
+        logger.warning("event %r (%s) has no subscriber here; recorded only", event.name, event.id)
+    write_and_publish(store, [event], run_start_for(event))
 
 
 def publish_event(app: Celery, event: Event) -> None:
     """Send an envelope to the events queue (used by other services and by the tests)."""
     app.send_task(DELIVER_EVENT_TASK, args=[event.to_json()], queue=EVENTS_QUEUE)
-
-
-def _dead_letter_message(message: Any, reason: str) -> None:
-    info = getattr(message, "delivery_info", None) or {}
-    queue = info.get("routing_key") or ""
-    if queue not in registry.queues():
-        return  # not one of our queues: Celery's own handling applies
-    try:
-        body: Any = message.decode()
-    except Exception:
-        raw = getattr(message, "body", b"")
-        body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else repr(raw)
-    headers = getattr(message, "headers", None) or {}
-    dead_letter_message(
-        get_store(), queue, {"headers": _jsonable(headers), "body": _jsonable(body)}, reason
-    )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return repr(value)
-
-
-@task_unknown.connect
-def _on_unknown_task(sender: Any = None, message: Any = None, name: str = "", **kw: Any) -> None:
-    _dead_letter_message(message, f"unknown task {name!r}: no worker registers it")
-
-
-@task_rejected.connect
-def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **kw: Any) -> None:
-    _dead_letter_message(message, f"message rejected as invalid: {exc or 'unknown message format'}")

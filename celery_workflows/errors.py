@@ -93,6 +93,14 @@ class LeaseExpired(BaseException):
     """
 
 
+class LedgerUnavailableError(WorkflowError):
+    """The database stayed unreachable for longer than a ledger statement may wait."""
+
+
+class LedgerWriteError(WorkflowError):
+    """The database refused a ledger write for a reason other than a lost connection."""
+
+
 class JobControl(WorkflowError):
     """Base of the exceptions that job-control methods (``ctx.retry()``, ``ctx.fail()``, ...)
     raise to end an attempt; let them propagate out of the handler."""

@@ -51,7 +51,7 @@ def new_event(
 def event_payload(name: str, payload: Any) -> Any:
     """The JSON form of an event's payload; validated (defaults filled in) if it has a schema,
     so subscribers' ``map``/``when`` see the validated form."""
-    body = to_json(f"event {name!r}", payload)
+    body = to_json(f"event {name!r}", payload, registry.max_payload_bytes())
     schema = registry.event_schemas().get(name)
     if schema is None:
         return body

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from .payloads import to_json, validated
+from .payloads import DEFAULT_MAX_PAYLOAD_BYTES, to_json, validated
 from .records import Dispatch, NewJob
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ class QueueSpec:
     emits: tuple[str, ...] = ()
     #: when set, a successful result is emitted as this event, with the result as payload
     result_event: str | None = None
+    #: ``workflows_max_payload_bytes`` of the declaring service's Celery app
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     task: Task[Any, Any] | None = None
 
     @property
@@ -69,7 +71,7 @@ class QueueSpec:
     def validate_payload(self, payload: Any) -> Any:
         """The JSON form of ``payload``, or raise naming this queue and the problem."""
         what = f"queue {self.qualified_name}"
-        body = to_json(what, payload)
+        body = to_json(what, payload, self.max_payload_bytes)
         if self.payload_schema is not None:
             validated(what, self.payload_schema, body)
         return body
@@ -105,3 +107,18 @@ class QueueSpec:
         if dispatch.priority is not None:
             options["priority"] = dispatch.priority
         self.task.apply_async(args=(dispatch.job_id, dispatch.attempt), **options)
+
+    def broker_depth(self) -> int | None:
+        """Messages waiting in this queue at the broker (0 if it does not exist), or None when
+        the broker cannot say. One round trip; the sweeper asks only when notices look lost."""
+        assert self.task is not None
+        try:
+            with self.task.app.connection_for_read() as conn, conn.channel() as channel:
+                declared = channel.queue_declare(  # type: ignore[attr-defined]
+                    queue=self.qualified_name, passive=True
+                )
+                return int(declared[1])
+        except Exception as exc:
+            if "NOT_FOUND" in str(exc) or getattr(exc, "code", None) == 404:
+                return 0
+            return None

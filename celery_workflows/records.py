@@ -286,6 +286,22 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
+class DueJob:
+    """A queued job whose time has come and whose notice was never sent, or was sent at
+    ``published_at`` and has not been claimed since."""
+
+    job_id: str
+    queue: str
+    attempt: int
+    priority: int | None
+    published_at: datetime | None
+
+    @property
+    def dispatch(self) -> Dispatch:
+        return Dispatch(self.job_id, self.queue, self.attempt, self.priority)
+
+
+@dataclass(frozen=True)
 class ExpiredLease:
     """A running attempt whose lease ran out: its worker died, hung or lost the network."""
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from .errors import ConfigurationError, UnknownQueueError
 from .middleware import Chain, Middleware
+from .payloads import DEFAULT_MAX_PAYLOAD_BYTES
 from .queues import QueueSpec
 from .signals import SignalsMiddleware
 from .subscriptions import Subscription
@@ -35,6 +36,7 @@ _subscriptions: dict[str, list[Subscription]] = {}
 _subscription_names: set[str] = set()
 _event_schemas: dict[str, type[BaseModel]] = {}
 _middleware: list[Middleware] = [SignalsMiddleware()]
+_limits = {"max_payload_bytes": DEFAULT_MAX_PAYLOAD_BYTES}
 _chain = Chain(_middleware)
 
 
@@ -130,3 +132,12 @@ def add_middleware(middleware: Middleware) -> None:
 def hooks() -> Chain:
     """The registered middleware, to call a hook on all of them."""
     return _chain
+
+
+def set_max_payload_bytes(max_bytes: int) -> None:
+    """The limit on event payloads (from the Celery app's ``workflows_max_payload_bytes``)."""
+    _limits["max_payload_bytes"] = max_bytes
+
+
+def max_payload_bytes() -> int:
+    return _limits["max_payload_bytes"]

@@ -17,6 +17,7 @@ from .context import Job, JobContext
 from .errors import ConfigurationError
 from .events import new_event, run_start_for, write_and_publish
 from .lifecycle import PUBLISH_HORIZON_SECONDS, Lifecycle
+from .payloads import max_payload_bytes
 from .queues import Handler, QueueSpec
 from .records import Dispatch, EnqueueResult, Event, NewJob, RunStart
 from .store import Ledger, get_store
@@ -56,6 +57,8 @@ class WorkflowService(Generic[R]):
         self.celery_app = celery_app
         self.resources: R = resources
         self._queues: dict[str, QueueSpec] = {}
+        #: ``workflows_max_payload_bytes`` on the Celery app: the largest job/event payload
+        self.max_payload_bytes = max_payload_bytes(celery_app.conf)
         registry.register_service(self)
         install(celery_app)
 
@@ -125,6 +128,7 @@ class WorkflowService(Generic[R]):
                 lifecycle=lifecycle or Lifecycle(),
                 handler=handler,
                 resources=self.resources,
+                max_payload_bytes=self.max_payload_bytes,
                 emits=emitted,
                 result_event=result_event,
             )

@@ -25,6 +25,8 @@ job_fenced = Signal(name="job_fenced")
 event_emitted = Signal(name="event_emitted")
 #: a workflow has no job left queued or running; kwargs: correlation_id, status, last_job_id
 workflow_finished = Signal(name="workflow_finished")
+#: a well-formed notice named a job the ledger does not know; kwargs: queue, job_id, attempt
+notice_dropped = Signal(name="notice_dropped")
 
 
 class SignalsMiddleware(Middleware):

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from .errors import StoreNotConfiguredError
 from .records import (
     ClaimedJob,
-    Dispatch,
+    DueJob,
     EnqueueResult,
     ExpiredLease,
     JobRecord,
@@ -65,6 +65,9 @@ class Ledger(Protocol):
 
     def is_cancel_requested(self, job_id: str) -> bool: ...
 
+    def knows_job(self, job_id: str) -> bool:
+        """Whether the ledger has a job with this id (in any status)."""
+
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
         """Dead-letter a message no job could be read from; return the new row's id."""
 
@@ -77,9 +80,14 @@ class Maintenance(Protocol):
     def settle_expired(self, lease: ExpiredLease, outcome: Outcome) -> Recorded | None:
         """Record an expired lease's outcome, once (None if another sweeper did)."""
 
-    def take_due(
+    def due_jobs(
         self, queues: list[str], now: datetime, stale_before: datetime, limit: int
-    ) -> list[Dispatch]: ...
+    ) -> list[DueJob]:
+        """Queued jobs due by ``now`` whose notice was never sent or sent before
+        ``stale_before``, oldest notice first."""
+
+    def mark_published(self, due: DueJob, now: datetime) -> bool:
+        """Note that ``due``'s notice is sent now - if no other sweeper did since it was read."""
 
     def finish_workflow(self, correlation_id: str, last_job_id: str) -> RunStatus | None:
         """Settle the run if no job of it is pending any more; its final status to exactly

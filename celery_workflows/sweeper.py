@@ -7,7 +7,8 @@ It is what makes the ledger, not the broker, the source of truth. Each pass:
    worker applies (:func:`~celery_workflows.lifecycle.after_failure`) - so a poison job that
    kills its worker every time still ends in the DLQ after ``max_attempts``;
 2. publishes jobs that are due but have no live notice in the broker: delayed jobs whose time
-   has come, and jobs whose notice was lost (publish failed after commit, broker lost it);
+   has come, and jobs whose notice was lost (publish failed after commit, broker lost it) -
+   only as many as the broker's queue cannot still be holding;
 3. settles runs that have nothing pending but were left open - two parallel branches that ended
    at the same instant each saw the other still running - looking at a bounded page of open
    runs per pass and moving on from where the last pass stopped.
@@ -29,7 +30,8 @@ from . import registry, signals
 from .clock import utcnow
 from .lifecycle import after_failure
 from .middleware import AttemptInfo
-from .records import AttemptOutcome, AttemptRecord, ExpiredLease, RunCursor
+from .queues import QueueSpec
+from .records import AttemptOutcome, AttemptRecord, DueJob, ExpiredLease, RunCursor
 from .store import Store, get_store
 from .worker import follow_up
 
@@ -68,12 +70,30 @@ class Sweeper:
         expired = sum(
             settle_expired(store, lease) for lease in store.expire_leases(names, now, BATCH_SIZE)
         )
-        published = 0
         stale_before = now - timedelta(seconds=self.republish_after)
-        for dispatch in store.take_due(names, now, stale_before, BATCH_SIZE):
-            known[dispatch.queue].publish(dispatch)
-            published += 1
+        due = store.due_jobs(names, now, stale_before, BATCH_SIZE)
+        published = 0
+        for job in [d for d in due if d.published_at is None] + self._lost(due, known):
+            if store.mark_published(job, now):
+                known[job.queue].publish(job.dispatch)
+                published += 1
         return SweepReport(expired, published, self._settle_idle_runs(store))
+
+    @staticmethod
+    def _lost(due: list[DueJob], known: dict[str, QueueSpec]) -> list[DueJob]:
+        """Of the jobs whose notice went out long ago and was never claimed, the ones whose
+        notice is really gone: a queue holding N messages may still hold N of those notices
+        (behind a backlog), so only the oldest ``stale - N`` are sent again. Re-sending every
+        stale job would grow the queue exactly when the workers are already behind."""
+        stale: dict[str, list[DueJob]] = {}
+        for job in due:
+            if job.published_at is not None:
+                stale.setdefault(job.queue, []).append(job)
+        lost: list[DueJob] = []
+        for queue, jobs in stale.items():
+            depth = known[queue].broker_depth()
+            lost += jobs if depth is None else jobs[: max(0, len(jobs) - depth)]
+        return lost
 
     def _settle_idle_runs(self, store: Store) -> int:
         idle, self.runs_cursor = store.idle_runs(self.runs_cursor, RUN_PAGE)

@@ -93,7 +93,8 @@ class WorkerProcess:
         self._log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(),
-            env={**os.environ, **self.env},
+            # unbuffered, so the log file shows what happened up to the moment it is read
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             stdout=self._log if self._log is not None else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,

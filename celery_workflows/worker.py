@@ -10,7 +10,6 @@ is pending any more.
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 from dataclasses import dataclass
@@ -26,15 +25,19 @@ from .errors import (
     FatalJobError,
     JobFinished,
     LeaseExpired,
+    LedgerUnavailableError,
+    LedgerWriteError,
     NonRetryableError,
     PayloadError,
     RetryRequested,
     SubscriptionError,
 )
 from .events import announce, check_emits, new_event, plan, publish_created
+from .intake import notice_problem, stored_body
 from .lease import LeaseAlarm, new_lease_token, worker_name
 from .lifecycle import after_failure
 from .middleware import AttemptInfo, DeadLetterInfo
+from .payloads import storable_text, to_json
 from .queues import QueueSpec
 from .records import (
     AttemptOutcome,
@@ -51,25 +54,20 @@ from .store import Store, get_store
 
 logger = logging.getLogger("celery_workflows.worker")
 
-MALFORMED = "malformed message: expected args [job_id: str, attempt: int] and no kwargs"
-
 
 def run_message(spec: QueueSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Body of a queue's Celery task. A malformed message goes to the DLQ with the reason."""
+    """Body of a queue's Celery task. A malformed notice goes to the DLQ with the reason (the
+    toolkit's consumer refuses those before they get here; this covers other consumers)."""
     store = get_store()
-    if (
-        len(args) != 2
-        or kwargs
-        or not isinstance(args[0], str)
-        or not isinstance(args[1], int)
-        or isinstance(args[1], bool)
-    ):
-        dead_letter_message(store, spec.qualified_name, {"args": list(args), "kwargs": kwargs})
+    problem = notice_problem(args, kwargs)
+    if problem is not None:
+        body = {"args": list(args), "kwargs": kwargs}
+        dead_letter_message(store, spec.qualified_name, {"body": stored_body(body)}, problem)
         return
     run(spec, store, args[0], args[1])
 
 
-def dead_letter_message(store: Store, queue: str, body: Any, reason: str = MALFORMED) -> str:
+def dead_letter_message(store: Store, queue: str, body: Any, reason: str) -> str:
     """Record a message no job could be read from as a dead letter of ``queue``."""
     job_id = store.record_unroutable(queue, body, reason)
     logger.error("%s: %s (dead-lettered as job %s)", queue, reason, job_id)
@@ -79,18 +77,50 @@ def dead_letter_message(store: Store, queue: str, body: Any, reason: str = MALFO
 
 def run(spec: QueueSpec, store: Store, job_id: str, attempt: int) -> None:
     """Claim attempt ``attempt`` of ``job_id`` and run it; drop the notice if not claimable."""
-    claimed = store.claim(
-        job_id, attempt, new_lease_token(), worker_name(), spec.lifecycle.visibility_timeout
-    )
-    if claimed is None:
+    try:
+        claimed = store.claim(
+            job_id, attempt, new_lease_token(), worker_name(), spec.lifecycle.visibility_timeout
+        )
+    except LedgerUnavailableError:
+        # the notice was consumed: send it again for later, so the job does not wait for the
+        # sweeper's re-publish while the database comes back
+        logger.warning(
+            "%s: ledger unavailable; notice for job %s re-sent", spec.qualified_name, job_id
+        )
+        spec.publish(Dispatch(job_id, spec.qualified_name, attempt, None, CLAIM_RETRY_SECONDS))
+        return
+    if claimed is not None:
+        Attempt(spec, claimed, store).run()
+    elif store.knows_job(job_id):
         logger.debug(
             "%s: job %s attempt %s is not claimable (done, running elsewhere or stale notice)",
             spec.qualified_name,
             job_id,
             attempt,
         )
-        return
-    Attempt(spec, claimed, store).run()
+    else:
+        DROPPED.count += 1
+        logger.warning(
+            "%s: dropped a notice for job %s, which the ledger does not know "
+            "(%d such notice(s) in this process)",
+            spec.qualified_name,
+            job_id,
+            DROPPED.count,
+        )
+        signals.notice_dropped.send(
+            sender=spec.qualified_name, queue=spec.qualified_name, job_id=job_id, attempt=attempt
+        )
+
+
+class _Dropped:
+    """How many notices for unknown jobs this process dropped (shown in its log lines)."""
+
+    count = 0
+
+
+DROPPED = _Dropped()
+#: seconds before a notice that could not be claimed (database unreachable) is delivered again
+CLAIM_RETRY_SECONDS = 5.0
 
 
 def follow_up(
@@ -228,10 +258,11 @@ class Attempt:
 
     def _success(self, result: Any) -> tuple[Outcome, Outbox]:
         try:
-            json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            error = f"handler returned a result that is not JSON-serialisable: {exc}"
-            return self._failure(AttemptOutcome.FATAL, error, exc, give_up=True)
+            to_json("handler result", result)
+        except PayloadError as exc:
+            return self._failure(
+                AttemptOutcome.FATAL, f"cannot record the {exc}", exc, give_up=True
+            )
         events = list(self.emitted)
         try:
             if self.spec.result_event is not None:
@@ -271,7 +302,18 @@ class Attempt:
         """The one fenced write of this attempt, then what follows from it."""
         outcome, outbox = judged
         c = self.claimed
-        recorded = self.store.record_outcome(c, outcome, outbox)
+        try:
+            recorded = self._record_outcome(outcome, outbox)
+        except LedgerWriteError as exc:
+            # the database refused this outcome (not a lost connection): record that instead,
+            # so the job does not look like a lost worker and run again
+            error = f"the attempt's outcome could not be written: {exc}"
+            record = self._record(AttemptOutcome.FATAL, error, None)
+            outcome, outbox = (
+                after_failure(record, c.max_attempts, self.spec.lifecycle.retry, give_up=True),
+                Outbox(),
+            )
+            recorded = self.store.record_outcome(c, outcome, outbox)
         if recorded is None:
             self.log.warning(
                 "late result of job %s attempt %s rejected: its lease expired and the job was "
@@ -283,6 +325,17 @@ class Attempt:
             return
         announce(outbox.events)
         follow_up(self.spec, self.info, outcome, recorded, c.priority, self.log)
+
+    def _record_outcome(self, outcome: Outcome, outbox: Outbox) -> Recorded | None:
+        """Write the outcome, waiting out a database outage while the lease lasts; past it the
+        sweeper records the attempt as a lost lease."""
+        while True:
+            try:
+                return self.store.record_outcome(self.claimed, outcome, outbox)
+            except LedgerUnavailableError:
+                if utcnow() >= self.claimed.lease_expires_at:
+                    raise
+                self.log.warning("ledger unavailable; retrying the outcome write")
 
     def _validated_payload(self) -> Any:
         schema = self.spec.payload_schema
@@ -312,8 +365,8 @@ class Attempt:
             started_at=self.claimed.started_at,
             finished_at=utcnow(),
             outcome=outcome,
-            error=error,
-            traceback=tb,
+            error=storable_text(error),
+            traceback=storable_text(tb),
         )
 
     def _new_event(self, name: str, payload: Any) -> Event:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from celery_workflows.records import (
     PENDING_JOB_STATUSES,
-    Dispatch,
+    DueJob,
     ExpiredLease,
     JobStatus,
     Outcome,
@@ -88,22 +88,29 @@ class Maintenance:
             )
         return Recorded([], settled)
 
-    def take_due(
+    def due_jobs(
         self, queues: list[str], now: datetime, stale_before: datetime, limit: int
-    ) -> list[Dispatch]:
-        rows = list(
+    ) -> list[DueJob]:
+        rows = (
             Job.objects.filter(status=JobStatus.QUEUED, available_at__lte=now, queue__in=queues)
             .filter(Q(published_at__isnull=True) | Q(published_at__lt=stale_before))
+            .order_by(F("published_at").asc(nulls_first=True))
             .values_list("id", "queue", "attempts", "priority", "published_at")[:limit]
         )
-        taken = []
-        for job_id, queue, attempts, priority, published_at in rows:
-            # conditional on the value we read, so two sweepers never both publish one job
-            if Job.objects.filter(
-                id=job_id, status=JobStatus.QUEUED, attempts=attempts, published_at=published_at
-            ).update(published_at=now):
-                taken.append(Dispatch(job_id, queue, attempts + 1, priority))
-        return taken
+        return [
+            DueJob(job_id, queue, n + 1, priority, at) for job_id, queue, n, priority, at in rows
+        ]
+
+    def mark_published(self, due: DueJob, now: datetime) -> bool:
+        # conditional on the value read, so two sweepers never both publish one job
+        return bool(
+            Job.objects.filter(
+                id=due.job_id,
+                status=JobStatus.QUEUED,
+                attempts=due.attempt - 1,
+                published_at=due.published_at,
+            ).update(published_at=now)
+        )
 
     def finish_workflow(self, correlation_id: str, last_job_id: str) -> RunStatus | None:
         return sql.finish_run(correlation_id, last_job_id, timezone.now())

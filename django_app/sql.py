@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection, models, transaction
+from django.db import DataError, IntegrityError, ProgrammingError, connection, models, transaction
 from django.utils import timezone
 
+from celery_workflows.errors import LedgerWriteError
 from celery_workflows.records import (
     PENDING_JOB_STATUSES,
     AttemptOutcome,
@@ -158,6 +159,15 @@ def insert_rows(
     return inserted
 
 
+def existing(jobs: list[NewJob]) -> list[NewJob]:
+    """The jobs of ``jobs`` whose rows exist."""
+    if not jobs:
+        return []
+    rows = execute(f"SELECT id FROM {JOB} WHERE id IN ({marks(len(jobs))})", [j.id for j in jobs])
+    found = {r[0] for r in rows}
+    return [j for j in jobs if j.id in found]
+
+
 def final_run_status(correlation_id: str, this_job: str | None = None) -> tuple[str, list[Any]]:
     """A CASE expression: the status a run ends with once nothing of it is pending.
 
@@ -221,20 +231,27 @@ class SqlLedger:
     def insert_job(self, job: NewJob) -> EnqueueResult:
         now = timezone.now()
         if job.idempotency_key is None:
-            self._insert(job, now)
+            try:
+                self._insert(job, now)
+            except IntegrityError:
+                # only this insert, run again after its reply was lost, can collide here
+                if connection.in_atomic_block or not self.knows_job(job.id):
+                    raise
             return EnqueueResult(job.id, True, job.correlation_id)
         try:
             with transaction.atomic():
                 self._insert(job, now)
         except IntegrityError:
-            existing = (
+            if self.knows_job(job.id):  # this insert, run again after a lost reply
+                return EnqueueResult(job.id, True, job.correlation_id)
+            first = (
                 Job.objects.filter(queue=job.queue, idempotency_key=job.idempotency_key)
                 .values_list("id", "correlation_id")
                 .first()
             )
-            if existing is None:
+            if first is None:
                 raise
-            return EnqueueResult(existing[0], False, existing[1])
+            return EnqueueResult(first[0], False, first[1])
         return EnqueueResult(job.id, True, job.correlation_id)
 
     def _insert(self, job: NewJob, now: datetime) -> None:
@@ -261,12 +278,25 @@ class SqlLedger:
     ) -> ClaimedJob | None:
         now = timezone.now()
         expires = now + timedelta(seconds=lease_seconds)
+        # the second branch matches only this claim's own token: running the same claim again
+        # (its reply was lost with the connection) wins it again instead of losing the job
         sql = (
             f"UPDATE {JOB} SET status = '{JobStatus.RUNNING}', attempts = %s, lease_token = %s, "
             "lease_expires_at = %s, worker = %s, started_at = %s "
-            f"WHERE id = %s AND status = '{JobStatus.QUEUED}' AND attempts = %s"
+            f"WHERE id = %s AND ((status = '{JobStatus.QUEUED}' AND attempts = %s) "
+            f"OR (status = '{JobStatus.RUNNING}' AND attempts = %s AND lease_token = %s))"
         )
-        params = [attempt, lease_token, dt(expires), worker, dt(now), job_id, attempt - 1]
+        params = [
+            attempt,
+            lease_token,
+            dt(expires),
+            worker,
+            dt(now),
+            job_id,
+            attempt - 1,
+            attempt,
+            lease_token,
+        ]
         fields = ", ".join(CLAIM_FIELDS)
         if dialect().returning:
             rows = execute(f"{sql} RETURNING {fields}", params)
@@ -300,22 +330,48 @@ class SqlLedger:
         return expires if fenced else None
 
     def record_outcome(self, job: ClaimedJob, outcome: Outcome, outbox: Outbox) -> Recorded | None:
+        # the lease token stays on the row as this attempt's receipt (see _written_before)
         changes = outcome_changes(outcome)
         changes.update(
-            lease_token=None,
             lease_expires_at=None,
             attempt_log=js([*job.attempt_log, outcome.attempt.to_json()]),
         )
         now = timezone.now()
         final = outcome.status != JobStatus.QUEUED
-        if dialect().one_statement_outbox and outbox.starts is None:
-            return self._record_in_one_statement(job, outcome, outbox, changes, now, final)
+        try:
+            if dialect().one_statement_outbox and outbox.starts is None:
+                recorded = self._record_in_one_statement(job, outcome, outbox, changes, now, final)
+            else:
+                recorded = self._record_in_transaction(job, outbox, changes, now, final)
+        except (DataError, IntegrityError, ProgrammingError) as exc:
+            raise LedgerWriteError(str(exc)) from exc
+        return recorded if recorded is not None else self._written_before(job, outcome, outbox)
+
+    def _record_in_transaction(
+        self, job: ClaimedJob, outbox: Outbox, changes: dict[str, Any], now: datetime, final: bool
+    ) -> Recorded | None:
         with transaction.atomic():
             if not self._fenced_update(job.id, job.lease_token, now, changes):
                 return None
             created = self.write_outbox(outbox) if outbox else []
             settled = finish_run(job.correlation_id, job.id, now) if final and not created else None
         return Recorded(created, settled)
+
+    def _written_before(self, job: ClaimedJob, outcome: Outcome, outbox: Outbox) -> Recorded | None:
+        """The fence refused the write: was it this very outcome, written by an earlier try
+        whose reply was lost? Only this attempt's outcome leaves its token on a finished row."""
+        rows = execute(
+            f"SELECT status, attempts FROM {JOB} WHERE id = %s AND lease_token = %s",
+            [job.id, job.lease_token],
+        )
+        if not rows or rows[0][0] != outcome.status or rows[0][1] != job.attempt:
+            return None
+        settled = execute(
+            f"SELECT status FROM {RUN} WHERE correlation_id = %s AND last_job_id = %s",
+            [job.correlation_id, job.id],
+        )
+        status = RunStatus(settled[0][0]) if settled else None
+        return Recorded(existing(outbox.jobs), status if status and status.is_final else None)
 
     def _fenced_update(
         self, job_id: str, lease_token: str, now: datetime, changes: dict[str, Any]
@@ -406,7 +462,14 @@ class SqlLedger:
                 )
             insert_rows(EVENT, EVENT_COLUMNS, [event_values(e) for e in outbox.events])
             created = insert_rows(JOB, JOB_COLUMNS, [job_values(j, now) for j in outbox.jobs])
+        if len(created) < len(outbox.jobs):
+            # skipped rows are duplicates of earlier writes - or this write, run again after
+            # a lost reply: ids are fresh uuids, so a row with one of ours is ours
+            return existing(outbox.jobs)
         return [j for j in outbox.jobs if j.id in created]
+
+    def knows_job(self, job_id: str) -> bool:
+        return bool(execute(f"SELECT 1 FROM {JOB} WHERE id = %s", [job_id]))
 
     def is_cancel_requested(self, job_id: str) -> bool:
         rows = execute(f"SELECT cancel_requested FROM {JOB} WHERE id = %s", [job_id])

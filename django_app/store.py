@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from .maintenance import Maintenance
 from .operations import Operations
+from .reconnect import reconnecting
 from .runs import Runs
 from .sql import SqlLedger
 
 
+@reconnecting
 class DjangoStore(SqlLedger, Maintenance, Operations, Runs):
-    """Every role on the project's default database; each method is one short transaction."""
+    """Every role on the project's default database; each method is one short transaction,
+    retried on a new connection when the old one was dropped (see :mod:`.reconnect`)."""

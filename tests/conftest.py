@@ -61,12 +61,20 @@ def start_worker(
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     started: list[WorkerProcess] = []
 
-    def start(queues: list[str], concurrency: int = 2, name: str = "w") -> WorkerProcess:
+    def start(
+        queues: list[str],
+        concurrency: int = 2,
+        name: str = "w",
+        republish_after: float | None = None,
+    ) -> WorkerProcess:
+        env = dict(worker_env)
+        if republish_after is not None:
+            env["WORKFLOWS_REPUBLISH_AFTER"] = str(republish_after)
         worker = WorkerProcess(
             "tests.proj.celery_app",
             queues,
             concurrency=concurrency,
-            env=worker_env,
+            env=env,
             hostname=f"{name}{len(started)}@%h",
             log_path=str(LOG_DIR / f"{name}{len(started)}.log"),
         ).start()

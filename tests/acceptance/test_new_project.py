@@ -221,4 +221,3 @@ def _listening(port: int) -> bool:
 
 def _final(status: dict[str, object]) -> dict[str, object] | None:
     return status if status["status"] not in ("running", "waiting") else None
-

@@ -49,7 +49,7 @@ def test_killed_worker_job_is_completed_by_another_worker_after_the_lease_expire
 def test_job_that_kills_its_worker_every_time_reaches_the_dlq_after_max_attempts(
     start_worker, recorder, wait_status
 ):
-    start_worker([POISON], concurrency=1, name="poisoned")
+    poisoned = start_worker([POISON], concurrency=1, name="poisoned")
     job = crash.enqueue("poison", {})
     wait_status(job.job_id, "dead", timeout=25)
     record = get_job(job.job_id)
@@ -58,6 +58,7 @@ def test_job_that_kills_its_worker_every_time_reaches_the_dlq_after_max_attempts
     assert "gave up after 2 attempt(s)" in record.dead_reason
     assert len(recorder.runs(job.job_id)) == 2
     assert get_workflow(job.correlation_id).status == "dead_lettered"
+    poisoned.stop()
 
 
 def test_frozen_worker_cannot_complete_a_job_another_worker_took_over(
@@ -68,7 +69,7 @@ def test_frozen_worker_cannot_complete_a_job_another_worker_took_over(
     wait_for(lambda: recorder.runs(job.job_id), timeout=15, message="first attempt never started")
     os.killpg(zombie.pid, signal.SIGSTOP)  # a GC pause or a network partition
     try:
-        start_worker([SLOW], concurrency=1, name="successor")
+        successor = start_worker([SLOW], concurrency=1, name="successor")
         wait_status(job.job_id, "succeeded", timeout=20)
         settled = get_job(job.job_id)
     finally:
@@ -88,3 +89,18 @@ def test_frozen_worker_cannot_complete_a_job_another_worker_took_over(
     assert [a["outcome"] for a in after.attempt_log] == ["lease_expired", "succeeded"]
     assert after.attempt_log[-1]["attempt"] == 2
     assert not any(r.get("done") and r["attempt"] == 1 for r in recorder.runs(job.job_id))
+    successor.stop()
+    zombie.stop()
+
+
+def test_a_worker_killed_right_after_the_last_outcome_still_leaves_the_run_settled(
+    start_worker, wait_status
+):
+    worker = start_worker([SLOW], concurrency=1, name="dies-after-outcome")
+    job = crash.enqueue("slow", {"seconds": 0.1}, correlation_id="die-after-outcome-1")
+    wait_status(job.job_id, "succeeded", timeout=20)
+    log = Path(worker.log_path)
+    wait_for(lambda: "signal 9" in log.read_text(), timeout=10, message="the child did not die")
+    run = get_workflow("die-after-outcome-1")
+    assert run.status == "completed" and run.finished_at is not None
+    assert get_job(job.job_id).attempts == 1

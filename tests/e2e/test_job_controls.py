@@ -37,6 +37,8 @@ def test_retry_with_an_explicit_delay_runs_again_after_that_delay(wait_status, r
         ("park", "dead_lettered", "needs a human"),
         ("non_retryable", "fatal", "non-retryable NotOurCustomer: unknown customer"),
         ("bad_result", "fatal", "not JSON-serialisable"),
+        ("nul_result", "fatal", "cannot record the handler result: payload contains a NUL"),
+        ("nul_error", "fatal", "bad byte \\x00 in the input\\ud800"),
     ],
 )
 def test_fatal_outcomes_go_to_the_dlq_after_one_attempt(action, outcome, reason, wait_status):
@@ -46,6 +48,13 @@ def test_fatal_outcomes_go_to_the_dlq_after_one_attempt(action, outcome, reason,
     assert record.attempts == 1
     assert outcomes(job.job_id) == [outcome]
     assert reason in record.dead_reason
+
+
+def test_cancelling_is_audited_with_who_asked(wait_status):
+    job = t.enqueue("controls", {"action": "plain"}, delay=30)
+    assert cancel(job.job_id, actor="ops-bo") == "cancelled"
+    (entry,) = get_workflow(job.correlation_id).audit
+    assert (entry.action, entry.actor, entry.detail) == ("cancel", "ops-bo", {"was": "queued"})
 
 
 def test_running_handler_sees_a_cancellation_request(wait_status, job_status):

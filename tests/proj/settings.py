@@ -71,6 +71,8 @@ else:
     _db["TEST"] = {"NAME": os.environ.get("TEST_DB_NAME", "test_celery_workflows")}
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
+# the README's recommendation: keep connections between tasks (dropped ones are reconnected)
+CELERY_DB_REUSE_MAX = 1000
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

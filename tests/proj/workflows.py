@@ -126,6 +126,10 @@ def controls(ctx: JobContext[Recorder], job: Job[Any]) -> Any:
         raise NotOurCustomer("unknown customer")
     if action == "bad_result":
         return {"when": object()}
+    if action == "nul_result":
+        return {"text": "a\x00b"}
+    if action == "nul_error":
+        ctx.fail("bad byte \x00 in the input\ud800")
     if action == "wait_cancel":
         deadline = time.time() + 8
         while time.time() < deadline:
@@ -224,10 +228,22 @@ class BrokenHooks(Middleware):
 
     def before_attempt(self, attempt: AttemptInfo) -> None:
         if attempt.correlation_id.startswith("broken-hooks"):
-            raise RuntimeError("a middleware bug")
+            raise RuntimeError("a middleware bug before the attempt")
 
-    after_outcome = before_attempt  # type: ignore[assignment]
+    def after_outcome(self, attempt: AttemptInfo, outcome: Outcome | None) -> None:
+        if attempt.correlation_id.startswith("broken-hooks"):
+            raise RuntimeError("a middleware bug after the outcome")
+
+
+class DieAfterOutcome(Middleware):
+    """SIGKILLs its own process right after a successful outcome is written, for workflows
+    whose id starts with ``die-after-outcome`` - a crash at the worst instruction."""
+
+    def after_outcome(self, attempt: AttemptInfo, outcome: Outcome | None) -> None:
+        if attempt.correlation_id.startswith("die-after-outcome") and attempt.ran_here:
+            os.kill(os.getpid(), 9)
 
 
 add_middleware(HookRecorder())
 add_middleware(BrokenHooks())
+add_middleware(DieAfterOutcome())

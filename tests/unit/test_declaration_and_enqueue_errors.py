@@ -10,9 +10,11 @@ from pydantic import BaseModel
 from celery_workflows import (
     ConfigurationError,
     PayloadNotSerializableError,
+    PayloadTooLargeError,
     PayloadValidationError,
     UnknownQueueError,
     WorkflowService,
+    emit,
 )
 from tests.proj.celery_app import app
 from tests.proj.workflows import t
@@ -28,6 +30,31 @@ def test_payload_that_is_not_json_is_refused_at_enqueue():
         t.enqueue("echo", {"when": datetime.now()})
     with pytest.raises(PayloadNotSerializableError):
         t.enqueue("echo", {"x": float("nan")})
+
+
+@pytest.mark.parametrize("text", ["nul \x00 inside", "lone surrogate \ud800"])
+def test_payload_no_database_can_store_is_refused_at_enqueue_and_emit(text):
+    with pytest.raises(PayloadNotSerializableError, match=r"t\.echo"):
+        t.enqueue("echo", {"text": text})
+    with pytest.raises(PayloadNotSerializableError, match="anEvent"):
+        emit("anEvent", {"text": text})
+
+
+def test_payload_larger_than_the_limit_is_refused_at_enqueue_and_emit_saying_so():
+    big = {"blob": "x" * (1024 * 1024)}
+    with pytest.raises(PayloadTooLargeError, match="workflows_max_payload_bytes=1048576"):
+        t.enqueue("echo", big)
+    with pytest.raises(PayloadTooLargeError, match="anEvent"):
+        emit("anEvent", big)
+
+
+def test_a_bad_payload_limit_is_refused_when_the_service_is_declared():
+    from celery import Celery
+
+    other = Celery("limits")
+    other.conf.workflows_max_payload_bytes = "1MB"
+    with pytest.raises(ConfigurationError, match="workflows_max_payload_bytes"):
+        WorkflowService("limited", other)
 
 
 def test_payload_that_fails_the_schema_is_refused_at_enqueue_naming_the_field():
