@@ -8,7 +8,7 @@ SQLITE_TEST_DB ?= /tmp/celery-workflows-test.sqlite3
 #: the suite that runs once per database; tests/acceptance (a fresh install) runs once
 SUITE ?= tests/unit tests/integration tests/e2e
 
-.PHONY: demo test services test-postgres test-sqlite test-package test-mariadb lint bench \
+.PHONY: demo test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb lint bench \
 	bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 
 # the whole suite: on PostgreSQL and on SQLite (the embedded default), then the README's
 # getting-started in a fresh virtualenv. `services` starts (or installs) what it needs first.
-test: services $(VENV)/.installed test-postgres test-sqlite test-package
+test: services $(VENV)/.installed test-postgres test-sqlite test-rabbitmq test-package
 
 # Redis, PostgreSQL, RabbitMQ, Chromium, PgBouncer: started if stopped, installed if missing
 services:
@@ -36,6 +36,17 @@ test-sqlite: $(VENV)/.installed
 	DATABASE_URL=sqlite:///$(SQLITE_TEST_DB) TEST_SQLITE_PATH=$(SQLITE_TEST_DB) \
 	CELERY_BROKER_URL=redis://127.0.0.1:6379/12 $(PY) -m pytest $(SUITE) $(PYTEST_ARGS)
 
+# the worker-level suite again with RabbitMQ as the broker (a fresh vhost per run)
+RABBIT_VHOST ?= cw-tests
+test-rabbitmq: $(VENV)/.installed
+	rabbitmqctl delete_vhost $(RABBIT_VHOST) >/dev/null 2>&1 || true
+	rabbitmqctl add_vhost $(RABBIT_VHOST) >/dev/null
+	rabbitmqctl set_permissions -p $(RABBIT_VHOST) guest ".*" ".*" ".*" >/dev/null
+	DATABASE_URL=$(PG_URL) TEST_DB_NAME=test_cw_rabbitmq TEST_REDIS_URL=redis://127.0.0.1:6379/2 \
+	CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/$(RABBIT_VHOST) \
+	$(PY) -m pytest tests/e2e --ignore tests/e2e/test_admin_browser.py \
+	--ignore tests/e2e/test_example_project.py $(PYTEST_ARGS)
+
 # a new user's project built from the README, on the wheel as built (PostgreSQL + Redis)
 test-package: $(VENV)/.installed
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/acceptance $(PYTEST_ARGS)
@@ -48,7 +59,7 @@ test-mariadb: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check celery_workflows django_app
+	$(VENV)/bin/ruff format --check celery_workflows django_app tests
 	PYTHONPATH=. $(VENV)/bin/mypy
 	DATABASE_URL=sqlite:////tmp/cw-makemigrations.sqlite3 DJANGO_SETTINGS_MODULE=tests.proj.settings \
 	PYTHONPATH=. $(PY) -m django makemigrations --check --dry-run

@@ -190,8 +190,10 @@ def guard_redis_transport(transport: Any, on_unreadable: UnreadableHandler) -> N
         from kombu.transport.redis import Transport as RedisTransport
     except ImportError:  # pragma: no cover - celery[redis] is a dependency
         return
+    if not isinstance(transport, RedisTransport):
+        return
     base = transport.Channel
-    if not isinstance(transport, RedisTransport) or issubclass(base, GuardedRedisChannel):
+    if issubclass(base, GuardedRedisChannel):
         return
     transport.Channel = type(
         f"Guarded{base.__name__}",

@@ -5,9 +5,11 @@ honour it from inside the worker process, by raising :class:`LeaseExpired` short
 lease runs out (the margin leaves time to record the failure under the still-valid lease).
 
 The alarm uses ``SIGALRM``, which interrupts blocking sleeps and most system calls. It only works
-in a process's main thread - which is where Celery's prefork and solo pools run tasks. Under the
-threads or gevent pools the alarm is not armed; the fence in the ledger still rejects whatever
-an overrunning handler writes after its lease has gone.
+in a process's main thread, outside any greenlet - which is where Celery's prefork and solo
+pools run tasks. Under the threads, gevent or eventlet pools the alarm is not armed (a signal
+would interrupt whichever thread or greenlet happens to run): an overrunning handler runs on,
+its lease expires, the sweeper hands the job to another attempt, and the fence in the ledger
+rejects whatever the overrunning handler writes afterwards.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import uuid
 from types import FrameType, TracebackType
@@ -39,6 +42,13 @@ def worker_name() -> str:
     return f"{_HOST}:{os.getpid()}"
 
 
+def _in_greenlet() -> bool:
+    """True inside a greenlet other than the main one (gevent and eventlet pools)."""
+    greenlet = sys.modules.get("greenlet")
+    current = getattr(greenlet, "getcurrent", None)
+    return current is not None and current().parent is not None
+
+
 def alarm_margin(lease_seconds: float) -> float:
     return min(ALARM_MARGIN_MAX_SECONDS, lease_seconds * ALARM_MARGIN_FRACTION)
 
@@ -54,7 +64,9 @@ class LeaseAlarm:
     @property
     def supported(self) -> bool:
         return (
-            hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+            hasattr(signal, "setitimer")
+            and threading.current_thread() is threading.main_thread()
+            and not _in_greenlet()
         )
 
     def __enter__(self) -> LeaseAlarm:

@@ -1,8 +1,9 @@
 """Fixtures that start real services' clients and real Celery worker processes.
 
 Behaviour tests run against the database pytest-django creates (PostgreSQL, or a SQLite file)
-and the Redis database named by ``CELERY_BROKER_URL``; worker subprocesses are pointed at the
-same test database through ``DATABASE_URL``.
+and the broker named by ``CELERY_BROKER_URL`` (a Redis database, or a RabbitMQ vhost); worker
+subprocesses are pointed at the same test database through ``DATABASE_URL``. Handlers report
+what they did into the Redis database ``TEST_REDIS_URL`` (the broker's, when that is Redis).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from celery_workflows.testing import WorkerProcess, wait_for
 
 BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
 os.environ["CELERY_BROKER_URL"] = BROKER_URL
+REDIS_URL = os.environ.get(
+    "TEST_REDIS_URL", BROKER_URL if BROKER_URL.startswith("redis") else "redis://127.0.0.1:6379/2"
+)
+os.environ["TEST_REDIS_URL"] = REDIS_URL
 LOG_DIR = (
     Path(os.environ.get("TEST_ARTIFACTS", tempfile.gettempdir())) / f"cw-worker-logs-{os.getpid()}"
 )
@@ -39,7 +44,7 @@ def _database_url() -> str:
 
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
-    client = redis.Redis.from_url(BROKER_URL)
+    client = redis.Redis.from_url(REDIS_URL)
     client.ping()
     client.flushdb()
     return client
@@ -50,7 +55,7 @@ def worker_env(django_db_setup: None, django_db_blocker: object) -> dict[str, st
     """Environment for worker subprocesses: the test database and the test broker."""
     with django_db_blocker.unblock():  # type: ignore[attr-defined]
         url = _database_url()
-    return {"DATABASE_URL": url, "CELERY_BROKER_URL": BROKER_URL}
+    return {"DATABASE_URL": url, "CELERY_BROKER_URL": BROKER_URL, "TEST_REDIS_URL": REDIS_URL}
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,9 @@ class Recorder:
     @cached_property
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(
-            os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
+            os.environ.get(
+                "TEST_REDIS_URL", os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
+            )
         )
 
     def record(self, job: Job[Any], **extra: Any) -> None:

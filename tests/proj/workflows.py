@@ -152,6 +152,19 @@ def slow(ctx: JobContext[Recorder], job: Job[Any]) -> str:
 
 
 @crash.queue_worker(
+    "overrun",
+    "Overruns its lease on the first attempt only",
+    lifecycle=Lifecycle(visibility_timeout=1.5, max_attempts=3, retry=FAST_RETRY),
+)
+def overrun(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job)
+    if job.attempt == 1:
+        time.sleep(float(job.payload["seconds"]))
+    ctx.resources.record(job, done=True)
+    return f"finished attempt {job.attempt}"
+
+
+@crash.queue_worker(
     "poison",
     "Kills its own worker process every time",
     lifecycle=Lifecycle(visibility_timeout=2, max_attempts=2, retry=FAST_RETRY),
