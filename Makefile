@@ -8,8 +8,8 @@ SQLITE_TEST_DB ?= /tmp/celery-workflows-test.sqlite3
 #: the suite that runs once per database; tests/acceptance (a fresh install) runs once
 SUITE ?= tests/unit tests/integration tests/e2e
 
-.PHONY: demo test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb lint bench \
-	bench-admin clean
+.PHONY: demo test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
+	lint bench bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ test-rabbitmq: $(VENV)/.installed
 	CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/$(RABBIT_VHOST) \
 	$(PY) -m pytest tests/e2e --ignore tests/e2e/test_admin_browser.py \
 	--ignore tests/e2e/test_example_project.py $(PYTEST_ARGS)
+
+# chaos: workers SIGKILLed, the broker wiped, DB connections cut, crashes after the last
+# outcome, fuzzed messages - while real workflows run; prints one CHAOS line per scenario
+chaos: services $(VENV)/.installed
+	rabbitmqctl delete_vhost cw-chaos >/dev/null 2>&1 || true
+	rabbitmqctl add_vhost cw-chaos >/dev/null
+	rabbitmqctl set_permissions -p cw-chaos guest ".*" ".*" ".*" >/dev/null
+	DATABASE_URL=$(PG_URL) TEST_DB_NAME=test_cw_chaos CELERY_BROKER_URL=redis://127.0.0.1:6379/3 \
+	TEST_REDIS_URL=redis://127.0.0.1:6379/4 CHAOS_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/cw-chaos \
+	$(PY) -m pytest tests/chaos -s -p no:cacheprovider $(PYTEST_ARGS)
 
 # a new user's project built from the README, on the wheel as built (PostgreSQL + Redis)
 test-package: $(VENV)/.installed

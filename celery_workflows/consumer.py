@@ -59,8 +59,11 @@ def record(queue: str, body: Any, reason: str) -> None:
 
 
 def queue_of(message: Any) -> str:
-    info = getattr(message, "delivery_info", None)
-    queue = info.get("routing_key") if isinstance(info, dict) else None
+    """The queue a message came from: the Redis list it was popped from, or its routing key."""
+    queue = getattr(message, "consumed_from", "")
+    if not queue:
+        info = getattr(message, "delivery_info", None)
+        queue = info.get("routing_key") if isinstance(info, dict) else None
     return storable_text(str(queue or "?"))
 
 

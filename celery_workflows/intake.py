@@ -172,7 +172,9 @@ class GuardedRedisChannel:
 
 def guarded_message_class(base: type) -> type:
     """kombu's Redis ``Message`` class, raising :class:`UnreadableMessage` (with the payload)
-    for a payload that is not a message, instead of a bare TypeError or KeyError."""
+    for a payload that is not a message, instead of a bare TypeError or KeyError. It also
+    remembers the list it was popped from (``consumed_from``): on Redis the routing key in a
+    message's delivery info is whatever its sender wrote."""
 
     def __init__(self: Any, payload: Any, channel: Any = None, **kwargs: Any) -> None:
         try:
@@ -180,6 +182,8 @@ def guarded_message_class(base: type) -> type:
         except Exception as exc:
             raw = json.dumps(payload, default=repr)  # the queue item, as kombu parsed it
             raise UnreadableMessage(raw, f"queue item is not a message: {exc!r}") from exc
+        cycle = getattr(channel, "_queue_cycle", None)
+        self.consumed_from = getattr(cycle, "last", "")
 
     return type(f"Guarded{base.__name__}", (base,), {"__init__": __init__})
 

@@ -17,4 +17,4 @@ app.conf.update(
     workflows_republish_after=float(os.environ.get("WORKFLOWS_REPUBLISH_AFTER", "3")),
 )
 
-from tests.proj import flows, workflows  # noqa: E402,F401  - declares the queues on this app
+from tests.proj import chaos, flows, workflows  # noqa: E402,F401  - declares queues on this app

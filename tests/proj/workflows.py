@@ -249,11 +249,17 @@ class BrokenHooks(Middleware):
 
 
 class DieAfterOutcome(Middleware):
-    """SIGKILLs its own process right after a successful outcome is written, for workflows
-    whose id starts with ``die-after-outcome`` - a crash at the worst instruction."""
+    """SIGKILLs its own process right after a workflow's last outcome is written, for
+    workflows whose id starts with ``die-after-outcome`` - a crash at the worst instruction."""
+
+    LAST_STEPS = ("crash.slow", "chaos.step4")
 
     def after_outcome(self, attempt: AttemptInfo, outcome: Outcome | None) -> None:
-        if attempt.correlation_id.startswith("die-after-outcome") and attempt.ran_here:
+        if (
+            attempt.correlation_id.startswith("die-after-outcome")
+            and attempt.ran_here
+            and attempt.queue in self.LAST_STEPS
+        ):
             os.kill(os.getpid(), 9)
 
 
