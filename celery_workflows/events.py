@@ -88,10 +88,12 @@ def plan(events: list[Event], starts: RunStart | None = None) -> Outbox:
 
 
 def publish_created(jobs: list[NewJob]) -> None:
-    """Publish the notices of jobs an outbox write created (call after commit)."""
+    """Publish the notices of jobs an outbox write created (call after commit) - except a job
+    written claimed, which the writing process runs itself."""
     queues = registry.queues()
     for job in jobs:
-        queues[job.queue].publish(Dispatch(job.id, job.queue, 1, job.priority))
+        if job.lease is None:
+            queues[job.queue].publish(Dispatch(job.id, job.queue, 1, job.priority))
 
 
 def announce(events: list[Event]) -> None:

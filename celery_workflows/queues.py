@@ -47,6 +47,9 @@ class QueueSpec:
     result_event: str | None = None
     #: ``workflows_max_payload_bytes`` of the declaring service's Celery app
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: a worker that creates a job of this queue may run it itself, without a broker hop
+    #: (:mod:`celery_workflows.continuation`); False: always published
+    continue_locally: bool = True
     task: Task[Any, Any] | None = None
 
     @property

@@ -122,6 +122,16 @@ class RunStart:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """A lease taken when a job is written: the writing process runs it next (attempt 1)."""
+
+    token: str
+    worker: str
+    started_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
 class NewJob:
     """A job to insert. ``published`` says the caller will publish it right after commit."""
 
@@ -141,6 +151,8 @@ class NewJob:
     trace_id: str = ""
     #: the workflow run this job starts, if its correlation id is new
     starts: RunStart | None = None
+    #: set when the job is written already claimed by the process that writes it
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)
@@ -313,14 +325,6 @@ class ExpiredLease:
     worker: str
     started_at: datetime | None
     priority: int | None
-    correlation_id: str
-
-
-@dataclass(frozen=True)
-class RunCursor:
-    """Where a scan of open runs stopped: runs are visited in (started_at, id) order."""
-
-    started_at: datetime
     correlation_id: str
 
 

@@ -45,6 +45,7 @@ class WorkflowService(Generic[R]):
         *,
         resources: R = None,  # type: ignore[assignment]
         business_key: str | Callable[[Any], Any] | None = None,
+        continue_locally: bool = True,
     ) -> None:
         registry.check_name("service", name)
         if not (business_key is None or isinstance(business_key, str) or callable(business_key)):
@@ -54,6 +55,8 @@ class WorkflowService(Generic[R]):
         self.name = name
         #: how a workflow's business key (an order id, say) is read from the payload that starts it
         self.business_key = business_key
+        #: default of ``queue_worker(continue_locally=...)`` for this service's queues
+        self.continue_locally = continue_locally
         self.celery_app = celery_app
         self.resources: R = resources
         self._queues: dict[str, QueueSpec] = {}
@@ -88,6 +91,7 @@ class WorkflowService(Generic[R]):
         lifecycle: Lifecycle | None = None,
         emits: Sequence[str] = (),
         result_event: str | None = None,
+        continue_locally: bool | None = None,
     ) -> Callable[[H], H]:
         """Declare ``name`` as a queue worker whose handler is the decorated function.
 
@@ -95,7 +99,9 @@ class WorkflowService(Generic[R]):
         ``payload`` (validated before the handler runs) or the raw JSON when no schema is given.
         ``emits`` lists the events the step may emit (the graph is drawn from it; emitting an
         undeclared event raises). ``result_event`` emits the handler's return value as that
-        event on success.
+        event on success. ``continue_locally=False`` makes every job of this queue go through
+        the broker, even when the worker that created it consumes this queue (default: the
+        service's setting).
         """
         registry.check_name("queue", name)
         if name in self._queues:
@@ -129,6 +135,9 @@ class WorkflowService(Generic[R]):
                 handler=handler,
                 resources=self.resources,
                 max_payload_bytes=self.max_payload_bytes,
+                continue_locally=(
+                    self.continue_locally if continue_locally is None else continue_locally
+                ),
                 emits=emitted,
                 result_event=result_event,
             )

@@ -32,8 +32,6 @@ from .records import (
     Outbox,
     Outcome,
     Recorded,
-    RunCursor,
-    RunStatus,
     StateValue,
     WorkflowStatus,
 )
@@ -73,7 +71,7 @@ class Ledger(Protocol):
 
 
 class Maintenance(Protocol):
-    """The sweeper's queries: expired leases, due jobs, runs left unsettled."""
+    """The sweeper's queries: expired leases and due jobs."""
 
     def expire_leases(self, queues: list[str], now: datetime, limit: int) -> list[ExpiredLease]: ...
 
@@ -88,14 +86,6 @@ class Maintenance(Protocol):
 
     def mark_published(self, due: DueJob, now: datetime) -> bool:
         """Note that ``due``'s notice is sent now - if no other sweeper did since it was read."""
-
-    def finish_workflow(self, correlation_id: str, last_job_id: str) -> RunStatus | None:
-        """Settle the run if no job of it is pending any more; its final status to exactly
-        one caller, else None."""
-
-    def idle_runs(self, after: RunCursor | None, limit: int) -> tuple[list[str], RunCursor | None]:
-        """Look at the next ``limit`` open runs after ``after`` (oldest first); return the ids
-        of those with no pending job, and where to continue (None: the end was reached)."""
 
 
 class Operations(Protocol):

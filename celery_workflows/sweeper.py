@@ -8,10 +8,7 @@ It is what makes the ledger, not the broker, the source of truth. Each pass:
    kills its worker every time still ends in the DLQ after ``max_attempts``;
 2. publishes jobs that are due but have no live notice in the broker: delayed jobs whose time
    has come, and jobs whose notice was lost (publish failed after commit, broker lost it) -
-   only as many as the broker's queue cannot still be holding;
-3. settles runs that have nothing pending but were left open - two parallel branches that ended
-   at the same instant each saw the other still running - looking at a bounded page of open
-   runs per pass and moving on from where the last pass stopped.
+   only as many as the broker's queue cannot still be holding.
 
 Every write is conditional, so any number of sweepers (one per worker) may run at once. Celery
 workers run it on their consumer's timer, in the main thread (see
@@ -26,12 +23,12 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from . import registry, signals
+from . import registry
 from .clock import utcnow
 from .lifecycle import after_failure
 from .middleware import AttemptInfo
 from .queues import QueueSpec
-from .records import AttemptOutcome, AttemptRecord, DueJob, ExpiredLease, RunCursor
+from .records import AttemptOutcome, AttemptRecord, DueJob, ExpiredLease
 from .store import Store, get_store
 from .worker import follow_up
 
@@ -43,23 +40,19 @@ DEFAULT_INTERVAL_SECONDS = 1.0
 DEFAULT_REPUBLISH_AFTER_SECONDS = 300.0
 #: rows handled per pass and kind, so one pass stays short
 BATCH_SIZE = 500
-#: open runs looked at per pass for ones left unsettled
-RUN_PAGE = 200
 
 
 @dataclass(frozen=True)
 class SweepReport:
     expired: int
     published: int
-    settled: int = 0
 
 
 class Sweeper:
-    """Runs passes; remembers where its scan of open runs stopped between passes."""
+    """Runs passes over the queues this process declares."""
 
     def __init__(self, republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS) -> None:
         self.republish_after = republish_after
-        self.runs_cursor: RunCursor | None = None
 
     def sweep(self, store: Store | None = None) -> SweepReport:
         """One pass over the queues this process declares (it knows their lifecycles)."""
@@ -77,7 +70,7 @@ class Sweeper:
             if store.mark_published(job, now):
                 known[job.queue].publish(job.dispatch)
                 published += 1
-        return SweepReport(expired, published, self._settle_idle_runs(store))
+        return SweepReport(expired, published)
 
     @staticmethod
     def _lost(due: list[DueJob], known: dict[str, QueueSpec]) -> list[DueJob]:
@@ -94,20 +87,6 @@ class Sweeper:
             depth = known[queue].broker_depth()
             lost += jobs if depth is None else jobs[: max(0, len(jobs) - depth)]
         return lost
-
-    def _settle_idle_runs(self, store: Store) -> int:
-        idle, self.runs_cursor = store.idle_runs(self.runs_cursor, RUN_PAGE)
-        settled = 0
-        for correlation_id in idle:
-            status = store.finish_workflow(correlation_id, "")
-            if status is None:
-                continue
-            settled += 1
-            logger.info("workflow %s had nothing pending; settled as %s", correlation_id, status)
-            signals.workflow_finished.send(
-                sender="sweeper", correlation_id=correlation_id, status=str(status), last_job_id=""
-            )
-        return settled
 
     def safe_sweep(self) -> None:
         """One pass that never raises: a DB or broker outage is logged and retried next time."""

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from . import registry, signals
 from .clock import utcnow
 from .context import Job, JobContext
+from .continuation import claimed, lease_one, max_continuations
 from .errors import (
     DeadLetterRequested,
     FatalJobError,
@@ -90,7 +91,9 @@ def run(spec: QueueSpec, store: Store, job_id: str, attempt: int) -> None:
         spec.publish(Dispatch(job_id, spec.qualified_name, attempt, None, CLAIM_RETRY_SECONDS))
         return
     if claimed is not None:
-        Attempt(spec, claimed, store).run()
+        attempt_: Attempt | None = Attempt(spec, claimed, store)
+        while attempt_ is not None:  # local continuations: the next steps, run right here
+            attempt_ = attempt_.run()
     elif store.knows_job(job_id):
         logger.debug(
             "%s: job %s attempt %s is not claimable (done, running elsewhere or stale notice)",
@@ -175,10 +178,12 @@ class _Success:
 class Attempt:
     """One claimed attempt: run the handler, then record exactly one outcome under the lease."""
 
-    def __init__(self, spec: QueueSpec, claimed: ClaimedJob, store: Store) -> None:
+    def __init__(self, spec: QueueSpec, claimed: ClaimedJob, store: Store, depth: int = 0) -> None:
         self.spec = spec
         self.claimed = claimed
         self.store = store
+        #: how many steps ran in this process in a row before this one (local continuations)
+        self.depth = depth
         #: events the handler emitted whose enclosing transaction (if any) committed
         self.emitted: list[Event] = []
         self.info = AttemptInfo(
@@ -201,20 +206,24 @@ class Attempt:
             },
         )
 
-    def run(self) -> None:
+    def run(self) -> Attempt | None:
+        """Run the handler and record its outcome; return the attempt of the job this process
+        continues with (see :mod:`celery_workflows.continuation`), if any."""
         registry.hooks().before_attempt(self.info)
         try:
             payload = self._validated_payload()
         except ValidationError as exc:
             error = f"payload failed its schema: {exc}"
-            self._write(self._failure(AttemptOutcome.INVALID_PAYLOAD, error, exc, give_up=True))
-            return
+            return self._write(
+                self._failure(AttemptOutcome.INVALID_PAYLOAD, error, exc, give_up=True)
+            )
         try:
-            with LeaseAlarm(self.spec.lifecycle.visibility_timeout) as alarm:
+            remaining = (self.claimed.lease_expires_at - utcnow()).total_seconds()
+            with LeaseAlarm(remaining) as alarm:
                 ended = self._call_handler(payload, alarm)
         except LeaseExpired as exc:  # fired between the handler's return and disarming
             ended = exc
-        self._write(self._outcome(ended))
+        return self._write(self._outcome(ended))
 
     def _call_handler(self, payload: Any, alarm: LeaseAlarm) -> _Success | BaseException:
         """Run the handler; return its result, or the exception that ended it."""
@@ -298,10 +307,13 @@ class Attempt:
             self.log.exception("events of a failed attempt could not be planned; not emitted")
             return Outbox()
 
-    def _write(self, judged: tuple[Outcome, Outbox]) -> None:
+    def _write(self, judged: tuple[Outcome, Outbox]) -> Attempt | None:
         """The one fenced write of this attempt, then what follows from it."""
         outcome, outbox = judged
         c = self.claimed
+        assert self.spec.task is not None
+        limit = max_continuations(self.spec.task.app.conf)
+        outbox, leased = lease_one(outbox, self.depth, limit)
         try:
             recorded = self._record_outcome(outcome, outbox)
         except LedgerWriteError as exc:
@@ -309,10 +321,8 @@ class Attempt:
             # so the job does not look like a lost worker and run again
             error = f"the attempt's outcome could not be written: {exc}"
             record = self._record(AttemptOutcome.FATAL, error, None)
-            outcome, outbox = (
-                after_failure(record, c.max_attempts, self.spec.lifecycle.retry, give_up=True),
-                Outbox(),
-            )
+            outcome = after_failure(record, c.max_attempts, self.spec.lifecycle.retry, give_up=True)
+            outbox, leased = Outbox(), None
             recorded = self.store.record_outcome(c, outcome, outbox)
         if recorded is None:
             self.log.warning(
@@ -322,9 +332,14 @@ class Attempt:
                 c.attempt,
             )
             registry.hooks().after_outcome(self.info, None)
-            return
+            return None
         announce(outbox.events)
         follow_up(self.spec, self.info, outcome, recorded, c.priority, self.log)
+        if leased is None or leased.id not in {j.id for j in recorded.created}:
+            return None
+        return Attempt(
+            registry.get_queue(leased.queue), claimed(leased), self.store, self.depth + 1
+        )
 
     def _record_outcome(self, outcome: Outcome, outbox: Outbox) -> Recorded | None:
         """Write the outcome, waiting out a database outage while the lease lasts; past it the

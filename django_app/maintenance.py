@@ -1,4 +1,4 @@
-"""The sweeper's queries: expired leases, due jobs and runs to settle.
+"""The sweeper's queries: expired leases and due jobs.
 
 Every write here is conditional on what was read, so any number of sweepers (one per worker)
 may run them at once and each row is handled once.
@@ -13,21 +13,15 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from celery_workflows.records import (
-    PENDING_JOB_STATUSES,
     DueJob,
     ExpiredLease,
     JobStatus,
     Outcome,
     Recorded,
-    RunCursor,
-    RunStatus,
 )
 
 from . import rows, sql
-from .models import Job, WorkflowRun
-
-#: runs that end by themselves when their last job ends (not ``waiting`` for a person)
-SETTLEABLE = (RunStatus.RUNNING, RunStatus.COMPENSATING)
+from .models import Job
 
 
 class Maintenance:
@@ -82,7 +76,7 @@ class Maintenance:
             if not changed:
                 return None
             settled = (
-                sql.finish_run(lease.correlation_id, lease.job_id, now)
+                sql.change_run(lease.correlation_id, lease.job_id, now, pending=-1, dead=1)
                 if outcome.status == JobStatus.DEAD
                 else None
             )
@@ -111,25 +105,3 @@ class Maintenance:
                 published_at=due.published_at,
             ).update(published_at=now)
         )
-
-    def finish_workflow(self, correlation_id: str, last_job_id: str) -> RunStatus | None:
-        return sql.finish_run(correlation_id, last_job_id, timezone.now())
-
-    def idle_runs(self, after: RunCursor | None, limit: int) -> tuple[list[str], RunCursor | None]:
-        runs = WorkflowRun.objects.filter(status__in=SETTLEABLE).order_by(
-            "started_at", "correlation_id"
-        )
-        if after is not None:
-            runs = runs.filter(
-                Q(started_at__gt=after.started_at)
-                | Q(started_at=after.started_at, correlation_id__gt=after.correlation_id)
-            )
-        page = list(runs.values_list("started_at", "correlation_id")[:limit])
-        ids = [cid for _, cid in page]
-        busy = set(
-            Job.objects.filter(correlation_id__in=ids, status__in=PENDING_JOB_STATUSES)
-            .values_list("correlation_id", flat=True)
-            .distinct()
-        )
-        cursor = RunCursor(*page[-1]) if len(page) == limit else None
-        return [cid for cid in ids if cid not in busy], cursor

@@ -51,8 +51,12 @@ class Job(models.Model):
         max_length=32, null=True, blank=True, help_text="id of the event that started this job"
     )
     trace_id = models.CharField(max_length=64, blank=True, default="")
-    redriven_from = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="redrives"
+    redriven_from = models.CharField(
+        max_length=32,
+        null=True,
+        blank=True,
+        db_column="redriven_from_id",
+        help_text="the dead letter this job re-drives",
     )
     created_at = models.DateTimeField()
 
@@ -124,7 +128,11 @@ class Event(models.Model):
 
 class WorkflowRun(models.Model):
     """One workflow (correlation id): created when it starts, settled once when its last job
-    ends. Its steps and events are the jobs and events sharing its correlation id."""
+    ends. Its steps and events are the jobs and events sharing its correlation id.
+
+    The counters are kept by the same statement that moves one of its jobs, so the run settles
+    in the statement that ends its last pending job - exactly once, whichever branch ends last.
+    """
 
     correlation_id = models.CharField(primary_key=True, max_length=64)
     name = models.CharField(max_length=201, help_text="the service that started it")
@@ -138,6 +146,12 @@ class WorkflowRun(models.Model):
     last_job_id = models.CharField(max_length=32, blank=True, default="")
     waiting_for = models.JSONField(
         null=True, blank=True, help_text="the open approval gate, while the run is waiting"
+    )
+    pending_jobs = models.PositiveIntegerField(default=0, help_text="jobs queued or running")
+    dead_jobs = models.PositiveIntegerField(default=0, help_text="jobs dead-lettered")
+    cancelled_jobs = models.PositiveIntegerField(default=0, help_text="jobs cancelled")
+    compensation_jobs = models.PositiveIntegerField(
+        default=0, help_text="jobs started by events of dead-lettered jobs"
     )
 
     class Meta:

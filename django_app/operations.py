@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from celery_workflows.errors import JobNotFoundError, NotDeadLetteredError
@@ -46,8 +48,11 @@ class Operations:
                 status=JobStatus.REDRIVEN
             ):
                 raise NotDeadLetteredError(f"job {job_id} is no longer dead-lettered")
+            # the new job replaces the dead letter: counted pending by insert_job
             WorkflowRun.objects.filter(correlation_id=new_job.correlation_id).update(
-                status=RunStatus.RUNNING, finished_at=None
+                status=RunStatus.RUNNING,
+                finished_at=None,
+                dead_jobs=Greatest(F("dead_jobs") - 1, 0),
             )
             sql.SqlLedger().insert_job(new_job)
             AuditEntry.record(new_job.correlation_id, job_id, "redrive", actor, **detail)
@@ -86,7 +91,7 @@ class Operations:
                 return JobStatus(job.status)
             AuditEntry.record(job.correlation_id, job_id, "cancel", actor, was=job.status)
             if job.status == JobStatus.QUEUED:
-                sql.finish_run(job.correlation_id, job_id, now)
+                sql.change_run(job.correlation_id, job_id, now, pending=-1, cancelled=1)
                 return JobStatus.CANCELLED
         return JobStatus.RUNNING
 
@@ -126,7 +131,7 @@ def job_record(row: Job) -> JobRecord:
         dead_reason=row.dead_reason,
         idempotency_key=row.idempotency_key,
         cancel_requested=row.cancel_requested,
-        redriven_from=row.redriven_from_id,
+        redriven_from=row.redriven_from,
         caused_by=row.caused_by,
         attempt_log=list(row.attempt_log or []),
     )

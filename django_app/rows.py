@@ -35,7 +35,9 @@ def from_dt(value: Any) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def run_values(correlation_id: str, starts: RunStart, now: datetime) -> dict[str, Any]:
+def run_values(
+    correlation_id: str, starts: RunStart, now: datetime, pending_jobs: int = 0
+) -> dict[str, Any]:
     return {
         "correlation_id": correlation_id,
         "name": starts.name,
@@ -46,11 +48,15 @@ def run_values(correlation_id: str, starts: RunStart, now: datetime) -> dict[str
         "finished_at": None,
         "last_job_id": "",
         "waiting_for": None,
+        "pending_jobs": pending_jobs,
+        "dead_jobs": 0,
+        "cancelled_jobs": 0,
+        "compensation_jobs": 0,
     }
 
 
 def job_values(job: NewJob, now: datetime) -> dict[str, Any]:
-    return {
+    values = {
         "id": job.id,
         "service": job.service,
         "queue": job.queue,
@@ -77,6 +83,17 @@ def job_values(job: NewJob, now: datetime) -> dict[str, Any]:
         "trace_id": job.trace_id,
         "created_at": dt(now),
     }
+    if job.lease is not None:  # written claimed: attempt 1 is running in the writing process
+        values.update(
+            status=JobStatus.RUNNING.value,
+            attempts=1,
+            published_at=None,
+            lease_token=job.lease.token,
+            lease_expires_at=dt(job.lease.expires_at),
+            worker=job.lease.worker,
+            started_at=dt(job.lease.started_at),
+        )
+    return values
 
 
 def event_values(event: Event) -> dict[str, Any]:

@@ -12,9 +12,11 @@ vendor; no other module branches on the vendor.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +25,6 @@ from django.utils import timezone
 
 from celery_workflows.errors import LedgerWriteError
 from celery_workflows.records import (
-    PENDING_JOB_STATUSES,
     AttemptOutcome,
     ClaimedJob,
     EnqueueResult,
@@ -62,7 +63,6 @@ CLAIM_FIELDS = [
     "trace_id",
 ]
 
-_PENDING = ", ".join(f"'{s}'" for s in PENDING_JOB_STATUSES)
 _OPEN_RUN = f"'{RunStatus.RUNNING}', '{RunStatus.COMPENSATING}'"
 
 
@@ -77,6 +77,8 @@ class Dialect:
     returning = False
     #: the outcome, its events, its jobs and the run's settling in ONE statement
     one_statement_outbox = False
+    #: statements run as server-side prepared statements (psycopg 3)
+    server_prepared = False
 
     def insert(self, table: str, columns: Sequence[str], rows: int, ignore: bool) -> str:
         """``INSERT`` of ``rows`` rows; ``ignore`` skips rows that hit a unique key."""
@@ -87,6 +89,11 @@ class Dialect:
     def json_append(self, column: str) -> str:
         """An expression: the JSON list in ``column`` with one JSON value (a parameter) added."""
         return f"JSON_ARRAY_APPEND({column}, '$', CAST(%s AS JSON))"
+
+    def upsert_counting(self, table: str, columns: Sequence[str], key: str, counter: str) -> str:
+        """INSERT one row; if ``key`` exists, add the new row's ``counter`` to the old one."""
+        sql = self.insert(table, columns, 1, ignore=False)
+        return f"{sql} ON DUPLICATE KEY UPDATE {counter} = {counter} + VALUES({counter})"
 
 
 class SQLite(Dialect):
@@ -99,9 +106,17 @@ class SQLite(Dialect):
     def json_append(self, column: str) -> str:
         return f"json_insert({column}, '$[#]', json(%s))"
 
+    def upsert_counting(self, table: str, columns: Sequence[str], key: str, counter: str) -> str:
+        sql = self.insert(table, columns, 1, ignore=False)
+        return (
+            f"{sql} ON CONFLICT ({key}) DO UPDATE SET {counter} = {table}.{counter} + "
+            f"excluded.{counter}"
+        )
+
 
 class PostgreSQL(SQLite):
     one_statement_outbox = True
+    server_prepared = True
 
     def json_append(self, column: str) -> str:
         return f"{column} || jsonb_build_array(%s::jsonb)"
@@ -121,16 +136,43 @@ def dialect() -> Dialect:
 
 def execute(sql: str, params: Sequence[Any]) -> Any:
     """Run one statement; return the cursor's rows (empty when it returns none)."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    with _cursor() as cursor:
+        cursor.execute(sql, params, **_prepare())
         return cursor.fetchall() if cursor.description else []
 
 
 def update(sql: str, params: Sequence[Any]) -> int:
     """Run one UPDATE; return how many rows it changed."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    with _cursor() as cursor:
+        cursor.execute(sql, params, **_prepare())
         return int(cursor.rowcount)
+
+
+@contextlib.contextmanager
+def _cursor() -> Iterator[Any]:
+    """A cursor for the ledger's statements.
+
+    On PostgreSQL a server-binding psycopg cursor, so each statement is parsed and planned
+    once per connection (a prepared statement): planning the outcome statement costs more
+    than running it. Errors are Django's, as from any Django cursor. Elsewhere Django's cursor.
+    """
+    if not dialect().server_prepared:
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    import psycopg  # the PostgreSQL backend's driver (psycopg 3)
+
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        yield cursor
+
+
+def _prepare() -> dict[str, bool]:
+    """Prepare statements unless the connection was told not to (``"prepare_threshold": None``
+    in ``OPTIONS``, for PgBouncer < 1.21 in transaction mode, which cannot keep them)."""
+    if not dialect().server_prepared:
+        return {}
+    return {"prepare": connection.connection.prepare_threshold is not None}
 
 
 def insert_rows(
@@ -168,51 +210,69 @@ def existing(jobs: list[NewJob]) -> list[NewJob]:
     return [j for j in jobs if j.id in found]
 
 
-def final_run_status(correlation_id: str, this_job: str | None = None) -> tuple[str, list[Any]]:
-    """A CASE expression: the status a run ends with once nothing of it is pending.
+def run_change(
+    correlation_id: str,
+    job_id: str,
+    now: datetime,
+    *,
+    pending: int | str,
+    dead: int = 0,
+    cancelled: int = 0,
+    compensation: int | str = 0,
+) -> tuple[str, list[Any]]:
+    """``UPDATE`` of a run's job counters by the statement (or transaction) that moves job
+    ``job_id``; if that leaves nothing pending and the run is running or compensating, it
+    settles in the same statement: its final status, ``finished_at`` and ``last_job_id``.
 
-    ``cancelled`` if a job was cancelled; ``completed`` if none was dead-lettered;
-    ``compensated`` if one was and jobs started by events it emitted (its compensation) ran;
-    ``dead_lettered`` otherwise. ``this_job``, when given, is being dead-lettered by the
-    statement this expression is part of (which cannot see its own change).
+    ``pending`` and ``compensation`` are numbers, or SQL expressions of the enclosing statement
+    (the count of jobs it inserted). The row lock makes concurrent branches of one run take
+    turns, so exactly one of them sees the count reach zero. Final status: ``cancelled`` if a
+    job was cancelled; ``completed`` if none was dead-lettered; ``compensated`` if one was and
+    jobs started by its events ran; ``dead_lettered`` otherwise.
     """
-    dead = f"status = '{JobStatus.DEAD}'"
-    if this_job is not None:
-        dead = f"({dead} OR id = %s)"
-    sql = (
-        "CASE "
-        f"WHEN EXISTS (SELECT 1 FROM {JOB} WHERE correlation_id = %s "
-        f"AND status = '{JobStatus.CANCELLED}') THEN '{RunStatus.CANCELLED}' "
-        f"WHEN NOT EXISTS (SELECT 1 FROM {JOB} WHERE correlation_id = %s AND {dead}) "
-        f"THEN '{RunStatus.COMPLETED}' "
-        f"WHEN EXISTS (SELECT 1 FROM {JOB} d JOIN {EVENT} e ON e.causation_id = d.id "
-        f"JOIN {JOB} c ON c.caused_by = e.id WHERE d.correlation_id = %s "
-        f"AND d.status = '{JobStatus.DEAD}') THEN '{RunStatus.COMPENSATED}' "
+    p, d, c, comp = (
+        v if isinstance(v, str) else str(int(v)) for v in (pending, dead, cancelled, compensation)
+    )
+    p, comp = f"({p})", f"({comp})"
+    settles = f"status IN ({_OPEN_RUN}) AND pending_jobs + {p} <= 0"
+    final = (
+        f"CASE WHEN cancelled_jobs + {c} > 0 THEN '{RunStatus.CANCELLED}' "
+        f"WHEN dead_jobs + {d} = 0 THEN '{RunStatus.COMPLETED}' "
+        f"WHEN compensation_jobs + {comp} > 0 THEN '{RunStatus.COMPENSATED}' "
         f"ELSE '{RunStatus.DEAD_LETTERED}' END"
     )
-    params: list[Any] = [correlation_id, correlation_id]
-    if this_job is not None:
-        params.append(this_job)
-    params.append(correlation_id)
-    return sql, params
-
-
-def finish_run(correlation_id: str, last_job_id: str, now: datetime) -> RunStatus | None:
-    """Settle a run none of whose jobs is pending; the row lock makes exactly one caller win."""
-    status, status_params = final_run_status(correlation_id)
+    # the settling assignments come first: MySQL evaluates SET left to right with new values
     sql = (
-        f"UPDATE {RUN} SET status = {status}, finished_at = %s, last_job_id = %s "
-        f"WHERE correlation_id = %s AND status IN ({_OPEN_RUN}) AND NOT EXISTS "
-        f"(SELECT 1 FROM {JOB} WHERE correlation_id = %s AND status IN ({_PENDING}))"
+        f"UPDATE {RUN} SET status = CASE WHEN {settles} THEN {final} ELSE status END, "
+        f"finished_at = CASE WHEN {settles} THEN %s ELSE finished_at END, "
+        f"last_job_id = CASE WHEN {settles} THEN %s ELSE last_job_id END, "
+        f"pending_jobs = CASE WHEN pending_jobs + {p} < 0 THEN 0 ELSE pending_jobs + {p} END, "
+        f"dead_jobs = dead_jobs + {d}, cancelled_jobs = cancelled_jobs + {c}, "
+        f"compensation_jobs = compensation_jobs + {comp} WHERE correlation_id = %s"
     )
-    params = [*status_params, dt(now), last_job_id, correlation_id, correlation_id]
+    return sql, [dt(now), job_id, correlation_id]
+
+
+def change_run(correlation_id: str, job_id: str, now: datetime, **deltas: Any) -> RunStatus | None:
+    """Apply :func:`run_change` now; return the run's final status if this settled it."""
+    sql, params = run_change(correlation_id, job_id, now, **deltas)
     if dialect().returning:
-        rows = execute(f"{sql} RETURNING status", params)
-        return RunStatus(rows[0][0]) if rows else None
-    if not update(sql, params):
+        rows = execute(f"{sql} RETURNING status, last_job_id", params)
+    elif update(sql, params):
+        rows = execute(
+            f"SELECT status, last_job_id FROM {RUN} WHERE correlation_id = %s", [correlation_id]
+        )
+    else:
+        rows = []
+    return settled_status(rows, job_id)
+
+
+def settled_status(rows: list[Any], job_id: str) -> RunStatus | None:
+    """The final status in a ``(status, last_job_id)`` row if job ``job_id`` settled the run."""
+    if not rows or rows[0][0] is None:
         return None
-    rows = execute(f"SELECT status FROM {RUN} WHERE correlation_id = %s", [correlation_id])
-    return RunStatus(rows[0][0])
+    status = RunStatus(rows[0][0])
+    return status if status.is_final and rows[0][1] == job_id else None
 
 
 @functools.cache
@@ -255,16 +315,22 @@ class SqlLedger:
         return EnqueueResult(job.id, True, job.correlation_id)
 
     def _insert(self, job: NewJob, now: datetime) -> None:
-        """INSERT the job row (and its run's row unless that exists), atomically."""
+        """INSERT the job row and count it on its run (creating the run if ``job.starts``
+        and the run does not exist yet), atomically."""
         d = dialect()
         values = job_values(job, now)
         job_sql = d.insert(JOB, JOB_COLUMNS, 1, ignore=False)
         job_params = [values[c] for c in JOB_COLUMNS]
         if job.starts is None:
-            execute(job_sql, job_params)
+            with transaction.atomic():
+                execute(job_sql, job_params)
+                update(
+                    f"UPDATE {RUN} SET pending_jobs = pending_jobs + 1 WHERE correlation_id = %s",
+                    [job.correlation_id],
+                )
             return
-        run = run_values(job.correlation_id, job.starts, now)
-        run_sql = d.insert(RUN, RUN_COLUMNS, 1, ignore=True)
+        run = run_values(job.correlation_id, job.starts, now, pending_jobs=1)
+        run_sql = d.upsert_counting(RUN, RUN_COLUMNS, "correlation_id", "pending_jobs")
         run_params = [run[c] for c in RUN_COLUMNS]
         if d.one_statement_outbox:
             execute(f"WITH run AS ({run_sql}) {job_sql}", [*run_params, *job_params])
@@ -342,19 +408,37 @@ class SqlLedger:
             if dialect().one_statement_outbox and outbox.starts is None:
                 recorded = self._record_in_one_statement(job, outcome, outbox, changes, now, final)
             else:
-                recorded = self._record_in_transaction(job, outbox, changes, now, final)
+                recorded = self._record_in_transaction(job, outcome, outbox, changes, now, final)
         except (DataError, IntegrityError, ProgrammingError) as exc:
             raise LedgerWriteError(str(exc)) from exc
         return recorded if recorded is not None else self._written_before(job, outcome, outbox)
 
     def _record_in_transaction(
-        self, job: ClaimedJob, outbox: Outbox, changes: dict[str, Any], now: datetime, final: bool
+        self,
+        job: ClaimedJob,
+        outcome: Outcome,
+        outbox: Outbox,
+        changes: dict[str, Any],
+        now: datetime,
+        final: bool,
     ) -> Recorded | None:
         with transaction.atomic():
             if not self._fenced_update(job.id, job.lease_token, now, changes):
                 return None
             created = self.write_outbox(outbox) if outbox else []
-            settled = finish_run(job.correlation_id, job.id, now) if final and not created else None
+            dead = outcome.status == JobStatus.DEAD
+            settled = (
+                change_run(
+                    job.correlation_id,
+                    job.id,
+                    now,
+                    pending=-1 if final else 0,
+                    dead=int(dead),
+                    compensation=len(created) if dead else 0,
+                )
+                if final
+                else None
+            )
         return Recorded(created, settled)
 
     def _written_before(self, job: ClaimedJob, outcome: Outcome, outbox: Outbox) -> Recorded | None:
@@ -366,12 +450,11 @@ class SqlLedger:
         )
         if not rows or rows[0][0] != outcome.status or rows[0][1] != job.attempt:
             return None
-        settled = execute(
-            f"SELECT status FROM {RUN} WHERE correlation_id = %s AND last_job_id = %s",
-            [job.correlation_id, job.id],
+        run = execute(
+            f"SELECT status, last_job_id FROM {RUN} WHERE correlation_id = %s",
+            [job.correlation_id],
         )
-        status = RunStatus(settled[0][0]) if settled else None
-        return Recorded(existing(outbox.jobs), status if status and status.is_final else None)
+        return Recorded(existing(outbox.jobs), settled_status(run, job.id))
 
     def _fenced_update(
         self, job_id: str, lease_token: str, now: datetime, changes: dict[str, Any]
@@ -395,14 +478,11 @@ class SqlLedger:
         now: datetime,
         final: bool,
     ) -> Recorded | None:
-        """PostgreSQL: the fenced outcome, its events, the jobs they start and - when nothing
-        of the run is pending any more - the run's settling, in ONE statement.
+        """PostgreSQL: the fenced outcome, its events, the jobs they start and the run's
+        counters (settling it when nothing is pending any more), in ONE statement.
 
-        The inserts select from the UPDATE's result, so a fenced (zombie) attempt writes
-        nothing. The statement cannot see its own changes, so the run's settling excludes this
-        job from "pending" and requires that no job was inserted. Two branches of one run that
-        end at the same instant may each see the other still running; the sweeper settles
-        such a run (see :func:`finish_run`).
+        Every part selects from the UPDATE's result, so a fenced (zombie) attempt writes
+        nothing; the run counts the jobs the statement really inserted (duplicates skipped).
         """
         assignments = ", ".join(f"{column} = %s" for column in changes)
         params: list[Any] = [*changes.values(), job.id, job.lease_token, dt(now)]
@@ -424,30 +504,32 @@ class SqlLedger:
                 "WHERE EXISTS (SELECT 1 FROM done) ON CONFLICT DO NOTHING RETURNING id)"
             )
             params += [r[c] for r in rows for c in columns]
-        settle = "NULL"
-        if final:
-            dead_here = job.id if outcome.status == JobStatus.DEAD else None
-            status, status_params = final_run_status(job.correlation_id, dead_here)
-            no_new_jobs = "AND NOT EXISTS (SELECT 1 FROM jb) " if outbox.jobs else ""
-            parts.append(
-                f", settled AS (UPDATE {RUN} SET status = {status}, finished_at = %s, "
-                f"last_job_id = %s WHERE correlation_id = %s AND status IN ({_OPEN_RUN}) "
-                f"AND EXISTS (SELECT 1 FROM done) {no_new_jobs}"
-                f"AND NOT EXISTS (SELECT 1 FROM {JOB} WHERE correlation_id = %s "
-                f"AND status IN ({_PENDING}) AND id <> %s) RETURNING status)"
+        inserted = "(SELECT count(*) FROM jb)" if outbox.jobs else "0"
+        dead = outcome.status == JobStatus.DEAD
+        settle = "NULL, NULL"
+        if final or outbox.jobs:
+            run_sql, run_params = run_change(
+                job.correlation_id,
+                job.id,
+                now,
+                pending=f"{inserted} - 1" if final else inserted,
+                dead=int(dead),
+                compensation=inserted if dead else 0,
             )
-            params += [*status_params, dt(now), job.id, job.correlation_id]
-            params += [job.correlation_id, job.id]
-            settle = "(SELECT status FROM settled)"
+            parts.append(
+                f", run AS ({run_sql} AND EXISTS (SELECT 1 FROM done) "
+                "RETURNING status, last_job_id)"
+            )
+            params += run_params
+            settle = "(SELECT status FROM run), (SELECT last_job_id FROM run)"
         created = "(SELECT array_agg(id) FROM jb)" if outbox.jobs else "NULL"
         parts.append(f" SELECT (SELECT count(*) FROM done), {created}, {settle}")
-        ((won, ids, status_value),) = execute("".join(parts), params)
+        ((won, ids, *run_row),) = execute("".join(parts), params)
         if not won:
             return None
         created_ids = set(ids or ())
         return Recorded(
-            [j for j in outbox.jobs if j.id in created_ids],
-            RunStatus(status_value) if status_value else None,
+            [j for j in outbox.jobs if j.id in created_ids], settled_status([run_row], job.id)
         )
 
     def write_outbox(self, outbox: Outbox) -> list[NewJob]:
@@ -462,6 +544,12 @@ class SqlLedger:
                 )
             insert_rows(EVENT, EVENT_COLUMNS, [event_values(e) for e in outbox.events])
             created = insert_rows(JOB, JOB_COLUMNS, [job_values(j, now) for j in outbox.jobs])
+            per_run = Counter(j.correlation_id for j in outbox.jobs if j.id in created)
+            for correlation_id, count in per_run.items():
+                update(
+                    f"UPDATE {RUN} SET pending_jobs = pending_jobs + %s WHERE correlation_id = %s",
+                    [count, correlation_id],
+                )
         if len(created) < len(outbox.jobs):
             # skipped rows are duplicates of earlier writes - or this write, run again after
             # a lost reply: ids are fresh uuids, so a row with one of ours is ours

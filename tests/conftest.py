@@ -71,10 +71,13 @@ def start_worker(
         concurrency: int = 2,
         name: str = "w",
         republish_after: float | None = None,
+        continuations: int | None = None,
     ) -> WorkerProcess:
         env = dict(worker_env)
         if republish_after is not None:
             env["WORKFLOWS_REPUBLISH_AFTER"] = str(republish_after)
+        if continuations is not None:
+            env["WORKFLOWS_LOCAL_CONTINUATIONS"] = str(continuations)
         worker = WorkerProcess(
             "tests.proj.celery_app",
             queues,

@@ -15,6 +15,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     workflows_sweep_interval=float(os.environ.get("WORKFLOWS_SWEEP_INTERVAL", "0.2")),
     workflows_republish_after=float(os.environ.get("WORKFLOWS_REPUBLISH_AFTER", "3")),
+    workflows_local_continuations=int(os.environ.get("WORKFLOWS_LOCAL_CONTINUATIONS", "8")),
 )
 
 from tests.proj import chaos, flows, workflows  # noqa: E402,F401  - declares queues on this app

@@ -111,10 +111,7 @@ class Command(BaseCommand):
         sweeper = Sweeper()
         while True:
             report = sweeper.sweep()
-            self.stdout.write(
-                f"expired {report.expired}, published {report.published}, "
-                f"settled {report.settled} run(s)"
-            )
+            self.stdout.write(f"expired {report.expired}, published {report.published}")
             if not options["loop"]:
                 return
             time.sleep(1)

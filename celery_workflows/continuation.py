@@ -1,0 +1,91 @@
+"""Local continuation: the process that finishes a step runs the next one, with no broker hop.
+
+When a step's outcome creates a job that is due now, on a queue this worker consumes, the
+outcome statement writes that job already claimed by this process - lease token, expiry,
+attempt 1 - and the process runs it right after the commit (the idea behind Temporal's eager
+activity dispatch). No notice is published and no claim is made for it. Its ledger row,
+attempt record, events, signals, middleware hooks and lease alarm are those of any attempt; if
+the process dies, the lease expires and the sweeper retries the job as it would any other.
+
+Bounded: after ``workflows_local_continuations`` consecutive continuations (default 8) the next
+job is published normally, so one long workflow cannot hold a process and other queues get
+their turn. A fan-out continues one branch here and publishes the rest. ``-Q`` still decides
+who may run what: a job is only continued by a worker that consumes its queue, and a queue
+declared with ``continue_locally=False`` (or a service with it) is always published.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from typing import Any
+
+from . import registry
+from .clock import utcnow
+from .lease import new_lease_token, worker_name
+from .queues import QueueSpec
+from .records import ClaimedJob, Lease, NewJob, Outbox
+
+#: default of ``workflows_local_continuations``: consecutive steps one task may run in-process
+DEFAULT_LOCAL_CONTINUATIONS = 8
+
+
+def max_continuations(conf: Any) -> int:
+    value = conf.get("workflows_local_continuations", DEFAULT_LOCAL_CONTINUATIONS)
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def consumed_here(spec: QueueSpec) -> bool:
+    """Whether this process is a worker that consumes ``spec``'s queue."""
+    assert spec.task is not None
+    queues = spec.task.app.amqp.queues
+    selected = getattr(queues, "consume_from", None) or {}
+    return spec.qualified_name in selected
+
+
+def lease_one(outbox: Outbox, depth: int, limit: int) -> tuple[Outbox, NewJob | None]:
+    """``outbox`` with at most one of its jobs written claimed by this process, and that job.
+
+    Only a job that is due now, on a queue this worker consumes and that allows it, while
+    fewer than ``limit`` steps ran here in a row (``depth``).
+    """
+    if depth >= limit or not outbox.jobs:
+        return outbox, None
+    now = utcnow()
+    queues = registry.queues()
+    for index, job in enumerate(outbox.jobs):
+        spec = queues.get(job.queue)
+        if spec is None or not spec.continue_locally or job.available_at > now:
+            continue
+        if not consumed_here(spec):
+            continue
+        lease = Lease(
+            token=new_lease_token(),
+            worker=worker_name(),
+            started_at=now,
+            expires_at=now + timedelta(seconds=spec.lifecycle.visibility_timeout),
+        )
+        leased = dataclasses.replace(job, lease=lease, published=False)
+        jobs = [*outbox.jobs[:index], leased, *outbox.jobs[index + 1 :]]
+        return dataclasses.replace(outbox, jobs=jobs), leased
+    return outbox, None
+
+
+def claimed(job: NewJob) -> ClaimedJob:
+    """The claim of a job written claimed by this process, as a worker's claim would read."""
+    assert job.lease is not None
+    return ClaimedJob(
+        id=job.id,
+        queue=job.queue,
+        payload=job.payload,
+        attempt=1,
+        max_attempts=job.max_attempts,
+        correlation_id=job.correlation_id,
+        lease_token=job.lease.token,
+        lease_expires_at=job.lease.expires_at,
+        started_at=job.lease.started_at,
+        attempt_log=[],
+        created_at=job.lease.started_at,
+        priority=job.priority,
+        trace_id=job.trace_id,
+    )
