@@ -9,7 +9,7 @@ SQLITE_TEST_DB ?= /tmp/celery-workflows-test.sqlite3
 SUITE ?= tests/unit tests/integration tests/e2e
 
 .PHONY: demo test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
-	lint bench bench-admin clean
+	lint bench bench-scaling bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,10 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+
+# workflow4 with 1, 2 and 4 worker processes and 1k / 10k workflows (takes ~20 minutes)
+bench-scaling: $(VENV)/.installed
+	cd bench && ../$(PY) scaling.py
 
 # the admin on 1M runs / 5M jobs (generates them once in the cw_bench database)
 bench-admin: $(VENV)/.installed

@@ -1,10 +1,21 @@
 """``make bench``: the toolkit's queue workers against plain Celery tasks, side by side.
 
-Needs Redis and PostgreSQL. One worker (2 prefork processes, the same settings for both sides)
-consumes both queues; rounds alternate toolkit / plain Celery and the medians are compared, so
-the shared machine's noise hits both sides alike. Each scenario ends with one line:
+Needs Redis and PostgreSQL. Each side has its own worker (2 prefork processes, the same
+settings; the plain side's project does not install celery-workflows), consuming only its
+own queues. Rounds alternate toolkit / plain Celery and the medians are compared, so the shared
+machine's noise hits both sides alike. Each scenario ends with one line:
 
     BENCH <scenario> toolkit=<x> celery=<y> ratio=<x/y> ...
+
+- ``jobs``, ``jobs_io5ms``: N independent jobs enqueued one by one (``enqueue()`` vs
+  ``apply_async()``), each one Redis INCR (after 5 ms of "I/O");
+- ``jobs_batch``: the same N jobs, enqueued with ``enqueue_many()`` (plain Celery: a loop of
+  ``apply_async()``, which is what Celery offers for independent tasks);
+- ``workflow4``: W four-step workflows, linked by events and subscriptions (plain Celery: by
+  ``apply_async()`` at the end of each step), all enqueued at once - a backlog. ``hop`` is the
+  time from one step's hand-over to the next step's start (steps 2-4), sampled on 10 % of the
+  workflows; ``hop_idle`` the same with one workflow at a time on idle workers; ``rss_mb`` the
+  largest worker pool process's resident memory after the rounds.
 """
 
 from __future__ import annotations
@@ -15,11 +26,14 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+
+WORKERS = 2
 
 
 def ensure_database(name: str = "cw_bench") -> None:
@@ -39,105 +53,167 @@ def setup() -> None:
     call_command("migrate", verbosity=0)
 
 
-def wait_counter(counter, key: str, n: int, timeout: float = 300) -> None:
+def clear_ledger() -> None:
+    from django_app.models import Event, Job, WorkflowRun
+
+    Job.objects.all().delete()
+    Event.objects.all().delete()
+    WorkflowRun.objects.all().delete()
+
+
+def wait_counter(key: str, n: int, timeout: float = 600) -> None:
+    from bench.work import counter
+
     deadline = time.monotonic() + timeout
     while int(counter.get(key) or 0) < n:
         if time.monotonic() > deadline:
-            raise SystemExit(f"bench: only {counter.get(key)} of {n} jobs done in {timeout}s")
-        time.sleep(0.005)
+            raise SystemExit(f"bench: only {counter.get(key)} of {n} done in {timeout}s")
+        time.sleep(0.001)
 
 
-def round_toolkit(n: int, io_ms: float = 0) -> float:
-    from bench.celery_app import bench, counter
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+# -- sides ---------------------------------------------------------------------------------
+
+
+def toolkit_jobs(n: int, io_ms: float, batch: bool = False) -> float:
+    from bench.celery_app import bench
+
+    key = f"bench:{uuid.uuid4().hex}"
+    start = time.perf_counter()
+    payload = {"counter": key, "io_ms": io_ms}
+    if batch:
+        for chunk in range(0, n, 500):
+            bench.enqueue_many("step", [payload] * min(500, n - chunk))
+    else:
+        for _ in range(n):
+            bench.enqueue("step", payload)
+    wait_counter(key, n)
+    return n / (time.perf_counter() - start)
+
+
+def celery_jobs(n: int, io_ms: float, batch: bool = False) -> float:
+    from bench.plain_app import QUEUE, plain_step
 
     key = f"bench:{uuid.uuid4().hex}"
     start = time.perf_counter()
     for _ in range(n):
-        bench.enqueue("step", {"counter": key, "io_ms": io_ms})
-    wait_counter(counter, key, n)
+        plain_step.apply_async((key, io_ms), queue=QUEUE)
+    wait_counter(key, n)
     return n / (time.perf_counter() - start)
 
 
-def round_celery(n: int, io_ms: float = 0) -> float:
-    from bench.celery_app import counter, plain_step
+def start_workflow(side: str, payload: dict[str, object]) -> None:
+    if side == "toolkit":
+        from bench.celery_app import bench
 
-    key = f"bench:{uuid.uuid4().hex}"
-    start = time.perf_counter()
-    for _ in range(n):
-        plain_step.apply_async((key, io_ms), queue="bench.plain")
-    wait_counter(counter, key, n)
-    return n / (time.perf_counter() - start)
+        bench.enqueue("wf1", payload)
+    else:
+        from bench.plain_app import QUEUE, plain_wf
 
-
-def scenario_jobs(name: str, n: int, rounds: int, io_ms: float) -> None:
-    from django_app.models import Job
-
-    toolkit, celery = [], []
-    round_celery(200, io_ms)  # warm both paths (connections, imports, prefork children)
-    round_toolkit(200, io_ms)
-    for _ in range(rounds):
-        celery.append(round_celery(n, io_ms))
-        toolkit.append(round_toolkit(n, io_ms))
-        Job.objects.all().delete()
-    t, c = statistics.median(toolkit), statistics.median(celery)
-    print(
-        f"  {name}: toolkit rounds {[round(x) for x in toolkit]}, "
-        f"celery rounds {[round(x) for x in celery]}"
-    )
-    print(
-        f"BENCH {name} toolkit={t:.0f} celery={c:.0f} ratio={t / c:.2f} "
-        f"n={n} rounds={rounds} workers=2 io_ms={io_ms:g}"
-    )
+        plain_wf.apply_async((1, payload), queue=QUEUE)
 
 
-def round_workflow(side: str, w: int) -> tuple[float, list[float]]:
-    from bench.celery_app import STEPS, bench, counter, plain_wf
+def workflows(side: str, w: int, sample_every: int = 10) -> tuple[float, list[float]]:
+    """W workflows enqueued at once; steps/s and the sampled hops."""
+    from bench.work import STEPS, counter
 
     key, hops = f"bench:{uuid.uuid4().hex}", f"hops:{uuid.uuid4().hex}"
     start = time.perf_counter()
     for i in range(w):
-        payload = {"counter": key, "hops": hops, "sample": i % 10 == 0, "t": time.time()}
-        if side == "toolkit":
-            bench.enqueue("wf1", payload)
-        else:
-            plain_wf.apply_async((1, payload), queue="bench.plain")
-    wait_counter(counter, key, w)
+        sample = i % sample_every == 0
+        start_workflow(side, {"counter": key, "hops": hops, "sample": sample, "t": time.time()})
+    wait_counter(key, w)
     rate = w * STEPS / (time.perf_counter() - start)
     return rate, [float(x) for x in counter.lrange(hops, 0, -1)]
 
 
-def scenario_workflow4(w: int, rounds: int) -> None:
-    from django_app.models import Event, Job, WorkflowRun
+def idle_hops(side: str, count: int) -> list[float]:
+    """One workflow at a time on idle workers."""
+    from bench.work import counter
 
-    toolkit, celery, hops_t, hops_c = [], [], [], []
-    round_workflow("celery", 100)
-    round_workflow("toolkit", 100)
+    key, hops = f"bench:{uuid.uuid4().hex}", f"hops:{uuid.uuid4().hex}"
+    for i in range(count):
+        start_workflow(side, {"counter": key, "hops": hops, "sample": True, "t": time.time()})
+        wait_counter(key, i + 1)
+        time.sleep(0.02)  # idle again
+    return [float(x) for x in counter.lrange(hops, 0, -1)]
+
+
+def child_rss_mb(worker_pid: int) -> float:
+    """The largest resident set among a worker's pool processes, in MB."""
+    sizes = []
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    for child in children:
+        for line in Path(f"/proc/{child}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                sizes.append(int(line.split()[1]) / 1024)
+    return max(sizes) if sizes else float("nan")
+
+
+# -- scenarios -----------------------------------------------------------------------------
+
+
+def alternate(
+    rounds: int, toolkit: Callable[[], float], celery: Callable[[], float]
+) -> tuple[list[float], list[float]]:
+    t, c = [], []
     for _ in range(rounds):
-        rate, hops = round_workflow("celery", w)
-        celery.append(rate)
-        hops_c += hops
-        rate, hops = round_workflow("toolkit", w)
-        toolkit.append(rate)
-        hops_t += hops
-        writes = Job.objects.count(), Event.objects.count(), WorkflowRun.objects.count()
-        Job.objects.all().delete()
-        Event.objects.all().delete()
-        WorkflowRun.objects.all().delete()
-    t, c = statistics.median(toolkit), statistics.median(celery)
+        c.append(celery())
+        t.append(toolkit())
+        clear_ledger()
+    return t, c
 
-    def pct(values: list[float], q: float) -> float:
-        values = sorted(values)
-        return values[min(len(values) - 1, int(q * len(values)))]
 
+def scenario_jobs(name: str, n: int, rounds: int, io_ms: float, batch: bool = False) -> None:
+    celery_jobs(200, io_ms)  # warm both paths (connections, imports, pool processes)
+    toolkit_jobs(200, io_ms, batch)
+    t, c = alternate(
+        rounds, lambda: toolkit_jobs(n, io_ms, batch), lambda: celery_jobs(n, io_ms, batch)
+    )
+    tm, cm = statistics.median(t), statistics.median(c)
     print(
-        f"  workflow4: toolkit rounds {[round(x) for x in toolkit]}, "
-        f"celery rounds {[round(x) for x in celery]}; last round wrote jobs/events/runs "
-        f"{writes}; plain-celery hop p50={pct(hops_c, 0.5):.1f}ms p99={pct(hops_c, 0.99):.1f}ms"
+        f"  {name}: toolkit rounds {[round(x) for x in t]}, celery rounds {[round(x) for x in c]}"
     )
     print(
-        f"BENCH workflow4 toolkit={t:.0f} celery={c:.0f} ratio={t / c:.2f} "
+        f"BENCH {name} toolkit={tm:.0f} celery={cm:.0f} ratio={tm / cm:.2f} "
+        f"n={n} rounds={rounds} workers={WORKERS} io_ms={io_ms:g}"
+    )
+
+
+def scenario_workflow4(w: int, rounds: int, idle: int, pids: dict[str, int]) -> None:
+    workflows("celery", 100)
+    workflows("toolkit", 100)
+    t, c, hops_t, hops_c = [], [], [], []
+    for _ in range(rounds):
+        rate, hops = workflows("celery", w)
+        c.append(rate)
+        hops_c += hops
+        rate, hops = workflows("toolkit", w)
+        t.append(rate)
+        hops_t += hops
+        clear_ledger()
+    idle_c = idle_hops("celery", idle)
+    idle_t = idle_hops("toolkit", idle)
+    clear_ledger()
+    tm, cm = statistics.median(t), statistics.median(c)
+    print(
+        f"  workflow4: toolkit rounds {[round(x) for x in t]}, celery rounds "
+        f"{[round(x) for x in c]} (steps/s)"
+    )
+    print(
+        f"BENCH workflow4 toolkit={tm:.0f} celery={cm:.0f} ratio={tm / cm:.2f} "
         f"hop_p50_ms={pct(hops_t, 0.5):.1f} hop_p99_ms={pct(hops_t, 0.99):.1f} "
-        f"workflows={w} rounds={rounds} workers=2"
+        f"celery_hop_p50_ms={pct(hops_c, 0.5):.1f} celery_hop_p99_ms={pct(hops_c, 0.99):.1f} "
+        f"hop_idle_p50_ms={pct(idle_t, 0.5):.2f} hop_idle_p99_ms={pct(idle_t, 0.99):.2f} "
+        f"celery_hop_idle_p50_ms={pct(idle_c, 0.5):.2f} "
+        f"celery_hop_idle_p99_ms={pct(idle_c, 0.99):.2f} "
+        f"rss_mb={child_rss_mb(pids['toolkit']):.1f} "
+        f"celery_rss_mb={child_rss_mb(pids['celery']):.1f} "
+        f"workflows={w} rounds={rounds} workers={WORKERS}"
     )
 
 
@@ -146,29 +222,46 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=2000, help="jobs per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-w", type=int, default=2000, help="workflows per workflow4 round")
-    parser.add_argument("--only", choices=["jobs", "workflow4"], help="run one scenario")
+    parser.add_argument("--idle", type=int, default=60, help="workflows run one at a time")
+    parser.add_argument("--only", choices=["jobs", "batch", "workflow4"], help="one scenario")
     args = parser.parse_args()
     setup()
-    from bench.celery_app import counter
+    from bench.celery_app import QUEUES
+    from bench.plain_app import QUEUE
+    from bench.work import counter
     from celery_workflows.testing import WorkerProcess
 
     counter.flushdb()
-    worker = WorkerProcess(
+    clear_ledger()
+    env = {"PYTHONPATH": str(ROOT)}
+    toolkit = WorkerProcess(
         "bench.celery_app",
-        ["bench.step", "bench.plain", "bench.wf1", "bench.wf2", "bench.wf3", "bench.wf4"],
-        concurrency=2,
-        log_path="/tmp/cw-bench-worker.log",
-        env={"PYTHONPATH": str(ROOT)},
+        QUEUES,
+        concurrency=WORKERS,
+        log_path="/tmp/cw-bench-toolkit.log",
+        env=env,
+    ).start()
+    plain = WorkerProcess(
+        "bench.plain_app",
+        [QUEUE],
+        concurrency=WORKERS,
+        log_path="/tmp/cw-bench-celery.log",
+        env=env,
     ).start()
     try:
-        time.sleep(2)
+        time.sleep(3)
         if args.only in (None, "jobs"):
             scenario_jobs("jobs", args.n, args.rounds, io_ms=0)
             scenario_jobs("jobs_io5ms", args.n // 2, args.rounds, io_ms=5)
+        if args.only in (None, "batch"):
+            scenario_jobs("jobs_batch", args.n, args.rounds, io_ms=0, batch=True)
         if args.only in (None, "workflow4"):
-            scenario_workflow4(args.w, args.rounds)
+            scenario_workflow4(
+                args.w, args.rounds, args.idle, {"toolkit": toolkit.pid, "celery": plain.pid}
+            )
     finally:
-        worker.stop()
+        toolkit.stop()
+        plain.stop()
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ class QueueSpec:
             **options,
         )
 
-    def publish(self, dispatch: Dispatch) -> None:
+    def publish(self, dispatch: Dispatch, producer: Any = None) -> None:
         """Send the "ready for attempt N" notice to this queue."""
         assert self.task is not None
         options: dict[str, Any] = {"queue": self.qualified_name}
@@ -109,7 +109,19 @@ class QueueSpec:
             options["countdown"] = dispatch.countdown
         if dispatch.priority is not None:
             options["priority"] = dispatch.priority
+        if producer is not None:
+            options["producer"] = producer
         self.task.apply_async(args=(dispatch.job_id, dispatch.attempt), **options)
+
+    def publish_many(self, dispatches: list[Dispatch]) -> None:
+        """Send several notices over one broker connection."""
+        if len(dispatches) == 1:
+            self.publish(dispatches[0])
+            return
+        assert self.task is not None
+        with self.task.app.producer_or_acquire() as producer:
+            for dispatch in dispatches:
+                self.publish(dispatch, producer)
 
     def broker_depth(self) -> int | None:
         """Messages waiting in this queue at the broker (0 if it does not exist), or None when

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -276,18 +276,7 @@ class WorkflowService(Generic[R]):
         spec = self.queue(queue)
         body = spec.validate_payload(payload)
         available_at = _available_at(spec, delay, eta)
-        if priority is not None and (
-            isinstance(priority, bool)
-            or not isinstance(priority, int)
-            or priority not in PRIORITY_RANGE
-        ):
-            raise ConfigurationError(
-                f"queue {spec.qualified_name}: priority must be an int 0-9, got {priority!r}"
-            )
-        if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
-            raise ConfigurationError(
-                f"queue {spec.qualified_name}: idempotency_key must be 1-200 characters"
-            )
+        _check_options(spec, priority, idempotency_key)
         store = get_store()
         job = prepare(
             spec,
@@ -300,6 +289,65 @@ class WorkflowService(Generic[R]):
         result = store.insert_job(job)
         after_insert(store, spec, job, result)
         return result
+
+    def enqueue_many(
+        self,
+        queue: str,
+        payloads: Iterable[Any],
+        *,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        priority: int | None = None,
+        idempotency_keys: Sequence[str] | None = None,
+    ) -> list[EnqueueResult]:
+        """Enqueue one job per payload - each starting its own workflow - with one INSERT, and
+        publish their notices over one broker connection once the transaction commits.
+
+        Every payload is validated before anything is written: one bad payload raises and no
+        job is enqueued. ``idempotency_keys``, if given, has one key per payload (as
+        ``enqueue(idempotency_key=...)``). Results are in the order of ``payloads``.
+        """
+        items = list(payloads)
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(items)
+        if len(keys) != len(items):
+            raise ConfigurationError(
+                f"queue {self.name}.{queue}: {len(keys)} idempotency keys for {len(items)} payloads"
+            )
+        spec = self.queue(queue)
+        bodies = [spec.validate_payload(p) for p in items]
+        available_at = _available_at(spec, delay, eta)
+        _check_options(spec, priority, *keys)
+        jobs = [
+            prepare(
+                spec,
+                body,
+                available_at=available_at,
+                correlation_id=uuid.uuid4().hex,
+                idempotency_key=key,
+                priority=priority,
+            )
+            for body, key in zip(bodies, keys, strict=True)
+        ]
+        store = get_store()
+        results = store.insert_jobs(jobs)
+        after_insert_many(store, spec, jobs, results)
+        return results
+
+
+def _check_options(spec: QueueSpec, priority: int | None, *idempotency_keys: str | None) -> None:
+    if priority is not None and (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or priority not in PRIORITY_RANGE
+    ):
+        raise ConfigurationError(
+            f"queue {spec.qualified_name}: priority must be an int 0-9, got {priority!r}"
+        )
+    for key in idempotency_keys:
+        if key is not None and not (isinstance(key, str) and 0 < len(key) <= 200):
+            raise ConfigurationError(
+                f"queue {spec.qualified_name}: idempotency_key must be 1-200 characters"
+            )
 
 
 def emit(
@@ -367,16 +415,38 @@ def prepare(
 
 def after_insert(ledger: Ledger, spec: QueueSpec, job: NewJob, result: EnqueueResult) -> None:
     """Publish a job that is due soon once its transaction commits; send ``job_enqueued``."""
-    if result.created and job.published:
+    after_insert_many(ledger, spec, [job], [result])
+
+
+def after_insert_many(
+    ledger: Ledger, spec: QueueSpec, jobs: list[NewJob], results: list[EnqueueResult]
+) -> None:
+    """Publish the created jobs that are due soon once their transaction commits, over one
+    broker connection; send ``job_enqueued`` for each."""
+    due = [
+        job for job, result in zip(jobs, results, strict=True) if result.created and job.published
+    ]
+    if due:
 
         def publish() -> None:
-            countdown = max(0.0, (job.available_at - utcnow()).total_seconds())
-            spec.publish(Dispatch(job.id, spec.qualified_name, 1, job.priority, countdown))
+            now = utcnow()
+            dispatches = [
+                Dispatch(
+                    job.id,
+                    spec.qualified_name,
+                    1,
+                    job.priority,
+                    max(0.0, (job.available_at - now).total_seconds()),
+                )
+                for job in due
+            ]
+            spec.publish_many(dispatches)
 
         ledger.on_commit(publish)
-    signals.job_enqueued.send(
-        sender=spec.qualified_name,
-        job_id=result.job_id,
-        queue=spec.qualified_name,
-        created=result.created,
-    )
+    for result in results:
+        signals.job_enqueued.send(
+            sender=spec.qualified_name,
+            job_id=result.job_id,
+            queue=spec.qualified_name,
+            created=result.created,
+        )

@@ -45,6 +45,9 @@ class Ledger(Protocol):
 
     def insert_job(self, job: NewJob) -> EnqueueResult: ...
 
+    def insert_jobs(self, jobs: list[NewJob]) -> list[EnqueueResult]:
+        """Insert several jobs (each with its run) in one go; results in the same order."""
+
     def claim(
         self, job_id: str, attempt: int, lease_token: str, worker: str, lease_seconds: float
     ) -> ClaimedJob | None:

@@ -97,3 +97,32 @@ def test_redriving_a_dead_letter_runs_it_again_to_success(wait_status):
     (entry,) = get_workflow("wf-redrive").audit
     assert (entry.action, entry.actor, entry.job_id) == ("redrive", "ops-anna", dead.job_id)
     assert entry.detail["payload_after"] == {"orderId": "o-7", "qty": 7}
+
+
+def test_enqueue_many_writes_every_job_in_one_go_and_all_of_them_run(wait_status):
+    results = t.enqueue_many("echo", [{"n": n} for n in range(20)])
+    assert [r.created for r in results] == [True] * 20
+    assert len({r.correlation_id for r in results}) == 20  # each starts its own workflow
+    for result in results:
+        wait_status(result.job_id, "succeeded")
+    assert get_job(results[7].job_id).result["echo"] == {"n": 7}
+    assert get_workflow(results[7].correlation_id).status == "completed"
+
+
+def test_enqueue_many_with_one_bad_payload_writes_nothing():
+    from celery_workflows import PayloadValidationError
+    from django_app.models import Job
+
+    before = Job.objects.filter(queue="t.typed").count()
+    with pytest.raises(PayloadValidationError, match="qty"):
+        t.enqueue_many("typed", [{"orderId": "a", "qty": 1}, {"orderId": "b", "qty": "two"}])
+    assert Job.objects.filter(queue="t.typed").count() == before
+
+
+def test_enqueue_many_honours_idempotency_keys(wait_status):
+    first = t.enqueue_many("echo", [{"n": 1}, {"n": 2}], idempotency_keys=["many-1", "many-2"])
+    again = t.enqueue_many("echo", [{"n": 1}, {"n": 3}], idempotency_keys=["many-1", "many-3"])
+    assert [r.created for r in again] == [False, True]
+    assert again[0].job_id == first[0].job_id
+    for result in [*first, again[1]]:
+        wait_status(result.job_id, "succeeded")

@@ -1,0 +1,30 @@
+"""The business work both sides of the benchmark do, and how hops are measured."""
+
+import os
+import time
+from typing import Any
+
+import redis
+
+counter = redis.Redis.from_url(os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13"))
+
+#: steps of the workflow4 scenario
+STEPS = 4
+
+
+def work(counter_key: str, io_ms: float) -> None:
+    """One unit of business work: optionally wait on "I/O" (an API call, say), then count."""
+    if io_ms:
+        time.sleep(io_ms / 1000)
+    counter.incr(counter_key)
+
+
+def hop(payload: dict[str, Any], step: int) -> None:
+    """Record, for sampled workflows, how long the hand-over from the previous step took
+    (the previous step stamped ``t`` when it emitted; step 1 has no previous step)."""
+    if step > 1 and payload.get("sample") and payload.get("t"):
+        counter.rpush(payload["hops"], round((time.time() - payload["t"]) * 1000, 3))
+
+
+def next_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "t": time.time()}
