@@ -8,7 +8,7 @@ SQLITE_TEST_DB ?= /tmp/celery-workflows-test.sqlite3
 #: the suite that runs once per database; tests/acceptance (a fresh install) runs once
 SUITE ?= tests/unit tests/integration tests/e2e
 
-.PHONY: demo test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
+.PHONY: demo admin test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
 	lint bench bench-scaling bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(PY) example_project/demo.py
+
+# the Django admin on the demo's database (user demo / password demo), with a worker behind it
+admin: $(VENV)/.installed
+	cd example_project && ../$(PY) admin_site.py
 
 # the whole suite: on PostgreSQL and on SQLite (the embedded default), then the README's
 # getting-started in a fresh virtualenv. `services` starts (or installs) what it needs first.

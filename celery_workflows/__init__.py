@@ -1,6 +1,7 @@
 """celery-workflows: durable multi-step workflows on the Celery app you already run."""
 
 from .approvals import decide
+from .compensation import cancel_workflow
 from .context import Job, JobContext
 from .deadletter import discard, list_dead_letters, redrive
 from .errors import (
@@ -11,6 +12,7 @@ from .errors import (
     LeaseLostError,
     NonRetryableError,
     NotDeadLetteredError,
+    NotRedrivableError,
     PayloadError,
     PayloadNotSerializableError,
     PayloadTooLargeError,
@@ -58,6 +60,7 @@ __all__ = [
     "Middleware",
     "NonRetryableError",
     "NotDeadLetteredError",
+    "NotRedrivableError",
     "Outcome",
     "PayloadError",
     "PayloadNotSerializableError",
@@ -76,6 +79,7 @@ __all__ = [
     "WorkflowStatus",
     "add_middleware",
     "cancel",
+    "cancel_workflow",
     "decide",
     "discard",
     "emit",

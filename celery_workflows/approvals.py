@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from . import registry
 from .clock import utcnow
-from .errors import GateClosedError
+from .errors import ConfigurationError, GateClosedError
 from .events import new_event, write_and_publish
 from .payloads import to_json
 from .records import Event
@@ -31,13 +32,17 @@ class Gate:
     payload: Any
     opened_by_job: str
     opened_at: str
+    #: ISO time after which the gate closes unanswered, emitting ``timeout_event``
+    expires_at: str | None = None
+    timeout_event: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Gate:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        values: dict[str, Any] = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
+        return cls(**values)
 
 
 def open_gate(
@@ -48,16 +53,27 @@ def open_gate(
     approve_event: str,
     reject_event: str,
     payload: Any,
+    expires_in: timedelta | None = None,
+    timeout_event: str | None = None,
 ) -> Gate:
-    for name in (approve_event, reject_event):
+    for name in (approve_event, reject_event, *([timeout_event] if timeout_event else [])):
         registry.check_name("event", name)
+    if expires_in is not None and (
+        not isinstance(expires_in, timedelta) or expires_in.total_seconds() <= 0
+    ):
+        raise ConfigurationError(
+            f"approval gate {prompt!r}: expires_in must be a positive timedelta, got {expires_in!r}"
+        )
+    now = utcnow()
     gate = Gate(
         prompt=prompt,
         approve_event=approve_event,
         reject_event=reject_event,
         payload=to_json(f"approval gate {prompt!r}", payload),
         opened_by_job=job_id,
-        opened_at=utcnow().isoformat(),
+        opened_at=now.isoformat(),
+        expires_at=(now + expires_in).isoformat() if expires_in else None,
+        timeout_event=(timeout_event or reject_event) if expires_in else None,
     )
     runs.open_gate(correlation_id, gate.to_json())
     return gate
@@ -69,15 +85,33 @@ def decide(correlation_id: str, approve: bool, actor: str, comment: str = "") ->
     The decision is audited with ``actor`` and ``comment`` in the same transaction. Raises
     :class:`GateClosedError` if the run is not waiting (so a double click does nothing).
     """
+    event = _close(correlation_id, "approve" if approve else "reject", actor, comment)
+    if event is None:
+        raise GateClosedError(f"workflow {correlation_id} is not waiting for a decision")
+    return event
+
+
+def expire_gate(correlation_id: str) -> Event | None:
+    """Close a gate whose expiry passed, emitting its timeout event - once, audited as
+    ``expire`` by ``system``. None if the run was decided meanwhile (or is not expired)."""
+    return _close(correlation_id, "expire", "system", "no decision before the gate expired")
+
+
+def _close(correlation_id: str, action: str, actor: str, comment: str) -> Event | None:
     store = get_store()
     with store.atomic():
-        data = store.close_gate(correlation_id, actor, approve, comment)
+        data = store.close_gate(correlation_id, actor, action, comment, expired=action == "expire")
         if data is None:
-            raise GateClosedError(f"workflow {correlation_id} is not waiting for a decision")
+            return None
         gate = Gate.from_json(data)
+        name = {
+            "approve": gate.approve_event,
+            "reject": gate.reject_event,
+            "expire": gate.timeout_event or gate.reject_event,
+        }[action]
         payload = gate.payload if isinstance(gate.payload, dict) else {"value": gate.payload}
         event = new_event(
-            gate.approve_event if approve else gate.reject_event,
+            name,
             {**payload, "decidedBy": actor, "comment": comment},
             source="approval",
             correlation_id=correlation_id,

@@ -5,7 +5,10 @@
   any number of times starts each subscription's job once;
 - a start-up check of the workflow graph: a worker refuses to start if a subscription targets
   a queue no service declares;
-- a worker started without ``-Q`` consumes every declared queue (besides Celery's default);
+- a worker started without ``-Q`` consumes every declared queue (besides Celery's default),
+  the events queue and the schedules queue;
+- the ``celery_workflows.fire_schedule`` task that Celery beat sends for declared schedules
+  (see :mod:`celery_workflows.schedules`), and a catch-up of missed slots when beat starts;
 - a consumer bootstep that runs the :mod:`~celery_workflows.sweeper` on the worker's timer in
   every ``celery worker`` (settings ``workflows_sweep_interval`` and
   ``workflows_republish_after``, in seconds, on the Celery app's config);
@@ -20,6 +23,7 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.signals import beat_init
 
 from . import graph, registry
 from .consumer import DELIVER_EVENT_TASK
@@ -29,6 +33,7 @@ from .intake import envelope_problem, stored_body
 from .payloads import max_payload_bytes, storable_text
 from .records import Event
 from .retention import PRUNE_TASK, prune_finished_runs
+from .schedules import FIRE_TASK, SCHEDULES_QUEUE, FireScheduleTask, fire
 from .store import get_store
 from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, Sweeper
 from .worker import dead_letter_message
@@ -61,7 +66,7 @@ class ConsumeDeclaredQueues(bootsteps.Step):
         queues = parent.app.amqp.queues
         # Celery keeps the -Q selection in _consume_from; None means "no -Q given"
         if getattr(queues, "_consume_from", None) is None:
-            for name in registry.queues():
+            for name in [*registry.queues(), EVENTS_QUEUE, SCHEDULES_QUEUE]:
                 queues.select_add(name)
 
 
@@ -106,6 +111,9 @@ def install(app: Celery) -> None:
         _deliver_event
     )
     app.task(name=PRUNE_TASK, ignore_result=True, shared=False)(prune_finished_runs)
+    app.task(name=FIRE_TASK, base=FireScheduleTask, ignore_result=True, typing=False, shared=False)(
+        fire
+    )
 
 
 def _deliver_event(*args: Any, **kwargs: Any) -> None:
@@ -133,3 +141,16 @@ def _deliver_event(*args: Any, **kwargs: Any) -> None:
 def publish_event(app: Celery, event: Event) -> None:
     """Send an envelope to the events queue (used by other services and by the tests)."""
     app.send_task(DELIVER_EVENT_TASK, args=[event.to_json()], queue=EVENTS_QUEUE)
+
+
+@beat_init.connect
+def _catch_up_schedules(sender: Any = None, **kwargs: Any) -> None:
+    """When beat starts, have each declared schedule look at the slots it missed while beat
+    was down (its ``missed`` policy decides what runs)."""
+    app = getattr(sender, "app", None)
+    if app is None or FIRE_TASK not in app.tasks:
+        return
+    for name in registry.schedules():
+        app.tasks[FIRE_TASK].apply_async(
+            args=[name], kwargs={"catch_up": True}, queue=SCHEDULES_QUEUE
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
 from .approvals import open_gate
@@ -88,6 +88,11 @@ class JobContext(Generic[R]):
     def correlation_id(self) -> str:
         return self.job.correlation_id
 
+    @property
+    def compensating_for(self) -> str | None:
+        """For a compensation job, the id of the job whose work it undoes; else None."""
+        return self._claimed.compensates
+
     def emit(self, name: str, payload: Any) -> Event:
         """Announce ``name`` with ``payload``; subscriptions decide what runs next.
 
@@ -100,12 +105,21 @@ class JobContext(Generic[R]):
         return self._emit(name, payload)
 
     def wait_for_human(
-        self, prompt: str, *, approve_event: str, reject_event: str, payload: Any = None
+        self,
+        prompt: str,
+        *,
+        approve_event: str,
+        reject_event: str,
+        payload: Any = None,
+        expires_in: timedelta | None = None,
+        timeout_event: str | None = None,
     ) -> None:
         """Park the workflow until a person approves (emits ``approve_event``) or rejects
         (emits ``reject_event``), in the admin or with :func:`celery_workflows.decide`.
 
-        The run shows as ``waiting`` with ``prompt``; this step itself finishes normally.
+        The run shows as ``waiting`` with ``prompt``; this step itself finishes normally. With
+        ``expires_in``, a gate nobody answered in time closes by itself and emits
+        ``timeout_event`` (default: ``reject_event``) - once, audited as ``expire``.
         """
         open_gate(
             self._store,
@@ -115,6 +129,8 @@ class JobContext(Generic[R]):
             approve_event,
             reject_event,
             payload,
+            expires_in,
+            timeout_event,
         )
 
     def extend_lease(self, seconds: float | None = None) -> datetime:

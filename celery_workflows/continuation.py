@@ -88,4 +88,5 @@ def claimed(job: NewJob) -> ClaimedJob:
         created_at=job.lease.started_at,
         priority=job.priority,
         trace_id=job.trace_id,
+        compensates=job.compensates,
     )

@@ -4,7 +4,9 @@ A job is dead-lettered after its last attempt, or at once for a non-retryable er
 payload or a message no worker could read. It keeps its payload, every attempt's error and
 traceback, timestamps and worker. Re-driving creates a *fresh* job (new id, attempts reset,
 linked to the old one through ``redriven_from``) and marks the old one ``redriven`` in the same
-transaction, so one dead letter is re-driven at most once. Every action is audited with its
+transaction, so one dead letter is re-driven at most once. A step of a workflow whose
+compensation has started cannot be re-driven (the work it would continue was undone); a failed
+compensation job can (re-driving it finishes the undo). Every action is audited with its
 ``actor``, in the transaction that performs it, whichever door (Python, admin, command) it came
 through.
 """
@@ -15,9 +17,9 @@ from typing import Any
 
 from . import registry
 from .clock import utcnow
-from .errors import NotDeadLetteredError
-from .records import EnqueueResult, JobRecord, JobStatus
-from .service import after_insert, prepare
+from .enqueueing import after_insert, prepare
+from .errors import NotDeadLetteredError, NotRedrivableError, WorkflowNotFoundError
+from .records import EnqueueResult, JobRecord, JobStatus, RunStatus, WorkflowStatus
 from .store import get_store
 
 #: sentinel: keep the dead job's payload when re-driving
@@ -45,6 +47,9 @@ def redrive(
     dead = store.get_job(job_id)
     if dead.status is not JobStatus.DEAD:
         raise NotDeadLetteredError(f"job {job_id} is {dead.status}, not dead-lettered")
+    refusal = redrive_refusal(dead)
+    if refusal:
+        raise NotRedrivableError(f"job {job_id}: {refusal}")
     spec = registry.get_queue(dead.queue)
     edited = payload is not KEEP_PAYLOAD
     body = spec.validate_payload(payload if edited else dead.payload)
@@ -61,6 +66,32 @@ def redrive(
     result = store.redrive(dead.id, job, actor, detail)
     after_insert(store, spec, job, result)
     return result
+
+
+def compensation_started(run: WorkflowStatus) -> bool:
+    """Whether ``run`` began undoing its completed steps (it may still be doing so)."""
+    return run.status in (RunStatus.COMPENSATING, RunStatus.COMPENSATED) or any(
+        h.compensates for h in run.history
+    )
+
+
+def redrive_refusal(dead: JobRecord, run: WorkflowStatus | None = None) -> str:
+    """Why dead letter ``dead`` may not be re-driven ("" if it may): once its run's
+    compensation has started, the work a re-driven step would continue has been undone.
+    ``run`` is the job's run, when the caller has it already."""
+    if dead.compensates is not None:
+        return ""  # a failed compensation may always be tried again
+    if run is None:
+        try:
+            run = get_store().get_workflow(dead.correlation_id)
+        except WorkflowNotFoundError:
+            return ""  # a dead letter outside any run (an unroutable message)
+    if not compensation_started(run):
+        return ""
+    return (
+        f"workflow {run.correlation_id} was compensated (its completed steps were undone), so "
+        "this step cannot simply continue it; start a new run instead"
+    )
 
 
 def discard(job_id: str, *, actor: str = DEFAULT_ACTOR) -> None:

@@ -70,6 +70,11 @@ class NotDeadLetteredError(WorkflowError):
     """Only a dead-lettered job can be re-driven or discarded."""
 
 
+class NotRedrivableError(WorkflowError):
+    """This dead letter cannot be re-driven: its workflow's compensation already undid the work
+    it would continue. Start a new run instead."""
+
+
 class NonRetryableError(WorkflowError):
     """Subclass this (or list an exception class in ``Lifecycle.non_retryable``) to skip retries.
 

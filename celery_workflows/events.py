@@ -11,11 +11,13 @@ commit, so a rolled-back step announces nothing.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import registry, signals
 from .clock import utcnow
 from .errors import ConfigurationError
+from .lifecycle import PUBLISH_HORIZON_SECONDS
 from .payloads import to_json, validated
 from .records import Dispatch, Event, NewJob, Outbox, RunStart
 from .store import Ledger
@@ -58,14 +60,19 @@ def event_payload(name: str, payload: Any) -> Any:
     return validated(f"event {name!r}", schema, body).model_dump(mode="json", by_alias=True)
 
 
-def plan(events: list[Event], starts: RunStart | None = None) -> Outbox:
+def plan(
+    events: list[Event], starts: RunStart | None = None, available_at: datetime | None = None
+) -> Outbox:
     """The outbox for ``events``: the events themselves and one job per matching subscription.
 
     Each job's idempotency key is ``(event id, subscription)``, so writing the same event twice
-    (a redelivered message, a retried emit) creates each job once.
+    (a redelivered message, a retried emit) creates each job once. ``available_at`` holds the
+    jobs back until then (a start at a time or after a delay); they wait in the ledger.
     """
     jobs: list[NewJob] = []
     now = utcnow()
+    due = now if available_at is None else max(now, available_at)
+    published = due <= now + timedelta(seconds=PUBLISH_HORIZON_SECONDS)
     hooks = registry.hooks()
     for event in events:
         for sub in registry.subscriptions_for(event.name):
@@ -74,9 +81,9 @@ def plan(events: list[Event], starts: RunStart | None = None) -> Outbox:
             spec = registry.subscription_target(sub)
             job = spec.new_job(
                 sub.payload_for(event),
-                available_at=now,
+                available_at=due,
                 correlation_id=event.correlation_id,
-                published=True,
+                published=published,
                 idempotency_key=f"event:{event.id}:{sub.name}",
                 caused_by=event.id,
                 trace_id=event.trace_id,
@@ -89,11 +96,14 @@ def plan(events: list[Event], starts: RunStart | None = None) -> Outbox:
 
 def publish_created(jobs: list[NewJob]) -> None:
     """Publish the notices of jobs an outbox write created (call after commit) - except a job
-    written claimed, which the writing process runs itself."""
+    written claimed, which the writing process runs itself, and one due beyond the publish
+    horizon, which the sweeper publishes when due."""
     queues = registry.queues()
+    now = utcnow()
     for job in jobs:
-        if job.lease is None:
-            queues[job.queue].publish(Dispatch(job.id, job.queue, 1, job.priority))
+        if job.lease is None and job.published:
+            countdown = max(0.0, (job.available_at - now).total_seconds())
+            queues[job.queue].publish(Dispatch(job.id, job.queue, 1, job.priority, countdown))
 
 
 def announce(events: list[Event]) -> None:
@@ -102,12 +112,16 @@ def announce(events: list[Event]) -> None:
 
 
 def write_and_publish(
-    ledger: Ledger, events: list[Event], starts: RunStart | None = None
+    ledger: Ledger,
+    events: list[Event],
+    starts: RunStart | None = None,
+    available_at: datetime | None = None,
 ) -> list[NewJob]:
     """Write ``events`` and their subscriptions' jobs now (in the caller's transaction, if any);
     publish the jobs' notices and send ``event_emitted`` when that transaction commits.
-    ``starts`` names the workflow run these events start, if their correlation id is new."""
-    created = ledger.write_outbox(plan(events, starts))
+    ``starts`` names the workflow run these events start, if their correlation id is new;
+    ``available_at`` holds their jobs back until then."""
+    created = ledger.write_outbox(plan(events, starts, available_at))
 
     def after_commit() -> None:
         publish_created(created)
@@ -117,7 +131,7 @@ def write_and_publish(
     return created
 
 
-def run_start_for(event: Event) -> RunStart:
+def run_start_for(event: Event, deadline: timedelta | datetime | None = None) -> RunStart:
     """Which workflow an event emitted from outside any job starts, and its business key.
 
     The run belongs to the emitting service when ``event.source`` names one; otherwise (an
@@ -132,7 +146,7 @@ def run_start_for(event: Event) -> RunStart:
         owner = next((services.get(queues[q].service) for q in targets if q in queues), None)
     if owner is None:
         return RunStart(event.source, "", event.name)
-    return RunStart(owner.name, owner.business_key_of(event.payload), event.name)
+    return owner.run_start(event.name, event.payload, deadline)
 
 
 def check_emits(source: str, declared: tuple[str, ...], name: str) -> None:

@@ -14,6 +14,8 @@ class QueueNode:
     name: str
     description: str
     emits: tuple[str, ...]
+    #: the queue whose job undoes this step (compensation), if declared
+    compensate_with: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Graph:
 
 def describe() -> Graph:
     queues = tuple(
-        QueueNode(w.qualified_name, w.description, w.graph_emits)
+        QueueNode(w.qualified_name, w.description, w.graph_emits, w.compensate_with)
         for w in sorted(registry.queues().values(), key=lambda w: w.qualified_name)
     )
     subs = tuple(
@@ -59,11 +61,17 @@ def describe() -> Graph:
 def problems() -> list[str]:
     """Every declaration mistake found, one sentence each (empty when the graph is sound)."""
     known = registry.queues()
+    declared = ", ".join(sorted(known)) or "none"
     return [
         f"subscription {s.name!r} to event {s.event!r} enqueues {s.queue!r}, which no "
-        f"service declares (declared: {', '.join(sorted(known)) or 'none'})"
+        f"service declares (declared: {declared})"
         for s in registry.subscriptions()
         if s.queue not in known
+    ] + [
+        f"queue {q.qualified_name!r} is compensated by {q.compensate_with!r}, which no service "
+        f"declares (declared: {declared})"
+        for q in known.values()
+        if q.compensate_with and q.compensate_with not in known
     ]
 
 

@@ -50,6 +50,8 @@ class QueueSpec:
     #: a worker that creates a job of this queue may run it itself, without a broker hop
     #: (:mod:`celery_workflows.continuation`); False: always published
     continue_locally: bool = True
+    #: ``service.queue`` whose job undoes this step's work (:mod:`.compensation`)
+    compensate_with: str | None = None
     task: Task[Any, Any] | None = None
 
     @property

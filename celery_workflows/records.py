@@ -119,6 +119,8 @@ class RunStart:
     business_key: str
     #: the event or queue that started it
     started_by: str
+    #: when the run times out if it has not finished (the service's or the start's deadline)
+    deadline_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ class NewJob:
     starts: RunStart | None = None
     #: set when the job is written already claimed by the process that writes it
     lease: Lease | None = None
+    #: the completed job whose work this job undoes (a compensation)
+    compensates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,10 @@ class Outbox:
     jobs: list[NewJob] = field(default_factory=list)
     #: set when these events start a workflow (emitted from outside any job)
     starts: RunStart | None = None
+    #: the jobs include a compensation: the run is compensating from now on
+    compensating: bool = False
+    #: the events stop their run (a timeout): their subscriptions' jobs run on a stopped run
+    stopping: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.events or self.jobs)
@@ -259,6 +267,20 @@ class ClaimedJob:
     created_at: datetime
     priority: int | None
     trace_id: str
+    #: set for a compensation job: the job whose work it undoes
+    compensates: str | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A job of a run that succeeded - a step that compensation may have to undo."""
+
+    job_id: str
+    queue: str
+    payload: Any
+    finished_at: datetime
+    #: set when this job is itself a compensation (of that job)
+    compensates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +306,8 @@ class JobRecord:
     redriven_from: str | None
     caused_by: str | None = None
     attempt_log: list[dict[str, Any]] = field(default_factory=list)
+    #: for a compensation job: the job whose work it undoes
+    compensates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -326,6 +350,8 @@ class ExpiredLease:
     started_at: datetime | None
     priority: int | None
     correlation_id: str
+    #: set when the expired job is a compensation
+    compensates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -351,6 +377,8 @@ class HistoryEntry:
     result: Any = None
     error: str = ""
     caused_by: str | None = None
+    #: for a compensation job: the job whose work it undid
+    compensates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -381,6 +409,10 @@ class WorkflowStatus:
     #: the open approval gate while the run is ``waiting``
     waiting_for: dict[str, Any] | None = None
     audit: list[AuditRecord] = field(default_factory=list)
+    #: when the run times out if it has not finished
+    deadline_at: datetime | None = None
+    #: why the run was stopped early (cancelled, deadline exceeded), if it was
+    ended_by: str = ""
 
     @property
     def dead_letters(self) -> list[HistoryEntry]:
@@ -388,7 +420,7 @@ class WorkflowStatus:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("started_at", "finished_at"):
+        for key in ("started_at", "finished_at", "deadline_at"):
             data[key] = data[key].isoformat() if data[key] else None
         for entry in data["history"]:
             entry["at"] = entry["at"].isoformat()

@@ -15,6 +15,7 @@ from .errors import ConfigurationError, UnknownQueueError
 from .middleware import Chain, Middleware
 from .payloads import DEFAULT_MAX_PAYLOAD_BYTES
 from .queues import QueueSpec
+from .records import RunStart
 from .signals import SignalsMiddleware
 from .subscriptions import Subscription
 
@@ -26,8 +27,14 @@ class Service(Protocol):
 
     name: str
     celery_app: Any
+    #: what a failure of one of its runs means: "compensate" or "stop"
+    on_failure: str
+    #: event emitted when one of its runs passes its deadline (None: none)
+    timeout_event: str | None
 
     def business_key_of(self, payload: Any) -> str: ...
+
+    def run_start(self, started_by: str, payload: Any, deadline: Any = None) -> RunStart: ...
 
 
 _services: dict[str, Service] = {}
@@ -35,6 +42,7 @@ _queues: dict[str, QueueSpec] = {}
 _subscriptions: dict[str, list[Subscription]] = {}
 _subscription_names: set[str] = set()
 _event_schemas: dict[str, type[BaseModel]] = {}
+_schedules: dict[str, Any] = {}
 _middleware: list[Middleware] = [SignalsMiddleware()]
 _limits = {"max_payload_bytes": DEFAULT_MAX_PAYLOAD_BYTES}
 _chain = Chain(_middleware)
@@ -141,3 +149,14 @@ def set_max_payload_bytes(max_bytes: int) -> None:
 
 def max_payload_bytes() -> int:
     return _limits["max_payload_bytes"]
+
+
+def register_schedule(spec: Any) -> None:
+    """A :class:`~celery_workflows.schedules.ScheduleSpec`, by ``service.schedule`` name."""
+    if spec.qualified_name in _schedules:
+        raise ConfigurationError(f"schedule {spec.qualified_name!r} is declared twice")
+    _schedules[spec.qualified_name] = spec
+
+
+def schedules() -> dict[str, Any]:
+    return dict(_schedules)

@@ -10,17 +10,21 @@ from typing import Any, Generic, TypeVar
 from celery import Celery
 from pydantic import BaseModel
 
-from . import registry, signals
+from . import registry
 from .celery_integration import install
 from .clock import utcnow
+from .compensation import ON_FAILURE
 from .context import Job, JobContext
+from .enqueueing import after_insert, after_insert_many, prepare, start_time
 from .errors import ConfigurationError
 from .events import new_event, run_start_for, write_and_publish
-from .lifecycle import PUBLISH_HORIZON_SECONDS, Lifecycle
+from .lifecycle import Lifecycle
 from .payloads import max_payload_bytes
 from .queues import Handler, QueueSpec
-from .records import Dispatch, EnqueueResult, Event, NewJob, RunStart
-from .store import Ledger, get_store
+from .records import EnqueueResult, Event, RunStart
+from .schedules import ScheduleSpec
+from .schedules import declare as declare_schedule
+from .store import get_store
 from .subscriptions import Subscription
 from .worker import run_message
 
@@ -36,6 +40,12 @@ class WorkflowService(Generic[R]):
 
     ``resources`` is any object handed to every handler as ``ctx.resources`` (clients,
     repositories, settings); it is created once, by you, when the service is declared.
+    ``business_key`` reads a run's key (an order id) from the payload that starts it.
+    ``on_failure`` says what a dead-lettered step means for its run: ``"compensate"`` (undo the
+    completed steps that declare ``compensate_with``, in reverse order) or ``"stop"`` (leave the
+    run dead-lettered for an operator to re-drive). ``deadline`` bounds every run's lifetime;
+    when it passes, the run is stopped, ``timeout_event`` (if given) is emitted and its
+    completed steps are compensated.
     """
 
     def __init__(
@@ -46,13 +56,27 @@ class WorkflowService(Generic[R]):
         resources: R = None,  # type: ignore[assignment]
         business_key: str | Callable[[Any], Any] | None = None,
         continue_locally: bool = True,
+        on_failure: str = "compensate",
+        deadline: timedelta | None = None,
+        timeout_event: str | None = None,
     ) -> None:
         registry.check_name("service", name)
         if not (business_key is None or isinstance(business_key, str) or callable(business_key)):
             raise ConfigurationError(
                 f"service {name}: business_key must be a payload field name or a function"
             )
+        if on_failure not in ON_FAILURE:
+            raise ConfigurationError(
+                f"service {name}: on_failure must be one of {ON_FAILURE}, got {on_failure!r}"
+            )
+        _check_deadline(f"service {name}", deadline)
+        if timeout_event is not None:
+            registry.check_name("event", timeout_event)
         self.name = name
+        self.on_failure = on_failure
+        #: how long a run may take before it times out (None: no deadline)
+        self.deadline = deadline
+        self.timeout_event = timeout_event
         #: how a workflow's business key (an order id, say) is read from the payload that starts it
         self.business_key = business_key
         #: default of ``queue_worker(continue_locally=...)`` for this service's queues
@@ -75,6 +99,16 @@ class WorkflowService(Generic[R]):
             value = payload.get(self.business_key) if isinstance(payload, dict) else None
         return "" if value is None else str(value)[:200]
 
+    def run_start(
+        self, started_by: str, payload: Any, deadline: timedelta | datetime | None = None
+    ) -> RunStart:
+        """How a run of this service started by ``started_by`` with ``payload`` is recorded:
+        its business key and its deadline (``deadline`` overrides the service's)."""
+        chosen = self.deadline if deadline is None else deadline
+        _check_deadline(f"service {self.name}", chosen)
+        at = chosen if isinstance(chosen, datetime) else utcnow() + chosen if chosen else None
+        return RunStart(self.name, self.business_key_of(payload), started_by, at)
+
     def __repr__(self) -> str:
         return f"<WorkflowService {self.name!r} queues={sorted(self._queues)}>"
 
@@ -92,6 +126,7 @@ class WorkflowService(Generic[R]):
         emits: Sequence[str] = (),
         result_event: str | None = None,
         continue_locally: bool | None = None,
+        compensate_with: str | Handler | None = None,
     ) -> Callable[[H], H]:
         """Declare ``name`` as a queue worker whose handler is the decorated function.
 
@@ -101,7 +136,9 @@ class WorkflowService(Generic[R]):
         undeclared event raises). ``result_event`` emits the handler's return value as that
         event on success. ``continue_locally=False`` makes every job of this queue go through
         the broker, even when the worker that created it consumes this queue (default: the
-        service's setting).
+        service's setting). ``compensate_with`` names the queue (of this service, or
+        ``service.queue``) whose job undoes this step if its run fails later - or is a handler,
+        declared as the queue ``undo_<name>``; it receives this step's payload.
         """
         registry.check_name("queue", name)
         if name in self._queues:
@@ -123,6 +160,8 @@ class WorkflowService(Generic[R]):
         if result_event is not None:
             registry.check_name("event", result_event)
 
+        undo = self._compensation_queue(name, compensate_with, lifecycle)
+
         def decorate(handler: H) -> H:
             if not callable(handler):
                 raise ConfigurationError(f"queue {self.name}.{name}: handler must be callable")
@@ -138,6 +177,7 @@ class WorkflowService(Generic[R]):
                 continue_locally=(
                     self.continue_locally if continue_locally is None else continue_locally
                 ),
+                compensate_with=undo,
                 emits=emitted,
                 result_event=result_event,
             )
@@ -147,6 +187,57 @@ class WorkflowService(Generic[R]):
             return handler
 
         return decorate
+
+    def _compensation_queue(
+        self, name: str, compensate_with: str | Handler | None, lifecycle: Lifecycle | None
+    ) -> str | None:
+        if compensate_with is None:
+            return None
+        if isinstance(compensate_with, str):
+            return compensate_with if "." in compensate_with else f"{self.name}.{compensate_with}"
+        if not callable(compensate_with):
+            raise ConfigurationError(
+                f"queue {self.name}.{name}: compensate_with must be a queue name or a handler"
+            )
+        undo = f"undo_{name}"[:100]
+        self.queue_worker(undo, f"Undo {name}", lifecycle=lifecycle)(compensate_with)
+        return f"{self.name}.{undo}"
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str = "UTC",
+        emit: str | None = None,
+        enqueue: str | None = None,
+        payload: Any = None,
+        concurrency: str = "allow",
+        missed: str = "skip",
+        backfill_limit: int = 0,
+    ) -> ScheduleSpec:
+        """Start a workflow on a schedule, run by Celery beat: ``cron`` ("minute hour
+        day-of-month month day-of-week", in ``timezone``) or ``every`` (a timedelta). The
+        target is an event to ``emit`` or a queue to ``enqueue`` onto, with ``payload``.
+        ``concurrency`` (``allow``/``forbid``/``replace``) says what happens while the previous
+        firing's run is unfinished; ``missed`` (``skip``/``once``/``backfill`` up to
+        ``backfill_limit``) what happens to slots that passed while beat was down. Each firing
+        is recorded once per slot (see :mod:`celery_workflows.schedules`).
+        """
+        return declare_schedule(
+            self,
+            name,
+            cron=cron,
+            every=every,
+            timezone=timezone,
+            emit=emit,
+            enqueue=enqueue,
+            payload=payload,
+            concurrency=concurrency,
+            missed=missed,
+            backfill_limit=backfill_limit,
+        )
 
     def event(self, name: str, schema: type[BaseModel]) -> None:
         """Declare ``name``'s payload schema: emitting a payload that fails it raises at once."""
@@ -227,12 +318,24 @@ class WorkflowService(Generic[R]):
         *,
         correlation_id: str | None = None,
         trace_id: str | None = None,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        deadline: timedelta | datetime | None = None,
     ) -> Event:
         """Emit ``name`` from ordinary code (a view, a signal handler) to start or advance a
         workflow. Written in the current transaction; subscribers' jobs are published only if
-        it commits. ``correlation_id`` joins an existing workflow; omitted, a new one starts."""
+        it commits. ``correlation_id`` joins an existing workflow; omitted, a new one starts.
+        ``delay``/``eta`` start it later: the event is recorded now, its jobs wait in the ledger
+        until then. ``deadline`` bounds the run it starts (default: the service's)."""
         return emit(
-            name, payload, correlation_id=correlation_id, trace_id=trace_id, source=self.name
+            name,
+            payload,
+            correlation_id=correlation_id,
+            trace_id=trace_id,
+            source=self.name,
+            delay=delay,
+            eta=eta,
+            deadline=deadline,
         )
 
     def _make_task(self, spec: QueueSpec) -> Any:
@@ -265,6 +368,7 @@ class WorkflowService(Generic[R]):
         idempotency_key: str | None = None,
         priority: int | None = None,
         correlation_id: str | None = None,
+        deadline: timedelta | datetime | None = None,
     ) -> EnqueueResult:
         """Write a job to the ledger and publish it once the current transaction commits.
 
@@ -272,6 +376,8 @@ class WorkflowService(Generic[R]):
         than a minute out wait in the ledger and are published when due. ``idempotency_key``
         makes enqueueing the same logical job twice return the first job (``created=False``).
         ``priority`` (0-9, higher first on brokers that support it) orders waiting jobs.
+        ``deadline`` (a duration, or an aware datetime) bounds the run this job starts,
+        overriding the service's.
         """
         spec = self.queue(queue)
         body = spec.validate_payload(payload)
@@ -285,6 +391,7 @@ class WorkflowService(Generic[R]):
             correlation_id=correlation_id or uuid.uuid4().hex,
             idempotency_key=idempotency_key,
             priority=priority,
+            deadline=deadline,
         )
         result = store.insert_job(job)
         after_insert(store, spec, job, result)
@@ -334,6 +441,18 @@ class WorkflowService(Generic[R]):
         return results
 
 
+def _check_deadline(what: str, deadline: Any) -> None:
+    if deadline is None:
+        return
+    if isinstance(deadline, timedelta) and deadline.total_seconds() > 0:
+        return
+    if isinstance(deadline, datetime) and deadline.tzinfo is not None:
+        return
+    raise ConfigurationError(
+        f"{what}: deadline must be a positive timedelta or an aware datetime, got {deadline!r}"
+    )
+
+
 def _check_options(spec: QueueSpec, priority: int | None, *idempotency_keys: str | None) -> None:
     if priority is not None and (
         isinstance(priority, bool)
@@ -357,6 +476,9 @@ def emit(
     correlation_id: str | None = None,
     trace_id: str | None = None,
     source: str = "app",
+    delay: float | timedelta | None = None,
+    eta: datetime | None = None,
+    deadline: timedelta | datetime | None = None,
 ) -> Event:
     """Module-level :meth:`WorkflowService.emit`, for code that has no service at hand."""
     event = new_event(
@@ -367,86 +489,12 @@ def emit(
         causation_id=None,
         trace_id=trace_id,
     )
-    write_and_publish(get_store(), [event], run_start_for(event))
+    later = None if delay is None and eta is None else start_time(f"event {name!r}", delay, eta)
+    write_and_publish(get_store(), [event], run_start_for(event, deadline), later)
     return event
 
 
 def _available_at(
     spec: QueueSpec, delay: float | timedelta | None, eta: datetime | None
 ) -> datetime:
-    now = utcnow()
-    if delay is not None and eta is not None:
-        raise ConfigurationError(f"queue {spec.qualified_name}: pass delay or eta, not both")
-    if eta is not None:
-        if eta.tzinfo is None:
-            raise ConfigurationError(
-                f"queue {spec.qualified_name}: eta must be timezone-aware, got naive {eta}"
-            )
-        return max(now, eta)
-    if delay is None:
-        return now
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-    if seconds < 0:
-        raise ConfigurationError(f"queue {spec.qualified_name}: delay must be >= 0, got {delay}")
-    return now + timedelta(seconds=seconds)
-
-
-def prepare(
-    spec: QueueSpec,
-    payload: Any,
-    *,
-    available_at: datetime,
-    correlation_id: str,
-    **options: Any,
-) -> NewJob:
-    """The ledger row of a job started from outside any step (``enqueue()``, a redrive):
-    it starts a workflow run, named after the service, unless its correlation id has one."""
-    owner = registry.services()[spec.service]
-    job = spec.new_job(
-        payload,
-        available_at=available_at,
-        correlation_id=correlation_id,
-        published=available_at <= utcnow() + timedelta(seconds=PUBLISH_HORIZON_SECONDS),
-        starts=RunStart(spec.service, owner.business_key_of(payload), spec.qualified_name),
-        **options,
-    )
-    return registry.hooks().on_enqueue(job)
-
-
-def after_insert(ledger: Ledger, spec: QueueSpec, job: NewJob, result: EnqueueResult) -> None:
-    """Publish a job that is due soon once its transaction commits; send ``job_enqueued``."""
-    after_insert_many(ledger, spec, [job], [result])
-
-
-def after_insert_many(
-    ledger: Ledger, spec: QueueSpec, jobs: list[NewJob], results: list[EnqueueResult]
-) -> None:
-    """Publish the created jobs that are due soon once their transaction commits, over one
-    broker connection; send ``job_enqueued`` for each."""
-    due = [
-        job for job, result in zip(jobs, results, strict=True) if result.created and job.published
-    ]
-    if due:
-
-        def publish() -> None:
-            now = utcnow()
-            dispatches = [
-                Dispatch(
-                    job.id,
-                    spec.qualified_name,
-                    1,
-                    job.priority,
-                    max(0.0, (job.available_at - now).total_seconds()),
-                )
-                for job in due
-            ]
-            spec.publish_many(dispatches)
-
-        ledger.on_commit(publish)
-    for result in results:
-        signals.job_enqueued.send(
-            sender=spec.qualified_name,
-            job_id=result.job_id,
-            queue=spec.qualified_name,
-            created=result.created,
-        )
+    return start_time(f"queue {spec.qualified_name}", delay, eta)

@@ -32,7 +32,9 @@ from .records import (
     Outbox,
     Outcome,
     Recorded,
+    RunStatus,
     StateValue,
+    StepRecord,
     WorkflowStatus,
 )
 
@@ -69,6 +71,9 @@ class Ledger(Protocol):
     def knows_job(self, job_id: str) -> bool:
         """Whether the ledger has a job with this id (in any status)."""
 
+    def completed_steps(self, correlation_id: str) -> list[StepRecord]:
+        """The run's succeeded jobs, most recently finished first."""
+
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
         """Dead-letter a message no job could be read from; return the new row's id."""
 
@@ -78,8 +83,11 @@ class Maintenance(Protocol):
 
     def expire_leases(self, queues: list[str], now: datetime, limit: int) -> list[ExpiredLease]: ...
 
-    def settle_expired(self, lease: ExpiredLease, outcome: Outcome) -> Recorded | None:
-        """Record an expired lease's outcome, once (None if another sweeper did)."""
+    def settle_expired(
+        self, lease: ExpiredLease, outcome: Outcome, outbox: Outbox | None = None
+    ) -> Recorded | None:
+        """Record an expired lease's outcome (with ``outbox``: a compensation to start), once;
+        None if another sweeper did."""
 
     def due_jobs(
         self, queues: list[str], now: datetime, stale_before: datetime, limit: int
@@ -89,6 +97,12 @@ class Maintenance(Protocol):
 
     def mark_published(self, due: DueJob, now: datetime) -> bool:
         """Note that ``due``'s notice is sent now - if no other sweeper did since it was read."""
+
+    def runs_past_deadline(self, now: datetime, limit: int) -> list[str]:
+        """Open runs whose deadline has passed and that were not stopped yet."""
+
+    def expired_gates(self, now: datetime, limit: int) -> list[str]:
+        """Runs waiting on an approval gate whose expiry has passed."""
 
 
 class Operations(Protocol):
@@ -107,6 +121,10 @@ class Operations(Protocol):
 
     def request_cancel(self, job_id: str, actor: str) -> JobStatus: ...
 
+    def stop_run(self, correlation_id: str, reason: str, actor: str) -> bool:
+        """Stop an open run once: cancel its queued jobs, ask its running ones to stop, note
+        ``reason``, audit it. False if the run is not open or was stopped already."""
+
     def prune_finished(self, finished_before: datetime, batch_size: int) -> int:
         """Delete finished runs (and their jobs, events, state) older than ``finished_before``,
         ``batch_size`` runs per transaction; return how many runs were deleted."""
@@ -124,9 +142,20 @@ class Runs(Protocol):
         """Mark the run ``waiting`` on ``gate``."""
 
     def close_gate(
-        self, correlation_id: str, actor: str, approved: bool, comment: str
+        self, correlation_id: str, actor: str, action: str, comment: str, expired: bool = False
     ) -> dict[str, Any] | None:
-        """Close the run's open gate (once, audited) and set it running; return the gate."""
+        """Close the run's open gate (once, audited as ``action``) and set it running; return
+        the gate. With ``expired``, only if the gate's expiry has passed."""
+
+    def run_status(self, correlation_id: str) -> RunStatus | None: ...
+
+    def record_fire(
+        self, schedule: str, slot: datetime, outcome: str, reason: str, correlation_id: str
+    ) -> bool:
+        """Record one firing of a schedule; False if this (schedule, slot) fired already."""
+
+    def last_fire(self, schedule: str) -> tuple[datetime, str, str] | None:
+        """The latest firing of a schedule: (slot, outcome, correlation id of its run)."""
 
     def get_state(self, key: str) -> StateValue | None: ...
 

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from . import registry
+from .approvals import expire_gate
 from .clock import utcnow
+from .compensation import stop_workflow, with_compensation
 from .lifecycle import after_failure
 from .middleware import AttemptInfo
 from .queues import QueueSpec
-from .records import AttemptOutcome, AttemptRecord, DueJob, ExpiredLease
+from .records import AttemptOutcome, AttemptRecord, DueJob, ExpiredLease, JobStatus, Outbox
 from .store import Store, get_store
 from .worker import follow_up
 
@@ -63,6 +65,7 @@ class Sweeper:
         expired = sum(
             settle_expired(store, lease) for lease in store.expire_leases(names, now, BATCH_SIZE)
         )
+        self._stop_overdue(store, now)
         stale_before = now - timedelta(seconds=self.republish_after)
         due = store.due_jobs(names, now, stale_before, BATCH_SIZE)
         published = 0
@@ -71,6 +74,19 @@ class Sweeper:
                 known[job.queue].publish(job.dispatch)
                 published += 1
         return SweepReport(expired, published)
+
+    @staticmethod
+    def _stop_overdue(store: Store, now: datetime) -> None:
+        """Runs past their deadline are stopped (timeout event, compensation); approval
+        gates past their expiry close with their timeout event. Each happens once."""
+        for correlation_id in store.runs_past_deadline(now, BATCH_SIZE):
+            owner = registry.services().get(store.get_workflow(correlation_id).name)
+            event = owner.timeout_event if owner is not None else None
+            if stop_workflow(correlation_id, "deadline exceeded", "deadline", event):
+                logger.warning("workflow %s passed its deadline: stopped", correlation_id)
+        for correlation_id in store.expired_gates(now, BATCH_SIZE):
+            if expire_gate(correlation_id) is not None:
+                logger.info("approval gate of workflow %s expired unanswered", correlation_id)
 
     @staticmethod
     def _lost(due: list[DueJob], known: dict[str, QueueSpec]) -> list[DueJob]:
@@ -119,7 +135,10 @@ def settle_expired(store: Store, lease: ExpiredLease) -> bool:
         ),
     )
     outcome = after_failure(record, lease.max_attempts, spec.lifecycle.retry)
-    recorded = store.settle_expired(lease, outcome)
+    outbox = Outbox()
+    if outcome.status == JobStatus.DEAD and lease.compensates is None:
+        outbox = with_compensation(store, outbox, lease.correlation_id, "")
+    recorded = store.settle_expired(lease, outcome, outbox)
     if recorded is None:
         return False
     info = AttemptInfo(

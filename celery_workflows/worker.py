@@ -10,6 +10,7 @@ is pending any more.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import traceback
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 
 from . import registry, signals
 from .clock import utcnow
+from .compensation import compensates_on_failure, compensation_of, with_compensation
 from .context import Job, JobContext
 from .continuation import claimed, lease_one, max_continuations
 from .errors import (
@@ -312,6 +314,7 @@ class Attempt:
         outcome, outbox = judged
         c = self.claimed
         assert self.spec.task is not None
+        outbox = self._compensation(outcome, outbox)
         limit = max_continuations(self.spec.task.app.conf)
         outbox, leased = lease_one(outbox, self.depth, limit)
         try:
@@ -340,6 +343,28 @@ class Attempt:
         return Attempt(
             registry.get_queue(leased.queue), claimed(leased), self.store, self.depth + 1
         )
+
+    def _compensation(self, outcome: Outcome, outbox: Outbox) -> Outbox:
+        """A step that dead-letters starts its run's compensation; a compensation that
+        succeeds hands over to the next one (:mod:`celery_workflows.compensation`)."""
+        c = self.claimed
+        if outcome.status == JobStatus.DEAD and c.compensates is None:
+            return with_compensation(self.store, outbox, c.correlation_id, c.trace_id)
+        if outcome.status != JobStatus.SUCCEEDED:
+            return outbox
+        if c.compensates is not None:
+            return with_compensation(
+                self.store, outbox, c.correlation_id, c.trace_id, undone_now=c.compensates
+            )
+        if (
+            self.spec.compensate_with
+            and compensates_on_failure(self.spec.service)
+            and self.store.is_cancel_requested(c.id)
+        ):
+            # its run was stopped while it ran: it completed anyway, so it is undone too
+            undo = compensation_of(self.spec, c.id, c.payload, c.correlation_id, c.trace_id)
+            return dataclasses.replace(outbox, jobs=[*outbox.jobs, undo], compensating=True)
+        return outbox
 
     def _record_outcome(self, outcome: Outcome, outbox: Outbox) -> Recorded | None:
         """Write the outcome, waiting out a database outage while the lease lasts; past it the

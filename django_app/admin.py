@@ -21,6 +21,7 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
+from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
@@ -29,15 +30,17 @@ from celery_workflows import (
     PayloadError,
     RunStatus,
     WorkflowError,
+    cancel_workflow,
     decide,
     discard,
     redrive,
     registry,
 )
-from celery_workflows.deadletter import KEEP_PAYLOAD
+from celery_workflows.deadletter import KEEP_PAYLOAD, compensation_started, redrive_refusal
+from celery_workflows.jobs import get_job
 
 from . import diagram
-from .models import AuditEntry, DeadLetter, Event, Job, State, WorkflowRun
+from .models import AuditEntry, DeadLetter, Event, Job, ScheduleFire, State, WorkflowRun
 from .queries import workflow_status
 
 if TYPE_CHECKING:  # generic in django-stubs, not at runtime
@@ -227,6 +230,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
         run = get_object_or_404(WorkflowRun, pk=object_id)
         status = workflow_status(run)
         last_status = {h.name: h.status for h in status.history if h.kind == "job"}
+        queue_of = {h.id: h.name for h in status.history if h.kind == "job"}
         return {
             "run": status,
             "status_badge": badge(status.status),
@@ -238,6 +242,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                     "attempts_json": json.dumps(h.attempts, indent=2),
                     "payload_json": json.dumps(h.payload, indent=2),
                     "result_json": json.dumps(h.result),
+                    "undoes": queue_of.get(h.compensates or "", ""),
                 }
                 for h in status.history
             ],
@@ -245,8 +250,17 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
             "states": [(key, json.dumps(value, indent=2)) for key, value in status.states.items()],
             "audit": status.audit,
             "can_redrive": request.user.has_perm("celery_workflows.redrive_job"),
+            "redrive_refused": compensation_started(status),
             "gate": status.waiting_for,
+            "gate_payload": json.dumps((status.waiting_for or {}).get("payload"), indent=2),
+            "gate_opened": parse_datetime(str((status.waiting_for or {}).get("opened_at", ""))),
             "can_decide": request.user.has_perm("celery_workflows.decide_workflowrun"),
+            "can_cancel": (
+                status.finished_at is None
+                and status.status != RunStatus.COMPENSATING
+                and not status.ended_by
+                and request.user.has_perm("celery_workflows.cancel_workflowrun")
+            ),
         }
 
     def get_urls(self) -> list[Any]:
@@ -255,6 +269,11 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 "<str:object_id>/decide/",
                 self.admin_site.admin_view(self.decide_view),
                 name="celery_workflows_workflowrun_decide",
+            ),
+            path(
+                "<str:object_id>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name="celery_workflows_workflowrun_cancel",
             ),
             *super().get_urls(),
         ]
@@ -282,6 +301,23 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 f"{'Approved' if approve else 'Rejected'}: emitted {event.name}.",
                 messages.SUCCESS,
             )
+        return HttpResponseRedirect(
+            reverse("admin:celery_workflows_workflowrun_change", args=[run.correlation_id])
+        )
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Cancel an unfinished run: queued steps are cancelled, completed ones undone."""
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        if not request.user.has_perm("celery_workflows.cancel_workflowrun"):
+            raise PermissionDenied
+        run = get_object_or_404(WorkflowRun, pk=object_id)
+        actor = request.user.get_username()
+        reason = request.POST.get("reason", "")[:200] or f"cancelled by {actor} in the admin"
+        if cancel_workflow(run.correlation_id, actor=actor, reason=reason):
+            self.message_user(request, "Cancelled: its completed steps are being undone.")
+        else:
+            self.message_user(request, "The run had already finished or stopped.", messages.WARNING)
         return HttpResponseRedirect(
             reverse("admin:celery_workflows_workflowrun_change", args=[run.correlation_id])
         )
@@ -355,8 +391,17 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Re-drive selected dead letters", permissions=["redrive"])
     def redrive_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        done = [redrive(job.id, actor=request.user.get_username()) for job in queryset]
-        self.message_user(request, f"Re-drove {len(done)} dead letter(s).", messages.SUCCESS)
+        done, refused = 0, []
+        for job in queryset:
+            try:
+                redrive(job.id, actor=request.user.get_username())
+                done += 1
+            except (PayloadError, WorkflowError) as exc:
+                refused.append(f"{short(job.id)}: {exc}")
+        self.message_user(request, f"Re-drove {done} dead letter(s).", messages.SUCCESS)
+        if refused:
+            shown = "; ".join(refused[:5]) + (" ..." if len(refused) > 5 else "")
+            self.message_user(request, f"Not re-driven ({len(refused)}): {shown}", messages.WARNING)
 
     @admin.action(description="Discard selected dead letters", permissions=["discard"])
     def discard_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
@@ -382,8 +427,10 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     def page_context(self, request: HttpRequest, object_id: str) -> dict[str, Any]:
         job = get_object_or_404(DeadLetter, pk=object_id)
+        refusal = redrive_refusal(get_job(job.id))
         return {
-            "can_redrive": self.has_redrive_permission(request),
+            "redrive_refused": refusal,
+            "can_redrive": self.has_redrive_permission(request) and not refusal,
             "can_discard": self.has_discard_permission(request),
             "redrive_form": RedriveForm(initial={"payload": json.dumps(job.payload, indent=2)}),
         }
@@ -456,6 +503,48 @@ class EventAdmin(ReadOnlyAdmin):
 class StateAdmin(ReadOnlyAdmin):
     list_display = ("key", "version", "correlation_id", "updated_at")
     exact_search_fields = ("key", "correlation_id")
+
+
+@admin.register(ScheduleFire)
+class ScheduleFireAdmin(ReadOnlyAdmin):
+    """Every firing of a declared schedule: did last night's run happen, and what did it start?"""
+
+    list_display = ("schedule", "slot", "outcome_badge", "reason", "run_link", "fired_at")
+    list_filter = (declared_filter("schedule", "schedule", registry.schedules), "outcome")
+    exact_search_fields = ("schedule", "correlation_id")
+    change_list_template = "admin/celery_workflows/schedulefire/change_list.html"
+
+    @admin.display(description="outcome", ordering="outcome")
+    def outcome_badge(self, fire: ScheduleFire) -> str:
+        colour = {"started": "completed", "replaced": "compensated"}.get(fire.outcome, "queued")
+        return format_html(
+            '<span class="cw-badge" data-status="{}" style="background:{};color:#fff;'
+            'padding:2px 8px;border-radius:10px;font-size:11px">{}</span>',
+            fire.outcome,
+            BADGE_COLOURS[colour],
+            fire.outcome,
+        )
+
+    @admin.display(description="workflow")
+    def run_link(self, fire: ScheduleFire) -> str:
+        if not fire.correlation_id:
+            return "-"
+        url = reverse("admin:celery_workflows_workflowrun_change", args=[fire.correlation_id])
+        return format_html('<a href="{}">{}</a>', url, short(fire.correlation_id))
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        declared = [
+            {
+                "name": name,
+                "when": spec.cron or f"every {spec.every}",
+                "timezone": spec.timezone,
+                "target": f"emit {spec.emit}" if spec.emit else f"enqueue {spec.enqueue}",
+                "policies": f"concurrency {spec.concurrency}, missed {spec.missed}",
+                "last": ScheduleFire.objects.filter(schedule=name).order_by("-slot").first(),
+            }
+            for name, spec in sorted(registry.schedules().items())
+        ]
+        return super().changelist_view(request, {**(extra_context or {}), "declared": declared})
 
 
 @admin.register(AuditEntry)

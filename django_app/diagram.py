@@ -31,7 +31,12 @@ COLOURS = {
 class Edge:
     source: str
     target: str
+    #: the event that links them; "" for a compensation (``undo``) edge
     event: str
+
+    @property
+    def undo(self) -> bool:
+        return not self.event
 
 
 def edges() -> list[Edge]:
@@ -41,6 +46,8 @@ def edges() -> list[Edge]:
         for sub in g.subscriptions:
             if sub.event in q.emits:
                 found.append(Edge(q.name, sub.queue, sub.event))
+        if q.compensate_with:
+            found.append(Edge(q.name, q.compensate_with, ""))
     return found
 
 
@@ -86,19 +93,32 @@ def render(start: str, job_status: dict[str, str], current: str) -> str:
         'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#888"/></marker></defs>',
         f'<text x="{PAD}" y="{PAD}" font-size="12" fill="#555">start: {escape(start)}</text>',
     ]
+    # parallel edges (one step, several events to the same next step) share one labelled line
+    labels: dict[tuple[str, str, bool], list[str]] = {}
     for e in all_edges:
+        labels.setdefault((e.source, e.target, e.undo), []).append(e.event)
+    for (source, target, undo), events in labels.items():
+        e = Edge(source, target, "" if undo else events[0])
         if e.source not in places or e.target not in places:
             continue
         (x1, y1), (x2, y2) = xy(e.source), xy(e.target)
         taken = e.source in job_status and e.target in job_status
-        stroke = "#333" if taken else "#bbb"
+        stroke = ("#6a1b9a" if taken else "#c9a6d6") if e.undo else ("#333" if taken else "#bbb")
+        dash = ' stroke-dasharray="5,4"' if e.undo else ""
         parts.append(
-            f'<line x1="{x1 + BOX_W}" y1="{y1 + BOX_H // 2}" x2="{x2}" y2="{y2 + BOX_H // 2}" '
-            f'stroke="{stroke}" stroke-width="{2 if taken else 1}" marker-end="url(#cw-arrow)"/>'
+            f'<line class="cw-edge{" cw-undo" if e.undo else ""}" x1="{x1 + BOX_W}" '
+            f'y1="{y1 + BOX_H // 2}" x2="{x2}" y2="{y2 + BOX_H // 2}" stroke="{stroke}"{dash} '
+            f'stroke-width="{2 if taken else 1}" marker-end="url(#cw-arrow)"/>'
+        )
+        mid_x, mid_y = (x1 + BOX_W + x2) // 2, (y1 + y2) // 2 + BOX_H // 2 - 6
+        names = ["undo"] if e.undo else events
+        lines = "".join(
+            f'<tspan x="{mid_x}" dy="{0 if i == 0 else 12}">{escape(name)}</tspan>'
+            for i, name in enumerate(names)
         )
         parts.append(
-            f'<text x="{(x1 + BOX_W + x2) // 2}" y="{(y1 + y2) // 2 + BOX_H // 2 - 6}" '
-            f'font-size="10" text-anchor="middle" fill="#555">{escape(e.event)}</text>'
+            f'<text x="{mid_x}" y="{mid_y - 12 * (len(names) - 1)}" font-size="10" '
+            f'text-anchor="middle" fill="#555">{lines}</text>'
         )
     for node in places:
         x, y = xy(node)

@@ -16,12 +16,14 @@ from celery_workflows.records import (
     DueJob,
     ExpiredLease,
     JobStatus,
+    Outbox,
     Outcome,
     Recorded,
+    RunStatus,
 )
 
 from . import rows, sql
-from .models import Job
+from .models import Job, WorkflowRun
 
 
 class Maintenance:
@@ -42,6 +44,7 @@ class Maintenance:
                 started_at=row.started_at,
                 priority=row.priority,
                 correlation_id=row.correlation_id,
+                compensates=row.compensates,
             )
             for row in rows.only(
                 "id",
@@ -53,10 +56,14 @@ class Maintenance:
                 "started_at",
                 "priority",
                 "correlation_id",
+                "compensates",
             )
         ]
 
-    def settle_expired(self, lease: ExpiredLease, outcome: Outcome) -> Recorded | None:
+    def settle_expired(
+        self, lease: ExpiredLease, outcome: Outcome, outbox: Outbox | None = None
+    ) -> Recorded | None:
+        outbox = outbox or Outbox()
         changes = rows.outcome_changes(outcome)
         assignments = ", ".join(f"{column} = %s" for column in changes)
         append = sql.dialect().json_append("attempt_log")
@@ -75,12 +82,28 @@ class Maintenance:
             )
             if not changed:
                 return None
+            created = sql.SqlLedger().write_outbox(outbox, count_on_run=False) if outbox else []
+            deltas = sql.run_deltas(lease.compensates, outcome, outbox, len(created))
             settled = (
-                sql.change_run(lease.correlation_id, lease.job_id, now, pending=-1, dead=1)
-                if outcome.status == JobStatus.DEAD
+                sql.change_run(lease.correlation_id, lease.job_id, now, **deltas)
+                if deltas
                 else None
             )
-        return Recorded([], settled)
+        return Recorded(created, settled)
+
+    def runs_past_deadline(self, now: datetime, limit: int) -> list[str]:
+        return list(
+            WorkflowRun.objects.filter(
+                deadline_at__lte=now, finished_at__isnull=True, ended_by=""
+            ).values_list("correlation_id", flat=True)[:limit]
+        )
+
+    def expired_gates(self, now: datetime, limit: int) -> list[str]:
+        return list(
+            WorkflowRun.objects.filter(
+                status=RunStatus.WAITING, gate_expires_at__lte=now
+            ).values_list("correlation_id", flat=True)[:limit]
+        )
 
     def due_jobs(
         self, queues: list[str], now: datetime, stale_before: datetime, limit: int

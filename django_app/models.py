@@ -51,6 +51,9 @@ class Job(models.Model):
         max_length=32, null=True, blank=True, help_text="id of the event that started this job"
     )
     trace_id = models.CharField(max_length=64, blank=True, default="")
+    compensates = models.CharField(
+        max_length=32, null=True, blank=True, help_text="the job whose work this job undoes"
+    )
     redriven_from = models.CharField(
         max_length=32,
         null=True,
@@ -151,15 +154,40 @@ class WorkflowRun(models.Model):
     dead_jobs = models.PositiveIntegerField(default=0, help_text="jobs dead-lettered")
     cancelled_jobs = models.PositiveIntegerField(default=0, help_text="jobs cancelled")
     compensation_jobs = models.PositiveIntegerField(
-        default=0, help_text="jobs started by events of dead-lettered jobs"
+        default=0, help_text="jobs that undo completed steps (declared or started by events)"
+    )
+    failed_compensations = models.PositiveIntegerField(
+        default=0, help_text="compensation jobs that were dead-lettered"
+    )
+    deadline_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the run times out if it has not finished"
+    )
+    gate_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the open approval gate expires unanswered"
+    )
+    ended_by = models.CharField(
+        max_length=200, blank=True, default="", help_text="why the run was stopped early"
     )
 
     class Meta:
         ordering = ["-started_at"]
-        permissions = [("decide_workflowrun", "Can approve or reject waiting workflow runs")]
+        permissions = [
+            ("decide_workflowrun", "Can approve or reject waiting workflow runs"),
+            ("cancel_workflowrun", "Can cancel workflow runs (their completed steps are undone)"),
+        ]
         indexes = [
             models.Index(fields=["status", "-started_at"], name="cw_run_status"),
             models.Index(fields=["name", "-started_at"], name="cw_run_name"),
+            models.Index(
+                fields=["deadline_at"],
+                condition=models.Q(deadline_at__isnull=False, finished_at__isnull=True),
+                name="cw_run_deadlines",
+            ),
+            models.Index(
+                fields=["gate_expires_at"],
+                condition=models.Q(gate_expires_at__isnull=False),
+                name="cw_run_gate_expiry",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -186,6 +214,38 @@ class State(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} (v{self.version})"
+
+
+class ScheduleFire(models.Model):
+    """One firing of a declared schedule: did last night's run happen, and what did it start?
+
+    ``slot`` is the schedule's time the firing stands for; one row per (schedule, slot), so a
+    trigger that fires twice for the same time starts one run.
+    """
+
+    class Outcome(models.TextChoices):
+        STARTED = "started"
+        SKIPPED = "skipped"
+        REPLACED = "replaced"
+
+    schedule = models.CharField(max_length=201, help_text="service.schedule")
+    slot = models.DateTimeField(help_text="the schedule time this firing stands for")
+    fired_at = models.DateTimeField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    reason = models.CharField(max_length=200, blank=True, default="")
+    correlation_id = models.CharField(
+        max_length=64, blank=True, default="", help_text="the run it started"
+    )
+
+    class Meta:
+        ordering = ["-slot"]
+        constraints = [
+            models.UniqueConstraint(fields=["schedule", "slot"], name="cw_fire_once_per_slot")
+        ]
+        indexes = [models.Index(fields=["schedule", "-slot"], name="cw_fire_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule} at {self.slot:%Y-%m-%d %H:%M} ({self.outcome})"
 
 
 class AuditEntry(models.Model):

@@ -95,6 +95,35 @@ class Operations:
                 return JobStatus.CANCELLED
         return JobStatus.RUNNING
 
+    def stop_run(self, correlation_id: str, reason: str, actor: str) -> bool:
+        now = timezone.now()
+        with transaction.atomic():
+            stopped = WorkflowRun.objects.filter(
+                correlation_id=correlation_id, status__in=OPEN_RUN_STATUSES, ended_by=""
+            ).update(ended_by=reason[:200])
+            if not stopped:
+                return False
+            queued = list(
+                Job.objects.filter(
+                    correlation_id=correlation_id, status=JobStatus.QUEUED
+                ).values_list("id", flat=True)
+            )
+            Job.objects.filter(id__in=queued, status=JobStatus.QUEUED).update(
+                status=JobStatus.CANCELLED, finished_at=now, cancel_requested=True
+            )
+            Job.objects.filter(correlation_id=correlation_id, status=JobStatus.RUNNING).update(
+                cancel_requested=True
+            )
+            # a run waiting for a decision is running again: its stop is under way
+            WorkflowRun.objects.filter(
+                correlation_id=correlation_id, status=RunStatus.WAITING
+            ).update(status=RunStatus.RUNNING, waiting_for=None, gate_expires_at=None)
+            AuditEntry.record(
+                correlation_id, "", "stop", actor, reason=reason, cancelled_jobs=queued
+            )
+            sql.change_run(correlation_id, "", now, pending=-len(queued), cancelled=len(queued))
+        return True
+
     def prune_finished(self, finished_before: datetime, batch_size: int) -> int:
         finished = WorkflowRun.objects.exclude(status__in=OPEN_RUN_STATUSES).filter(
             finished_at__lt=finished_before
@@ -134,4 +163,5 @@ def job_record(row: Job) -> JobRecord:
         redriven_from=row.redriven_from,
         caused_by=row.caused_by,
         attempt_log=list(row.attempt_log or []),
+        compensates=row.compensates,
     )

@@ -48,6 +48,7 @@ def history(correlation_id: str) -> list[HistoryEntry]:
             result=j.result,
             error=j.dead_reason,
             caused_by=j.caused_by,
+            compensates=j.compensates,
         )
         for j in Job.objects.filter(correlation_id=correlation_id).order_by("created_at")
     ]
@@ -92,4 +93,6 @@ def workflow_status(run: WorkflowRun) -> WorkflowStatus:
         ),
         waiting_for=run.waiting_for if run.status == RunStatus.WAITING else None,
         audit=[AuditRecord(a.action, a.actor, a.at, a.job_id, dict(a.detail or {})) for a in audit],
+        deadline_at=run.deadline_at,
+        ended_by=run.ended_by,
     )

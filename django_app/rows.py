@@ -52,6 +52,10 @@ def run_values(
         "dead_jobs": 0,
         "cancelled_jobs": 0,
         "compensation_jobs": 0,
+        "failed_compensations": 0,
+        "deadline_at": dt(starts.deadline_at),
+        "gate_expires_at": None,
+        "ended_by": "",
     }
 
 
@@ -81,6 +85,7 @@ def job_values(job: NewJob, now: datetime) -> dict[str, Any]:
         "redriven_from_id": job.redriven_from,
         "caused_by": job.caused_by,
         "trace_id": job.trace_id,
+        "compensates": job.compensates,
         "created_at": dt(now),
     }
     if job.lease is not None:  # written claimed: attempt 1 is running in the writing process

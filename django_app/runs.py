@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -10,7 +11,7 @@ from django.utils import timezone
 
 from celery_workflows.records import RunStatus, StateValue, WorkflowStatus
 
-from .models import AuditEntry, State, WorkflowRun
+from .models import AuditEntry, ScheduleFire, State, WorkflowRun
 from .queries import find_run, workflow_status
 
 
@@ -24,33 +25,71 @@ class Runs:
         return workflow_status(find_run(id_or_business_key))
 
     def open_gate(self, correlation_id: str, gate: dict[str, Any]) -> None:
-        WorkflowRun.objects.filter(correlation_id=correlation_id).update(
-            status=RunStatus.WAITING, waiting_for=gate
+        expires = gate.get("expires_at")
+        WorkflowRun.objects.filter(correlation_id=correlation_id, status=RunStatus.RUNNING).update(
+            status=RunStatus.WAITING,
+            waiting_for=gate,
+            gate_expires_at=datetime.fromisoformat(expires) if expires else None,
         )
 
     def close_gate(
-        self, correlation_id: str, actor: str, approved: bool, comment: str
+        self, correlation_id: str, actor: str, action: str, comment: str, expired: bool = False
     ) -> dict[str, Any] | None:
-        run = (
-            WorkflowRun.objects.select_for_update()
-            .filter(correlation_id=correlation_id, status=RunStatus.WAITING)
-            .first()
+        runs = WorkflowRun.objects.select_for_update().filter(
+            correlation_id=correlation_id, status=RunStatus.WAITING
         )
+        if expired:
+            runs = runs.filter(gate_expires_at__lte=timezone.now())
+        run = runs.first()
         if run is None or not run.waiting_for:
             return None
         gate = dict(run.waiting_for)
         WorkflowRun.objects.filter(correlation_id=correlation_id).update(
-            status=RunStatus.RUNNING, waiting_for=None
+            status=RunStatus.RUNNING, waiting_for=None, gate_expires_at=None
         )
         AuditEntry.record(
             correlation_id,
             gate.get("opened_by_job", ""),
-            "approve" if approved else "reject",
+            action,
             actor,
             prompt=gate.get("prompt", ""),
             comment=comment,
         )
         return gate
+
+    def run_status(self, correlation_id: str) -> RunStatus | None:
+        status = (
+            WorkflowRun.objects.filter(correlation_id=correlation_id)
+            .values_list("status", flat=True)
+            .first()
+        )
+        return None if status is None else RunStatus(status)
+
+    def record_fire(
+        self, schedule: str, slot: datetime, outcome: str, reason: str, correlation_id: str
+    ) -> bool:
+        try:
+            with transaction.atomic():
+                ScheduleFire.objects.create(
+                    schedule=schedule,
+                    slot=slot,
+                    fired_at=timezone.now(),
+                    outcome=outcome,
+                    reason=reason[:200],
+                    correlation_id=correlation_id,
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def last_fire(self, schedule: str) -> tuple[datetime, str, str] | None:
+        row = (
+            ScheduleFire.objects.filter(schedule=schedule)
+            .order_by("-slot")
+            .values_list("slot", "outcome", "correlation_id")
+            .first()
+        )
+        return None if row is None else (row[0], row[1], row[2])
 
     def get_state(self, key: str) -> StateValue | None:
         row = State.objects.filter(key=key).values_list("value", "version").first()

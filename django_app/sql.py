@@ -13,6 +13,7 @@ vendor; no other module branches on the vendor.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import uuid
 from collections import Counter
@@ -21,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DataError, IntegrityError, ProgrammingError, connection, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from celery_workflows.errors import LedgerWriteError
@@ -34,6 +36,7 @@ from celery_workflows.records import (
     Outcome,
     Recorded,
     RunStatus,
+    StepRecord,
 )
 
 from .models import Event as EventRow
@@ -61,9 +64,17 @@ CLAIM_FIELDS = [
     "created_at",
     "priority",
     "trace_id",
+    "compensates",
 ]
 
 _OPEN_RUN = f"'{RunStatus.RUNNING}', '{RunStatus.COMPENSATING}'"
+#: a job (row ``v``) may be written unless its run was stopped or is compensating - then only
+#: compensations are (a failed or cancelled workflow does not start new forward steps)
+_FORWARD_ALLOWED = (
+    f"(v.compensates IS NOT NULL OR NOT EXISTS (SELECT 1 FROM {RUN} r "
+    "WHERE r.correlation_id = v.correlation_id "
+    f"AND (r.ended_by <> '' OR r.status = '{RunStatus.COMPENSATING}')))"
+)
 
 
 def marks(n: int) -> str:
@@ -237,6 +248,8 @@ def run_change(
     dead: int = 0,
     cancelled: int = 0,
     compensation: int | str = 0,
+    failed_compensation: int = 0,
+    compensating: bool = False,
 ) -> tuple[str, list[Any]]:
     """``UPDATE`` of a run's job counters by the statement (or transaction) that moves job
     ``job_id``; if that leaves nothing pending and the run is running or compensating, it
@@ -244,31 +257,78 @@ def run_change(
 
     ``pending`` and ``compensation`` are numbers, or SQL expressions of the enclosing statement
     (the count of jobs it inserted). The row lock makes concurrent branches of one run take
-    turns, so exactly one of them sees the count reach zero. Final status: ``cancelled`` if a
-    job was cancelled; ``completed`` if none was dead-lettered; ``compensated`` if one was and
-    jobs started by its events ran; ``dead_lettered`` otherwise.
+    turns, so exactly one of them sees the count reach zero. ``compensating`` marks a running
+    run as compensating. Final status: ``dead_lettered`` if a compensation failed;
+    ``compensated`` if steps were undone; ``cancelled`` if the run was stopped or a job
+    cancelled; ``completed`` if no job was dead-lettered; ``dead_lettered`` otherwise.
     """
-    p, d, c, comp = (
-        v if isinstance(v, str) else str(int(v)) for v in (pending, dead, cancelled, compensation)
+    p, d, c, comp, failed = (
+        v if isinstance(v, str) else str(int(v))
+        for v in (pending, dead, cancelled, compensation, failed_compensation)
     )
     p, comp = f"({p})", f"({comp})"
     settles = f"status IN ({_OPEN_RUN}) AND pending_jobs + {p} <= 0"
     final = (
-        f"CASE WHEN cancelled_jobs + {c} > 0 THEN '{RunStatus.CANCELLED}' "
-        f"WHEN dead_jobs + {d} = 0 THEN '{RunStatus.COMPLETED}' "
+        f"CASE WHEN failed_compensations + {failed} > 0 THEN '{RunStatus.DEAD_LETTERED}' "
         f"WHEN compensation_jobs + {comp} > 0 THEN '{RunStatus.COMPENSATED}' "
+        f"WHEN cancelled_jobs + {c} > 0 OR ended_by <> '' THEN '{RunStatus.CANCELLED}' "
+        f"WHEN dead_jobs + {d} = 0 THEN '{RunStatus.COMPLETED}' "
         f"ELSE '{RunStatus.DEAD_LETTERED}' END"
+    )
+    otherwise = (
+        f"CASE WHEN status = '{RunStatus.RUNNING}' THEN '{RunStatus.COMPENSATING}' ELSE status END"
+        if compensating
+        else "status"
     )
     # the settling assignments come first: MySQL evaluates SET left to right with new values
     sql = (
-        f"UPDATE {RUN} SET status = CASE WHEN {settles} THEN {final} ELSE status END, "
+        f"UPDATE {RUN} SET status = CASE WHEN {settles} THEN {final} ELSE {otherwise} END, "
         f"finished_at = CASE WHEN {settles} THEN %s ELSE finished_at END, "
         f"last_job_id = CASE WHEN {settles} THEN %s ELSE last_job_id END, "
         f"pending_jobs = CASE WHEN pending_jobs + {p} < 0 THEN 0 ELSE pending_jobs + {p} END, "
         f"dead_jobs = dead_jobs + {d}, cancelled_jobs = cancelled_jobs + {c}, "
-        f"compensation_jobs = compensation_jobs + {comp} WHERE correlation_id = %s"
+        f"compensation_jobs = compensation_jobs + {comp}, "
+        f"failed_compensations = failed_compensations + {failed} WHERE correlation_id = %s"
     )
     return sql, [dt(now), job_id, correlation_id]
+
+
+def forward_allowed(outbox: Outbox) -> Outbox:
+    """``outbox`` without the forward jobs of runs that were stopped or are compensating."""
+    forward = {j.correlation_id for j in outbox.jobs if j.compensates is None}
+    if not forward:
+        return outbox
+    blocked = set(
+        WorkflowRun.objects.filter(correlation_id__in=forward)
+        .filter(Q(status=RunStatus.COMPENSATING) | ~Q(ended_by=""))
+        .values_list("correlation_id", flat=True)
+    )
+    if not blocked:
+        return outbox
+    jobs = [j for j in outbox.jobs if j.compensates is not None or j.correlation_id not in blocked]
+    return dataclasses.replace(outbox, jobs=jobs)
+
+
+def run_deltas(
+    compensates: str | None, outcome: Outcome, outbox: Outbox, inserted: int | str
+) -> dict[str, Any]:
+    """How an attempt's outcome changes its run's counters (empty: not at all).
+
+    ``compensates`` is set when the job is a compensation; ``inserted`` counts the jobs its
+    outbox really inserted (a number, or an SQL expression).
+    """
+    final = outcome.status != JobStatus.QUEUED
+    dead = outcome.status == JobStatus.DEAD
+    if not (final or outbox.jobs):
+        return {}
+    jobs = inserted if isinstance(inserted, str) else int(inserted)
+    return {
+        "pending": (f"{jobs} - 1" if isinstance(jobs, str) else jobs - 1) if final else jobs,
+        "dead": int(dead),
+        "compensation": jobs if dead or outbox.compensating else 0,
+        "failed_compensation": int(dead and compensates is not None),
+        "compensating": outbox.compensating,
+    }
 
 
 def change_run(correlation_id: str, job_id: str, now: datetime, **deltas: Any) -> RunStatus | None:
@@ -447,6 +507,7 @@ class SqlLedger:
             created_at=from_dt(row["created_at"]),
             priority=row["priority"],
             trace_id=row["trace_id"],
+            compensates=row["compensates"],
         )
 
     def extend_lease(self, job_id: str, lease_token: str, lease_seconds: float) -> datetime | None:
@@ -485,20 +546,9 @@ class SqlLedger:
         with transaction.atomic():
             if not self._fenced_update(job.id, job.lease_token, now, changes):
                 return None
-            created = self.write_outbox(outbox) if outbox else []
-            dead = outcome.status == JobStatus.DEAD
-            settled = (
-                change_run(
-                    job.correlation_id,
-                    job.id,
-                    now,
-                    pending=-1 if final else 0,
-                    dead=int(dead),
-                    compensation=len(created) if dead else 0,
-                )
-                if final
-                else None
-            )
+            created = self.write_outbox(outbox, count_on_run=False) if outbox else []
+            deltas = run_deltas(job.compensates, outcome, outbox, len(created))
+            settled = change_run(job.correlation_id, job.id, now, **deltas) if deltas else None
         return Recorded(created, settled)
 
     def _written_before(self, job: ClaimedJob, outcome: Outcome, outbox: Outbox) -> Recorded | None:
@@ -558,24 +608,18 @@ class SqlLedger:
             if not rows:
                 continue
             row = _cast_row(model, tuple(columns))
+            only = f" AND {_FORWARD_ALLOWED}" if model is Job else ""
             parts.append(
                 f", {name} AS (INSERT INTO {model._meta.db_table} ({', '.join(columns)}) "
-                f"SELECT * FROM (VALUES {', '.join([row] * len(rows))}) v "
-                "WHERE EXISTS (SELECT 1 FROM done) ON CONFLICT DO NOTHING RETURNING id)"
+                f"SELECT * FROM (VALUES {', '.join([row] * len(rows))}) v ({', '.join(columns)}) "
+                f"WHERE EXISTS (SELECT 1 FROM done){only} ON CONFLICT DO NOTHING RETURNING id)"
             )
             params += [r[c] for r in rows for c in columns]
-        inserted = "(SELECT count(*) FROM jb)" if outbox.jobs else "0"
-        dead = outcome.status == JobStatus.DEAD
+        inserted = "(SELECT count(*) FROM jb)" if outbox.jobs else 0
         settle = "NULL, NULL"
-        if final or outbox.jobs:
-            run_sql, run_params = run_change(
-                job.correlation_id,
-                job.id,
-                now,
-                pending=f"{inserted} - 1" if final else inserted,
-                dead=int(dead),
-                compensation=inserted if dead else 0,
-            )
+        deltas = run_deltas(job.compensates, outcome, outbox, inserted)
+        if deltas:
+            run_sql, run_params = run_change(job.correlation_id, job.id, now, **deltas)
             parts.append(
                 f", run AS ({run_sql} AND EXISTS (SELECT 1 FROM done) "
                 "RETURNING status, last_job_id)"
@@ -592,7 +636,10 @@ class SqlLedger:
             [j for j in outbox.jobs if j.id in created_ids], settled_status([run_row], job.id)
         )
 
-    def write_outbox(self, outbox: Outbox) -> list[NewJob]:
+    def write_outbox(self, outbox: Outbox, count_on_run: bool = True) -> list[NewJob]:
+        """Insert ``outbox``; with ``count_on_run``, count its jobs on their runs here (an
+        attempt's outcome counts them itself, with its own change)."""
+        outbox = outbox if outbox.stopping else forward_allowed(outbox)
         now = timezone.now()
         with transaction.atomic(savepoint=False):
             if outbox.starts is not None:
@@ -605,16 +652,32 @@ class SqlLedger:
             insert_rows(EVENT, EVENT_COLUMNS, [event_values(e) for e in outbox.events])
             created = insert_rows(JOB, JOB_COLUMNS, [job_values(j, now) for j in outbox.jobs])
             per_run = Counter(j.correlation_id for j in outbox.jobs if j.id in created)
-            for correlation_id, count in per_run.items():
-                update(
-                    f"UPDATE {RUN} SET pending_jobs = pending_jobs + %s WHERE correlation_id = %s",
-                    [count, correlation_id],
+            for correlation_id, count in per_run.items() if count_on_run else ():
+                sql, params = run_change(
+                    correlation_id,
+                    "",
+                    now,
+                    pending=count,
+                    compensation=count if outbox.compensating else 0,
+                    compensating=outbox.compensating,
                 )
+                update(sql, params)
         if len(created) < len(outbox.jobs):
             # skipped rows are duplicates of earlier writes - or this write, run again after
             # a lost reply: ids are fresh uuids, so a row with one of ours is ours
             return existing(outbox.jobs)
         return [j for j in outbox.jobs if j.id in created]
+
+    def completed_steps(self, correlation_id: str) -> list[StepRecord]:
+        rows = (
+            Job.objects.filter(correlation_id=correlation_id, status=JobStatus.SUCCEEDED)
+            .order_by("-finished_at")
+            .values_list("id", "queue", "payload", "finished_at", "compensates")
+        )
+        return [
+            StepRecord(job_id, queue, payload, finished or timezone.now(), compensates)
+            for job_id, queue, payload, finished, compensates in rows
+        ]
 
     def knows_job(self, job_id: str) -> bool:
         return bool(execute(f"SELECT 1 FROM {JOB} WHERE id = %s", [job_id]))

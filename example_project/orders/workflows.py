@@ -1,17 +1,25 @@
 """Order fulfilment, as in the reference card: every step is a queue worker that emits an
 event; subscriptions decide what runs next. No step calls another.
 
-    orderPlaced          -> validateInventory
-    inventoryReserved    -> processPayment
-    inventoryUnavailable -> notifyBackorder
-    paymentProcessed     -> createShipment
-    paymentFailed        -> handlePaymentFailure   (compensation: release the stock)
+    orderPlaced          -> validateInventory   (reserves stock; undone by releaseInventory)
+    inventoryReserved    -> reviewOrder         (orders above 500 wait for a manager, 24 h)
+    inventoryUnavailable -> notifyBackorder     (remembered; re-checked every night)
+    orderApproved        -> processPayment      (charges the card; undone by refundPayment)
+    orderRejected        -> declineOrder        (stops the order: its steps are undone)
+    approvalExpired      -> declineOrder
+    paymentProcessed     -> createShipment      (books the carrier; undone by cancelShipment)
     shipmentCreated      -> sendConfirmation
+    orderTimedOut        -> notifyTimeout       (an order not done within two days)
+    backordersDue        -> recheckBackorders   (the nightly schedule)
+
+A step that dead-letters - a declined card, a parcel the carrier refuses - makes the order's
+completed steps undo themselves in reverse order (the service's ``on_failure="compensate"``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,18 +32,27 @@ from celery_workflows import (
     NonRetryableError,
     RetryStrategy,
     WorkflowService,
+    cancel_workflow,
 )
+
+#: orders above this total wait for a manager's approval
+APPROVAL_THRESHOLD = 500
 
 
 class Item(BaseModel):
     sku: str
     qty: int
+    price: float = 20.0
 
 
 class Order(BaseModel):
     orderId: str
     items: list[Item]
     card: str = "4242"
+
+    @property
+    def total(self) -> float:
+        return sum(i.qty * i.price for i in self.items)
 
 
 class CardDeclined(NonRetryableError):
@@ -46,9 +63,21 @@ class GatewayTimeout(Exception):
     """The payment gateway did not answer in time: worth another attempt."""
 
 
+class CarrierRefused(Exception):
+    """The carrier rejected the parcel (a hazardous item, say)."""
+
+
 @dataclass
 class Inventory:
-    stock: dict[str, int] = field(default_factory=lambda: {"book": 10, "lamp": 3, "sofa": 0})
+    stock: dict[str, int] = field(
+        default_factory=lambda: {
+            "book": 10**6,
+            "lamp": 10**6,
+            "desk": 10**6,
+            "fireworks": 10**6,
+            "sofa": 0,
+        }
+    )
 
     def available(self, items: list[Item]) -> bool:
         return all(self.stock.get(i.sku, 0) >= i.qty for i in items)
@@ -58,21 +87,38 @@ class Inventory:
 class PaymentGateway:
     """Talks to the bank. Card 4000 times out on its first try; card 0000 is declined."""
 
-    def charge(self, order: Order, attempt: int) -> str:
+    def charge(self, order: Order, attempt: int, idempotency_key: str) -> str:
         if order.card == "0000":
             raise CardDeclined(f"card ending {order.card} declined")
         if order.card == "4000" and attempt == 1:
             raise GatewayTimeout("payment gateway timed out")
-        return f"pay-{order.orderId}"
+        return f"pay-{idempotency_key[:8]}"
+
+
+@dataclass
+class Carrier:
+    def book(self, order: Order) -> str:
+        if any(i.sku == "fireworks" for i in order.items):
+            raise CarrierRefused("the carrier does not take fireworks")
+        return f"TRK-{order.orderId}"
 
 
 @dataclass
 class Resources:
     inventory: Inventory = field(default_factory=Inventory)
     payments: PaymentGateway = field(default_factory=PaymentGateway)
+    carrier: Carrier = field(default_factory=Carrier)
 
 
-orders = WorkflowService("order", app, resources=Resources())
+orders = WorkflowService(
+    "order",
+    app,
+    resources=Resources(),
+    business_key="orderId",
+    on_failure="compensate",
+    deadline=timedelta(days=2),
+    timeout_event="orderTimedOut",
+)
 orders.event("orderPlaced", Order)
 
 QUICK_RETRY = RetryStrategy(initial_delay=0.5, max_delay=5, multiplier=2, jitter_factor=0.1)
@@ -80,9 +126,10 @@ QUICK_RETRY = RetryStrategy(initial_delay=0.5, max_delay=5, multiplier=2, jitter
 
 @orders.queue_worker(
     "validateInventory",
-    "Check stock availability",
+    "Check stock and reserve it",
     payload=Order,
     emits=["inventoryReserved", "inventoryUnavailable"],
+    compensate_with="releaseInventory",
 )
 def validate_inventory(ctx: JobContext[Resources], job: Job[Order]) -> str:
     order = job.payload
@@ -94,26 +141,55 @@ def validate_inventory(ctx: JobContext[Resources], job: Job[Order]) -> str:
 
 
 @orders.queue_worker(
+    "reviewOrder",
+    "Large orders wait for a manager",
+    payload=Order,
+    # the gate's events are emitted by the decision (or its expiry), drawn from here
+    emits=["orderApproved", "orderRejected", "approvalExpired"],
+)
+def review_order(ctx: JobContext[Resources], job: Job[Order]) -> str:
+    order = job.payload
+    if order.total <= APPROVAL_THRESHOLD:
+        ctx.emit("orderApproved", order)
+        return "approved automatically"
+    ctx.wait_for_human(
+        f"Approve order {order.orderId} of {order.total:.2f}?",
+        approve_event="orderApproved",
+        reject_event="orderRejected",
+        payload=order.model_dump(),
+        expires_in=timedelta(hours=24),
+        timeout_event="approvalExpired",
+    )
+    return "waiting for a manager"
+
+
+@orders.queue_worker(
     "processPayment",
     "Charge the card",
     payload=Order,
-    emits=["paymentProcessed", "paymentFailed"],
+    emits=["paymentProcessed"],
     lifecycle=Lifecycle(visibility_timeout=30, max_attempts=3, retry=QUICK_RETRY),
+    compensate_with="refundPayment",
 )
 def process_payment(ctx: JobContext[Resources], job: Job[Order]) -> str:
-    order = job.payload
-    try:
-        payment_id = ctx.resources.payments.charge(order, job.attempt)
-    except CardDeclined:
-        ctx.emit("paymentFailed", {"orderId": order.orderId, "items": order.model_dump()["items"]})
-        raise  # still dead-lettered, for an operator to see
-    ctx.emit("paymentProcessed", {"orderId": order.orderId, "paymentId": payment_id})
+    # job.id is stable across attempts: the gateway charges each order once
+    payment_id = ctx.resources.payments.charge(job.payload, job.attempt, job.id)
+    ctx.emit("paymentProcessed", job.payload)
     return payment_id
 
 
-@orders.queue_worker("createShipment", "Schedule delivery", result_event="shipmentCreated")
-def create_shipment(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> dict[str, str]:
-    return {"orderId": job.payload["orderId"], "trackingId": f"TRK-{job.payload['orderId']}"}
+@orders.queue_worker(
+    "createShipment",
+    "Book the carrier",
+    payload=Order,
+    emits=["shipmentCreated"],
+    lifecycle=Lifecycle(max_attempts=2, retry=QUICK_RETRY),
+    compensate_with="cancelShipment",
+)
+def create_shipment(ctx: JobContext[Resources], job: Job[Order]) -> str:
+    tracking = ctx.resources.carrier.book(job.payload)
+    ctx.emit("shipmentCreated", {"orderId": job.payload.orderId, "trackingId": tracking})
+    return tracking
 
 
 @orders.queue_worker("sendConfirmation", "Email the customer")
@@ -123,17 +199,70 @@ def send_confirmation(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> s
 
 @orders.queue_worker("notifyBackorder", "Tell the customer the order waits for stock")
 def notify_backorder(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> str:
+    ctx.states.merge_state("backorders", {job.payload["orderId"]: job.payload})
     return f"backorder notice sent for {job.payload['orderId']}"
 
 
-@orders.queue_worker("handlePaymentFailure", "Release the reserved stock (compensation)")
-def handle_payment_failure(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> str:
-    return f"released stock of {job.payload['orderId']}"
+@orders.queue_worker("declineOrder", "Stop an order a manager rejected or did not approve")
+def decline_order(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> str:
+    reason = "approval expired" if job.payload.get("decidedBy") == "system" else "rejected"
+    cancel_workflow(ctx.correlation_id, actor="approval", reason=reason)
+    return reason
+
+
+@orders.queue_worker("notifyTimeout", "Tell support an order took too long")
+def notify_timeout(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> str:
+    return f"support notified: {job.payload['reason']}"
+
+
+@orders.queue_worker("recheckBackorders", "Re-place backordered orders now in stock")
+def recheck_backorders(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> int:
+    waiting = ctx.states.get_state("backorders", {}) or {}
+    ready = {
+        k: v
+        for k, v in waiting.items()
+        if ctx.resources.inventory.available([Item(**i) for i in v["items"]])
+    }
+    for order in ready.values():
+        orders.emit("orderPlaced", order)
+    ctx.states.update_state(
+        "backorders", lambda cur: {k: v for k, v in (cur or {}).items() if k not in ready}
+    )
+    return len(ready)
+
+
+# compensations: each receives the payload of the step it undoes
+@orders.queue_worker("releaseInventory", "Release the reserved stock", payload=Order)
+def release_inventory(ctx: JobContext[Resources], job: Job[Order]) -> str:
+    return f"released stock of {job.payload.orderId}"
+
+
+@orders.queue_worker("refundPayment", "Refund the charge", payload=Order)
+def refund_payment(ctx: JobContext[Resources], job: Job[Order]) -> str:
+    return f"refunded {job.payload.orderId}"
+
+
+@orders.queue_worker("cancelShipment", "Cancel the carrier booking", payload=Order)
+def cancel_shipment(ctx: JobContext[Resources], job: Job[Order]) -> str:
+    return f"shipment of {job.payload.orderId} cancelled"
 
 
 orders.subscribe("orderPlaced", enqueue="validateInventory")
-orders.subscribe("inventoryReserved", enqueue="processPayment")
+orders.subscribe("inventoryReserved", enqueue="reviewOrder")
 orders.subscribe("inventoryUnavailable", enqueue="notifyBackorder")
+orders.subscribe("orderApproved", enqueue="processPayment")
+orders.subscribe("orderRejected", enqueue="declineOrder")
+orders.subscribe("approvalExpired", enqueue="declineOrder")
 orders.subscribe("paymentProcessed", enqueue="createShipment")
-orders.subscribe("paymentFailed", enqueue="handlePaymentFailure")
 orders.subscribe("shipmentCreated", enqueue="sendConfirmation")
+orders.subscribe("orderTimedOut", enqueue="notifyTimeout")
+orders.subscribe("backordersDue", enqueue="recheckBackorders")
+
+orders.schedule(
+    "nightlyBackorders",
+    cron="0 3 * * *",
+    timezone="Europe/Berlin",
+    emit="backordersDue",
+    concurrency="forbid",
+    missed="once",
+)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,36 +16,11 @@ from tests.proj.workflows import t
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "artifacts"))
-CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = [
     pytest.mark.worker,
     pytest.mark.usefixtures("transactional_db", "session_worker", "shop_workers"),
 ]
-
-
-@pytest.fixture
-def browser():
-    # Django's live_server runs in this process's thread; Playwright's sync API needs this
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which(CHROMIUM), "Debian's chromium is required: apt-get install -y chromium"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
 
 
 def settled(correlation_id: str) -> WorkflowRun:

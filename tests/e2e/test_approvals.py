@@ -84,3 +84,20 @@ def test_staff_without_the_decide_permission_get_no_buttons_and_403():
     assert b"Approve order o-locked?" in page.content and b"cw-approve" not in page.content
     assert client.post(f"{url}decide/", {"decision": "approve"}).status_code == 403
     assert get_workflow(run.correlation_id).status == "waiting"
+
+
+def test_an_approval_nobody_answers_expires_once_with_its_timeout_event(session_worker):
+    job = t.enqueue("needsQuickApproval", {"orderId": "o-expiring"})
+    run = wait_for(
+        lambda: (r := get_workflow(job.correlation_id)).status == "completed" and r,
+        timeout=20,
+        message="the expired approval did not carry the run on",
+    )
+    events = [h.name for h in run.history if h.kind == "event"]
+    assert events.count("approvalExpired") == 1
+    (expiry,) = [a for a in run.audit if a.action == "expire"]
+    assert expiry.actor == "system"
+    refused = next(h for h in run.history if h.name == "t.refuse")
+    assert refused.result == "refused o-expiring: no decision before the gate expired"
+    with pytest.raises(GateClosedError):
+        decide(job.correlation_id, approve=True, actor="late-manager")

@@ -1,37 +1,184 @@
-"""The README's ``make demo`` works with nothing but Python: SQLite and an embedded Redis."""
+"""``make demo`` and ``make admin`` as a new user runs them: nothing but Python installed.
+
+The demo places its orders on the embedded default (SQLite and an embedded Redis) through a
+real worker; the admin is then served by the example project's own ``runserver`` - a web
+process that never imports ``orders.workflows`` by hand, so the diagram it draws proves the
+workflows modules are discovered at start-up.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from celery_workflows.testing import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "artifacts"))
+ORDERS = 200
+
+pytestmark = pytest.mark.worker
 
 
-@pytest.mark.worker
-def test_demo_runs_the_order_workflow_on_the_embedded_default(tmp_path):
+def embedded_env(var_dir: Path) -> dict[str, str]:
+    """The environment of a machine where nothing is configured."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in {"CELERY_BROKER_URL", "DATABASE_URL", "DJANGO_SETTINGS_MODULE"}
     }
-    env["EXAMPLE_VAR_DIR"] = str(tmp_path)
+    env["EXAMPLE_VAR_DIR"] = str(var_dir)
+    env["DEMO_ORDERS"] = str(ORDERS)
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    var_dir = tmp_path_factory.mktemp("demo")
     result = subprocess.run(
         [sys.executable, str(ROOT / "example_project" / "demo.py")],
-        env=env,
+        env=embedded_env(var_dir),
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return var_dir, result.stdout
+
+
+def test_the_demo_settles_every_order_and_says_how(demo):
+    _, out = demo
     assert "broker:   redis+socket://" in out and "database: sqlite" in out
-    assert "== in stock: workflow" in out and "completed" in out
-    assert "#1 failed (GatewayTimeout: payment gateway timed out), #2 succeeded" in out
-    assert "== card declined, compensated: workflow" in out
-    assert "released stock of A-103" in out
-    assert "== after redrive: workflow" in out and "confirmation sent for A-103" in out
+    assert f"{ORDERS}/{ORDERS} settled" not in out  # bad payloads never became runs
+    assert "refused at the door: A-" in out
+    summary = out[out.index("final status") :]
+    for status, kind in [
+        ("completed", "in stock"),
+        ("completed", "gateway timeout, retried"),
+        ("compensated", "declined card"),
+        ("compensated", "carrier refuses"),
+        ("waiting", "large, needs approval"),
+    ]:
+        line = next(line for line in summary.splitlines() if line.strip().startswith(status))
+        assert kind in line, (status, kind, line)
+    assert "processPayment" in out and "dead" in out and "(compensation)" in out
+    assert "Re-driving its dead letter is refused" in out
+    assert "make admin" in out and "FAILED" not in out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def admin_site(demo):
+    var_dir, _ = demo
+    port = free_port()
+    env = {**embedded_env(var_dir), "ADMIN_PORT": str(port)}
+    log = (var_dir / "admin.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "admin_site.py"],
+        cwd=ROOT / "example_project",
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/admin/login/", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            assert process.poll() is None, (var_dir / "admin.log").read_text()[-3000:]
+            return False
+
+    try:
+        wait_for(up, timeout=60, interval=0.5, message="make admin never served the admin")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C, as a user stops it
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def test_make_admin_shows_the_full_diagram_and_a_manager_approves_the_large_order(
+    admin_site, browser
+):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{admin_site}/admin/login/?next=/admin/celery_workflows/workflowrun/")
+    page.fill("#id_username", "demo")
+    page.fill("#id_password", "demo")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#result_list")
+    assert "A-1" in page.inner_text("#result_list")  # business keys are listed
+    page.screenshot(path=str(ARTIFACTS / "example-admin-runs.png"), full_page=True)
+
+    page.click("#changelist-filter >> text=waiting")
+    page.wait_for_url("**status__exact=waiting**")
+    rows = page.locator("#result_list tbody tr")
+    assert rows.count() == 1
+    rows.first.locator("a").first.click()
+    page.wait_for_selector(".cw-gate")
+    assert "Approve order" in page.inner_text(".cw-gate-prompt")
+
+    # the web process drew the whole graph, though it never imported orders.workflows itself
+    queues = set(
+        page.locator("svg.cw-diagram g.cw-node").evaluate_all(
+            "nodes => nodes.map(n => n.dataset.queue)"
+        )
+    )
+    for step in (
+        "validateInventory",
+        "reviewOrder",
+        "processPayment",
+        "createShipment",
+        "sendConfirmation",
+        "notifyBackorder",
+        "declineOrder",
+        "releaseInventory",
+        "refundPayment",
+        "cancelShipment",
+    ):
+        assert f"order.{step}" in queues, (step, sorted(queues))
+    assert page.locator("svg.cw-diagram .cw-undo").count() >= 3
+    page.screenshot(path=str(ARTIFACTS / "example-admin-waiting.png"), full_page=True)
+
+    page.fill(".cw-gate input[name=comment]", "ok for a regular customer")
+    page.click("button.cw-approve")
+    page.wait_for_selector(".messagelist")
+    assert "Approved: emitted orderApproved" in page.inner_text(".messagelist")
+
+    def completed() -> bool:
+        page.reload()
+        return page.locator(".cw-run").get_attribute("data-status") == "completed"
+
+    wait_for(completed, timeout=60, interval=1, message="the approved order never completed")
+    assert "approve by demo" in page.inner_text(".cw-run")
+    page.screenshot(path=str(ARTIFACTS / "example-admin-approved.png"), full_page=True)
+
+    page.goto(f"{admin_site}/admin/celery_workflows/workflowrun/?status__exact=compensated")
+    page.locator("#result_list tbody tr").first.locator("a").first.click()
+    page.wait_for_selector(".cw-timeline")
+    undoes = page.locator(".cw-undoes").all_inner_texts()
+    assert undoes and all(text.startswith("undoes ") for text in undoes)
+    page.screenshot(path=str(ARTIFACTS / "example-admin-compensated.png"), full_page=True)
+
+    page.goto(f"{admin_site}/admin/celery_workflows/schedulefire/")
+    assert "order.nightlyBackorders" in page.inner_text("#content")
+    page.screenshot(path=str(ARTIFACTS / "example-admin-schedules.png"), full_page=True)

@@ -18,4 +18,4 @@ app.conf.update(
     workflows_local_continuations=int(os.environ.get("WORKFLOWS_LOCAL_CONTINUATIONS", "8")),
 )
 
-from tests.proj import chaos, flows, workflows  # noqa: E402,F401  - declares queues on this app
+from tests.proj import chaos, flows, saga, workflows  # noqa: E402,F401  - declares queues

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -211,8 +212,41 @@ def refuse(ctx: JobContext[Recorder], job: Job[Any]) -> str:
     return f"refused {job.payload['orderId']}: {job.payload['comment']}"
 
 
+@t.queue_worker("needsQuickApproval", "Approve within a second, or it expires")
+def needs_quick_approval(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.wait_for_human(
+        f"Approve order {job.payload['orderId']} quickly?",
+        approve_event="orderApproved",
+        reject_event="orderRejected",
+        payload={"orderId": job.payload["orderId"]},
+        expires_in=timedelta(seconds=1),
+        timeout_event="approvalExpired",
+    )
+    return "waiting briefly"
+
+
+@t.queue_worker("tock", "Record a schedule's firing")
+def tock(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.redis.rpush("tocks", json.dumps({"run": ctx.correlation_id}))
+    return "tock"
+
+
 t.subscribe("orderApproved", enqueue="fulfil")
 t.subscribe("orderRejected", enqueue="refuse")
+t.subscribe("approvalExpired", enqueue="refuse")
+t.subscribe("tickDue", enqueue="tock")
+
+#: fired by a real celery beat in the schedule tests (no beat runs elsewhere)
+t.schedule("tick", every=timedelta(seconds=1), emit="tickDue", payload={"from": "beat"})
+#: fired by hand in the policy tests, with chosen times (hourly: beat never reaches it)
+t.schedule(
+    "hourlyBackfill", every=timedelta(hours=1), emit="tickDue", missed="backfill", backfill_limit=2
+)
+t.schedule("hourlyOnce", every=timedelta(hours=1), emit="tickDue", missed="once")
+t.schedule("hourlySkip", every=timedelta(hours=1), emit="tickDue")
+t.schedule(
+    "nightly", cron="0 3 * * *", timezone="Europe/Berlin", enqueue="tock", payload={"from": "cron"}
+)
 
 
 class HookRecorder(Middleware):

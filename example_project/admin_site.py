@@ -1,0 +1,37 @@
+"""``make admin``: the Django admin on the database ``make demo`` filled, with a worker behind it.
+
+Creates the superuser ``demo`` (password ``demo``) if it does not exist, starts the embedded
+broker and a worker (so approving an order in the admin carries it on), and runs the site on
+http://127.0.0.1:8000/admin/ until you press Ctrl-C. Honours ``CELERY_BROKER_URL`` and
+``DATABASE_URL`` like the demo.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from demo import HERE, PATHS, shop_with_a_worker
+
+PORT = os.environ.get("ADMIN_PORT", "8000")
+
+
+def main() -> int:
+    with shop_with_a_worker():
+        from django.contrib.auth.models import User
+
+        if not User.objects.filter(username="demo").exists():
+            User.objects.create_superuser("demo", "demo@example.com", "demo")
+        print(f"\n  Admin: http://127.0.0.1:{PORT}/admin/   user: demo   password: demo")
+        print(f"  Runs:  http://127.0.0.1:{PORT}/admin/celery_workflows/workflowrun/")
+        print("  Stop:  Ctrl-C\n")
+        server = [sys.executable, str(HERE / "manage.py"), "runserver", f"127.0.0.1:{PORT}"]
+        try:
+            return subprocess.call([*server, "--noreload"], env={**os.environ, **PATHS})
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

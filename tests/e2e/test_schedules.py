@@ -1,0 +1,135 @@
+"""Schedules fire on a real celery beat, once per slot, with their concurrency and missed-run
+policies - and every firing is a row of the ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from celery_workflows import get_workflow
+from celery_workflows.clock import utcnow
+from celery_workflows.schedules import SCHEDULES_QUEUE, fire
+from celery_workflows.testing import WaitTimeout, WorkerProcess, wait_for
+
+pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db")]
+
+
+def fires(schedule: str) -> list:
+    from django_app.models import ScheduleFire
+
+    return list(ScheduleFire.objects.filter(schedule=schedule).order_by("slot"))
+
+
+def test_a_schedule_fires_on_a_real_celery_beat_once_per_slot(
+    worker_env, redis_client, tmp_path, request
+):
+    redis_client.delete("tocks")
+    worker = WorkerProcess(
+        "tests.proj.celery_app",
+        [SCHEDULES_QUEUE, "t.tock"],
+        concurrency=1,
+        env=worker_env,
+        hostname="beatworker@%h",
+        log_path=str(tmp_path / "worker.log"),
+    ).start()
+    request.addfinalizer(worker.stop)
+    beat = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.proj.celery_app",
+            "beat",
+            "-s",
+            str(tmp_path / "schedule"),
+            "--max-interval",
+            "1",
+            "-l",
+            "INFO",
+        ],
+        env={**os.environ, **worker_env, "PYTHONUNBUFFERED": "1"},
+        stdout=(tmp_path / "beat.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        started = wait_for(
+            lambda: (
+                (f := [x for x in fires("t.tick") if x.outcome == "started"]) and len(f) >= 3 and f
+            ),
+            timeout=20,
+        )
+    except WaitTimeout:
+        logs = {name: (tmp_path / name).read_text()[-2000:] for name in ("beat.log", "worker.log")}
+        pytest.fail(f"beat fired too little: {fires('t.tick')} {logs}")
+    finally:
+        beat.terminate()
+        beat.wait(10)
+    slots = [f.slot for f in started]
+    assert len(set(slots)) == len(slots)  # one firing per slot
+    assert all(s.microsecond == 0 for s in slots)
+    wait_for(lambda: all(get_workflow(f.correlation_id).status == "completed" for f in started))
+    tocks = [json.loads(x)["run"] for x in redis_client.lrange("tocks", 0, -1)]
+    assert {f.correlation_id for f in started} <= set(tocks)
+
+
+def test_a_trigger_that_fires_twice_for_one_slot_starts_one_run():
+    slot = (utcnow() - timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
+    at = (slot + timedelta(seconds=5)).isoformat()  # beat sends it just after the hour
+    first, second = fire("t.hourlySkip", fired_at=at), fire("t.hourlySkip", fired_at=at)
+    assert len(first) == 1 and second == []
+    assert len(fires("t.hourlySkip")) == 1
+
+
+def test_forbid_skips_a_firing_while_the_previous_run_is_unfinished():
+    base = utcnow().replace(minute=0, second=0, microsecond=0)
+    assert fire("saga.forbidden", fired_at=base.isoformat())
+    assert fire("saga.forbidden", fired_at=(base + timedelta(hours=1)).isoformat()) == []
+    first, second = fires("saga.forbidden")
+    assert (first.outcome, second.outcome) == ("started", "skipped")
+    assert second.reason == "previous run still unfinished" and not second.correlation_id
+
+
+def test_replace_stops_the_previous_run_and_starts_a_new_one():
+    base = utcnow().replace(minute=0, second=0, microsecond=0)
+    fire("saga.replacing", fired_at=base.isoformat())
+    fire("saga.replacing", fired_at=(base + timedelta(hours=1)).isoformat())
+    first, second = fires("saga.replacing")
+    assert second.outcome == "replaced" and second.correlation_id != first.correlation_id
+    old = get_workflow(first.correlation_id)
+    assert old.ended_by.startswith("replaced by the firing of")
+    assert [a.actor for a in old.audit] == ["schedule:saga.replacing"]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "runs"), [("t.hourlyBackfill", 2), ("t.hourlyOnce", 1), ("t.hourlySkip", 0)]
+)
+def test_slots_missed_while_beat_was_down_follow_the_missed_policy(schedule, runs):
+    from celery_workflows.store import get_store
+
+    long_ago = (utcnow() - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
+    get_store().record_fire(schedule, long_ago, "started", "", "")
+    # beat comes back five hours later and catches up
+    started = fire(
+        schedule, fired_at=(long_ago + timedelta(hours=5, minutes=10)).isoformat(), catch_up=True
+    )
+    assert [s - long_ago for s in started] == [timedelta(hours=h) for h in range(6 - runs, 6)]
+
+
+def test_declared_schedules_appear_in_django_celery_beat():
+    from django_celery_beat.models import PeriodicTask
+    from django_celery_beat.schedulers import DatabaseScheduler
+
+    from tests.proj.celery_app import app
+
+    DatabaseScheduler(app=app, lazy=False)
+    nightly = PeriodicTask.objects.get(name="celery_workflows:t.nightly")
+    assert nightly.task == "celery_workflows.fire_schedule"
+    assert json.loads(nightly.args) == ["t.nightly"]
+    assert str(nightly.crontab.timezone) == "Europe/Berlin" and nightly.crontab.hour == "3"
+    assert PeriodicTask.objects.get(name="celery_workflows:t.tick").interval.every == 1
