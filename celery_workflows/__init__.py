@@ -3,6 +3,7 @@
 from .approvals import decide
 from .compensation import cancel_workflow
 from .context import Job, JobContext
+from .control import pause_queue, resume_queue
 from .deadletter import discard, list_dead_letters, redrive
 from .errors import (
     ConfigurationError,
@@ -86,7 +87,9 @@ __all__ = [
     "get_job",
     "get_workflow",
     "list_dead_letters",
+    "pause_queue",
     "redrive",
+    "resume_queue",
     "states",
     "sweep_once",
 ]

@@ -13,7 +13,10 @@
   every ``celery worker`` (settings ``workflows_sweep_interval`` and
   ``workflows_republish_after``, in seconds, on the Celery app's config);
 - the consumer of :mod:`celery_workflows.consumer` as ``worker_consumer``: no message can stop
-  the worker, and one that cannot be run is dead-lettered with its reason and raw body.
+  the worker, and one that cannot be run is dead-lettered with its reason and raw body;
+- a pool process that stops saves its per-minute queue figures (:mod:`.control`);
+- log records made during an attempt carry its workflow, business key, queue, job and
+  attempt, shown as ``workflows_log_format`` says (:mod:`.logs`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,14 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import beat_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    beat_init,
+    worker_process_shutdown,
+)
 
-from . import graph, registry
+from . import control, graph, logs, registry
 from .consumer import DELIVER_EVENT_TASK
 from .errors import WorkflowError
 from .events import event_payload, run_start_for, write_and_publish
@@ -99,6 +107,8 @@ def install(app: Celery) -> None:
     if id(app) in _installed:
         return
     _installed.add(id(app))
+    logs.install_record_factory()
+    logs.log_format(app.conf)  # a wrong value is refused when the service is declared
     registry.set_max_payload_bytes(max_payload_bytes(app.conf))
     if app.conf.worker_consumer == DEFAULT_CONSUMER:
         app.conf.worker_consumer = "celery_workflows.consumer:DeadLetteringConsumer"
@@ -154,3 +164,23 @@ def _catch_up_schedules(sender: Any = None, **kwargs: Any) -> None:
         app.tasks[FIRE_TASK].apply_async(
             args=[name], kwargs={"catch_up": True}, queue=SCHEDULES_QUEUE
         )
+
+
+@worker_process_shutdown.connect
+def _save_queue_figures(**kwargs: Any) -> None:
+    """A pool process that stops cleanly saves its last per-minute queue figures."""
+    try:
+        control.flush()
+    except Exception:
+        logger.debug("queue figures not saved at shutdown", exc_info=True)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _format_logs(logger: logging.Logger | None = None, **kwargs: Any) -> None:
+    """Apply ``workflows_log_format`` to the handlers Celery set up (see :mod:`.logs`)."""
+    from celery import current_app
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # a Proxy
+    if logger is not None and id(app) in _installed:
+        logs.apply_format(logger, logs.log_format(app.conf))

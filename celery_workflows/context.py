@@ -56,7 +56,7 @@ class JobContext(Generic[R]):
         claimed: ClaimedJob,
         store: Store,
         resources: R,
-        logger: logging.LoggerAdapter[logging.Logger],
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         on_lease_extended: Callable[[float], None],
         visibility_timeout: float,
         emit: Callable[[str, Any], Event],

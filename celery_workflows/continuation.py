@@ -43,11 +43,13 @@ def consumed_here(spec: QueueSpec) -> bool:
     return spec.qualified_name in selected
 
 
-def lease_one(outbox: Outbox, depth: int, limit: int) -> tuple[Outbox, NewJob | None]:
+def lease_one(
+    outbox: Outbox, depth: int, limit: int, paused: set[str]
+) -> tuple[Outbox, NewJob | None]:
     """``outbox`` with at most one of its jobs written claimed by this process, and that job.
 
-    Only a job that is due now, on a queue this worker consumes and that allows it, while
-    fewer than ``limit`` steps ran here in a row (``depth``).
+    Only a job that is due now, on a queue this worker consumes, allows it and is not
+    ``paused``, while fewer than ``limit`` steps ran here in a row (``depth``).
     """
     if depth >= limit or not outbox.jobs:
         return outbox, None
@@ -57,7 +59,7 @@ def lease_one(outbox: Outbox, depth: int, limit: int) -> tuple[Outbox, NewJob | 
         spec = queues.get(job.queue)
         if spec is None or not spec.continue_locally or job.available_at > now:
             continue
-        if not consumed_here(spec):
+        if not consumed_here(spec) or job.queue in paused:
             continue
         lease = Lease(
             token=new_lease_token(),
@@ -71,8 +73,9 @@ def lease_one(outbox: Outbox, depth: int, limit: int) -> tuple[Outbox, NewJob | 
     return outbox, None
 
 
-def claimed(job: NewJob) -> ClaimedJob:
-    """The claim of a job written claimed by this process, as a worker's claim would read."""
+def claimed(job: NewJob, business_key: str) -> ClaimedJob:
+    """The claim of a job written claimed by this process, as a worker's claim would read
+    (``business_key``: of the run the job continues)."""
     assert job.lease is not None
     return ClaimedJob(
         id=job.id,
@@ -89,4 +92,5 @@ def claimed(job: NewJob) -> ClaimedJob:
         priority=job.priority,
         trace_id=job.trace_id,
         compensates=job.compensates,
+        business_key=business_key,
     )

@@ -1,5 +1,7 @@
 """The workflow graph, introspected from declarations: which step emits what, which
-subscription enqueues which queue. The admin draws it; :func:`validate` checks it at start-up."""
+subscription enqueues which queue. The admin draws it; :func:`validate` checks it at start-up;
+:func:`warnings` finds loose ends (``manage.py check``); :func:`render` prints it as text,
+Mermaid or Graphviz DOT (``manage.py workflows graph``)."""
 
 from __future__ import annotations
 
@@ -80,3 +82,114 @@ def validate() -> None:
     found = problems()
     if found:
         raise ConfigurationError("workflow graph is invalid:\n  " + "\n  ".join(found))
+
+
+def started_from_outside() -> set[str]:
+    """Events that may be emitted by something other than a step: declared entry events,
+    services' timeout events and the targets of schedules."""
+    timeouts = {
+        str(event)
+        for service in registry.services().values()
+        if (event := getattr(service, "timeout_event", None))
+    }
+    scheduled = {s.emit for s in registry.schedules().values() if getattr(s, "emit", None)}
+    return registry.entry_events() | timeouts | scheduled
+
+
+def warnings() -> list[str]:
+    """Loose ends that are not errors: events nobody subscribes to (unless declared
+    terminal), and subscriptions waiting for events nothing emits."""
+    g = describe()
+    subscribed = {s.event for s in g.subscriptions}
+    emitted = {e for q in g.queues for e in q.emits}
+    outside = started_from_outside()
+    terminal = registry.terminal_events()
+    found = [
+        f"event {event!r} is emitted by {', '.join(g.emitters_of(event))} but nothing "
+        f"subscribes to it (declare it with service.event({event!r}, terminal=True) if that "
+        "is intended)"
+        for event in sorted(emitted - subscribed - terminal)
+    ]
+    found += [
+        f"subscription {s.name!r} waits for event {s.event!r}, which no step emits and which "
+        "is not declared with service.event()"
+        for s in g.subscriptions
+        if s.event not in emitted and s.event not in outside
+    ]
+    return found
+
+
+FORMATS = ("text", "mermaid", "dot")
+
+
+def render(fmt: str = "text") -> str:
+    """The declared graph as ``text``, ``mermaid`` (a flowchart) or ``dot`` (Graphviz)."""
+    if fmt not in FORMATS:
+        raise ConfigurationError(f"graph format must be one of {FORMATS}, got {fmt!r}")
+    g = describe()
+    entries = sorted(started_from_outside() & {s.event for s in g.subscriptions})
+    edges = [
+        (q.name, s.queue, s.event) for q in g.queues for s in g.subscriptions if s.event in q.emits
+    ]
+    undo = [(q.name, c) for q in g.queues if (c := q.compensate_with)]
+    starts = [(e, s.queue) for e in entries for s in g.subscriptions if s.event == e]
+    if fmt == "mermaid":
+        return _mermaid(g, starts, edges, undo)
+    if fmt == "dot":
+        return _dot(g, starts, edges, undo)
+    return _text(g, starts, edges, undo)
+
+
+def _text(
+    g: Graph,
+    starts: list[tuple[str, str]],
+    edges: list[tuple[str, str, str]],
+    undo: list[tuple[str, str]],
+) -> str:
+    lines = [f"{event} (from outside) -> {queue}" for event, queue in starts]
+    for q in g.queues:
+        lines.append(f"{q.name}" + (f": {q.description}" if q.description else ""))
+        lines += [f"  {event} -> {target}" for source, target, event in edges if source == q.name]
+        lines += [
+            f"  {event} (no subscriber)"
+            for event in q.emits
+            if not any(s.event == event for s in g.subscriptions)
+        ]
+        lines += [f"  undone by {target}" for source, target in undo if source == q.name]
+    return "\n".join(lines) + "\n"
+
+
+def _node_id(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _mermaid(
+    g: Graph,
+    starts: list[tuple[str, str]],
+    edges: list[tuple[str, str, str]],
+    undo: list[tuple[str, str]],
+) -> str:
+    lines = ["flowchart LR"]
+    lines += [f'  {_node_id(q.name)}["{q.name}"]' for q in g.queues]
+    for event, queue in starts:
+        lines.append(f'  start_{_node_id(event)}(["{event}"]) --> {_node_id(queue)}')
+    lines += [f"  {_node_id(a)} -->|{e}| {_node_id(b)}" for a, b, e in edges]
+    lines += [f"  {_node_id(a)} -.->|undo| {_node_id(b)}" for a, b in undo]
+    return "\n".join(lines) + "\n"
+
+
+def _dot(
+    g: Graph,
+    starts: list[tuple[str, str]],
+    edges: list[tuple[str, str, str]],
+    undo: list[tuple[str, str]],
+) -> str:
+    lines = ["digraph workflows {", "  rankdir=LR;", "  node [shape=box, style=rounded];"]
+    lines += [f'  "{q.name}";' for q in g.queues]
+    for event, queue in starts:
+        lines.append(f'  "{event}" [shape=oval];')
+        lines.append(f'  "{event}" -> "{queue}";')
+    lines += [f'  "{a}" -> "{b}" [label="{e}"];' for a, b, e in edges]
+    lines += [f'  "{a}" -> "{b}" [label="undo", style=dashed];' for a, b in undo]
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -69,6 +69,9 @@ class Lifecycle:
     ``max_attempts`` counts every attempt, including ones whose worker died or overran its
     lease, so a job that crashes its worker every time still reaches the DLQ.
     ``non_retryable`` lists exception classes that send a job to the DLQ at once.
+    ``pause_after_failures`` pauses the queue when that many attempts in a row fail, across
+    all workers (a poison threshold: a broken dependency should not burn every job's
+    attempts); a success resets the count. None: never.
     """
 
     #: lease length in seconds
@@ -77,8 +80,16 @@ class Lifecycle:
     max_attempts: int = 5
     retry: RetryStrategy = field(default_factory=RetryStrategy)
     non_retryable: tuple[type[BaseException], ...] = ()
+    pause_after_failures: int | None = None
 
     def __post_init__(self) -> None:
+        threshold = self.pause_after_failures
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1
+        ):
+            raise ConfigurationError(
+                f"Lifecycle.pause_after_failures must be None or an int >= 1, got {threshold!r}"
+            )
         if self.visibility_timeout <= 0:
             raise ConfigurationError(
                 f"Lifecycle.visibility_timeout must be > 0 seconds, got {self.visibility_timeout}"

@@ -269,6 +269,8 @@ class ClaimedJob:
     trace_id: str
     #: set for a compensation job: the job whose work it undoes
     compensates: str | None = None
+    #: the business key of the job's run (for log lines)
+    business_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -427,3 +429,27 @@ class WorkflowStatus:
         for entry in data["audit"]:
             entry["at"] = entry["at"].isoformat()
         return data
+
+
+@dataclass(frozen=True)
+class QueueControl:
+    """A queue's hold: paused or not (by whom, why) and its run of failed attempts."""
+
+    queue: str
+    paused: bool
+    paused_at: datetime | None = None
+    paused_by: str = ""
+    reason: str = ""
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class QueueMinute:
+    """Attempts of one queue in one minute, as one process counted them."""
+
+    queue: str
+    minute: datetime
+    succeeded: int = 0
+    failed: int = 0
+    dead: int = 0
+    duration_ms: float = 0.0

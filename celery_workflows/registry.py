@@ -42,6 +42,10 @@ _queues: dict[str, QueueSpec] = {}
 _subscriptions: dict[str, list[Subscription]] = {}
 _subscription_names: set[str] = set()
 _event_schemas: dict[str, type[BaseModel]] = {}
+#: events declared with ``service.event(...)``: may be emitted from outside any step
+_entry_events: set[str] = set()
+#: events declared ``terminal=True``: nothing is expected to subscribe to them
+_terminal_events: set[str] = set()
 _schedules: dict[str, Any] = {}
 _middleware: list[Middleware] = [SignalsMiddleware()]
 _limits = {"max_payload_bytes": DEFAULT_MAX_PAYLOAD_BYTES}
@@ -124,6 +128,20 @@ def register_event_schema(event: str, schema: type[BaseModel]) -> None:
 
 def event_schemas() -> dict[str, type[BaseModel]]:
     return dict(_event_schemas)
+
+
+def declare_event(event: str, terminal: bool) -> None:
+    _entry_events.add(event)
+    if terminal:
+        _terminal_events.add(event)
+
+
+def entry_events() -> set[str]:
+    return set(_entry_events)
+
+
+def terminal_events() -> set[str]:
+    return set(_terminal_events)
 
 
 def add_middleware(middleware: Middleware) -> None:

@@ -239,12 +239,19 @@ class WorkflowService(Generic[R]):
             backfill_limit=backfill_limit,
         )
 
-    def event(self, name: str, schema: type[BaseModel]) -> None:
-        """Declare ``name``'s payload schema: emitting a payload that fails it raises at once."""
+    def event(
+        self, name: str, schema: type[BaseModel] | None = None, *, terminal: bool = False
+    ) -> None:
+        """Declare event ``name``: it may be emitted from outside any step (a workflow's
+        start), with ``schema`` checked on every emit (a failing payload raises at once).
+        ``terminal=True`` says nothing needs to subscribe to it (``manage.py check`` warns
+        about other events nobody subscribes to)."""
         registry.check_name("event", name)
-        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
-            raise ConfigurationError(f"event {name!r}: schema must be a pydantic model class")
-        registry.register_event_schema(name, schema)
+        if schema is not None:
+            if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+                raise ConfigurationError(f"event {name!r}: schema must be a pydantic model class")
+            registry.register_event_schema(name, schema)
+        registry.declare_event(name, terminal)
 
     def subscribe(
         self,

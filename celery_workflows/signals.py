@@ -27,6 +27,10 @@ event_emitted = Signal(name="event_emitted")
 workflow_finished = Signal(name="workflow_finished")
 #: a well-formed notice named a job the ledger does not know; kwargs: queue, job_id, attempt
 notice_dropped = Signal(name="notice_dropped")
+#: a queue was paused (by an operator, or by its poison threshold); kwargs: queue, actor, reason
+queue_paused = Signal(name="queue_paused")
+#: a paused queue was resumed; kwargs: queue, actor
+queue_resumed = Signal(name="queue_resumed")
 
 
 class SignalsMiddleware(Middleware):

@@ -5,10 +5,11 @@ attempt did. The broker only carries "job X, attempt N is ready" notices. Every 
 belongs to an attempt is *fenced*: it names the attempt's lease token and only succeeds while
 that lease is held and unexpired, so a zombie worker cannot overwrite a newer attempt.
 
-Four roles, each a small protocol: :class:`Ledger` (the hot path of every job),
+Five roles, each a small protocol: :class:`Ledger` (the hot path of every job),
 :class:`Maintenance` (the sweeper's queries), :class:`Operations` (what operators do, each
-audited where it is done) and :class:`Runs` (workflow runs, approval gates, state documents).
-The Django app implements all four in one :class:`Store` and installs it with
+audited where it is done), :class:`Runs` (workflow runs, approval gates, state documents) and
+:class:`Controls` (pausing queues, their failure streaks and per-minute figures). The Django
+app implements all five in one :class:`Store` and installs it with
 :func:`configure` when Django starts; mechanics receive the role they need as an argument, and
 only the public entry points look the store up with :func:`get_store`.
 """
@@ -31,6 +32,8 @@ from .records import (
     NewJob,
     Outbox,
     Outcome,
+    QueueControl,
+    QueueMinute,
     Recorded,
     RunStatus,
     StateValue,
@@ -166,7 +169,33 @@ class Runs(Protocol):
         version (0 = absent). Returns the new version, or None when the check failed."""
 
 
-class Store(Ledger, Maintenance, Operations, Runs, Protocol):
+class Controls(Protocol):
+    """Holds on queues and the figures operators watch them by."""
+
+    def queue_controls(self) -> dict[str, QueueControl]:
+        """Every queue that has a control row (paused, or failing)."""
+
+    def set_paused(self, queue: str, paused: bool, actor: str, reason: str) -> bool:
+        """Pause or resume ``queue`` (audited); False if it already was in that state."""
+
+    def count_failure(self, queue: str) -> int:
+        """Add one to the queue's run of consecutive failed attempts; return the run."""
+
+    def reset_failures(self, queue: str) -> None:
+        """A success ends the queue's run of failed attempts."""
+
+    def park(self, job_id: str, attempt: int) -> bool:
+        """A notice for a job of a paused queue was consumed: keep the job queued, marked
+        unpublished, so it is published again once the queue is resumed."""
+
+    def add_minutes(self, rows: list[QueueMinute]) -> None:
+        """Add per-process sums to the per-queue, per-minute figures."""
+
+    def release_connection(self) -> None:
+        """Close the calling thread's database connection (a helper thread is done)."""
+
+
+class Store(Ledger, Maintenance, Operations, Runs, Controls, Protocol):
     """Everything the toolkit stores, as one object (the Django app's implementation)."""
 
 

@@ -23,10 +23,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from . import registry
+from . import control, registry
 from .approvals import expire_gate
 from .clock import utcnow
 from .compensation import stop_workflow, with_compensation
+from .control import running_queues
 from .lifecycle import after_failure
 from .middleware import AttemptInfo
 from .queues import QueueSpec
@@ -67,12 +68,15 @@ class Sweeper:
         )
         self._stop_overdue(store, now)
         stale_before = now - timedelta(seconds=self.republish_after)
-        due = store.due_jobs(names, now, stale_before, BATCH_SIZE)
+        # a paused queue's jobs wait in the ledger until it is resumed
+        due = store.due_jobs(running_queues(names, store), now, stale_before, BATCH_SIZE)
         published = 0
         for job in [d for d in due if d.published_at is None] + self._lost(due, known):
             if store.mark_published(job, now):
                 known[job.queue].publish(job.dispatch)
                 published += 1
+        if expired:
+            control.flush(store)  # what the expired leases counted (no timer thread here)
         return SweepReport(expired, published)
 
     @staticmethod
@@ -152,5 +156,5 @@ def settle_expired(store: Store, lease: ExpiredLease) -> bool:
         worker=lease.worker,
         ran_here=False,
     )
-    follow_up(spec, info, outcome, recorded, lease.priority, logger)
+    follow_up(store, spec, info, outcome, recorded, lease.priority, logger, in_sweeper=True)
     return True

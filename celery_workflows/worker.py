@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import registry, signals
+from . import control, registry, signals
 from .clock import utcnow
 from .compensation import compensates_on_failure, compensation_of, with_compensation
 from .context import Job, JobContext
@@ -39,6 +39,7 @@ from .events import announce, check_emits, new_event, plan, publish_created
 from .intake import notice_problem, stored_body
 from .lease import LeaseAlarm, new_lease_token, worker_name
 from .lifecycle import after_failure
+from .logs import LogContext, attempt_context
 from .middleware import AttemptInfo, DeadLetterInfo
 from .payloads import storable_text, to_json
 from .queues import QueueSpec
@@ -96,6 +97,11 @@ def run(spec: QueueSpec, store: Store, job_id: str, attempt: int) -> None:
         attempt_: Attempt | None = Attempt(spec, claimed, store)
         while attempt_ is not None:  # local continuations: the next steps, run right here
             attempt_ = attempt_.run()
+    elif control.is_paused(spec.qualified_name, store, refresh=True):
+        # the claim refuses jobs of a paused queue: the job waits in the ledger and is
+        # published again when the queue is resumed
+        store.park(job_id, attempt)
+        logger.info("%s is paused: job %s waits in the ledger", spec.qualified_name, job_id)
     elif store.knows_job(job_id):
         logger.debug(
             "%s: job %s attempt %s is not claimable (done, running elsewhere or stale notice)",
@@ -129,17 +135,20 @@ CLAIM_RETRY_SECONDS = 5.0
 
 
 def follow_up(
+    store: Store,
     spec: QueueSpec,
     info: AttemptInfo,
     outcome: Outcome,
     recorded: Recorded,
     priority: int | None,
     log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    in_sweeper: bool = False,
 ) -> None:
     """What follows a recorded outcome, wherever it was recorded (a worker, or the sweeper
     for an expired lease): notices for the jobs it created and for its retry, the middleware
     hooks, and ``workflow_finished`` when it settled the run."""
     publish_created(recorded.created)
+    control.note_outcome(store, spec, outcome, save_later=not in_sweeper)
     if outcome.status == JobStatus.QUEUED:
         log.warning(
             "job %s attempt %s failed (%s); retrying in %.2fs",
@@ -154,6 +163,8 @@ def follow_up(
                     info.job_id, info.queue, info.attempt + 1, priority, outcome.retry_in_seconds
                 )
             )
+    if outcome.status == JobStatus.SUCCEEDED:
+        log.info("job %s attempt %s succeeded", info.job_id, info.attempt)
     hooks = registry.hooks()
     hooks.after_outcome(info, outcome)
     if outcome.status == JobStatus.DEAD:
@@ -198,19 +209,18 @@ class Attempt:
             started_at=claimed.started_at,
             worker=worker_name(),
         )
-        self.log = logging.LoggerAdapter(
-            logging.getLogger(f"celery_workflows.queue.{spec.qualified_name}"),
-            {
-                "job_id": claimed.id,
-                "attempt": claimed.attempt,
-                "queue": spec.qualified_name,
-                "correlation_id": claimed.correlation_id,
-            },
-        )
+        #: its records carry the attempt's fields (see :mod:`celery_workflows.logs`)
+        self.log = logging.getLogger(f"celery_workflows.queue.{spec.qualified_name}")
 
     def run(self) -> Attempt | None:
         """Run the handler and record its outcome; return the attempt of the job this process
         continues with (see :mod:`celery_workflows.continuation`), if any."""
+        c = self.claimed
+        context = LogContext(c.correlation_id, c.business_key, c.queue, c.id, c.attempt)
+        with attempt_context(context):
+            return self._run()
+
+    def _run(self) -> Attempt | None:
         registry.hooks().before_attempt(self.info)
         try:
             payload = self._validated_payload()
@@ -316,7 +326,7 @@ class Attempt:
         assert self.spec.task is not None
         outbox = self._compensation(outcome, outbox)
         limit = max_continuations(self.spec.task.app.conf)
-        outbox, leased = lease_one(outbox, self.depth, limit)
+        outbox, leased = lease_one(outbox, self.depth, limit, control.paused_queues(self.store))
         try:
             recorded = self._record_outcome(outcome, outbox)
         except LedgerWriteError as exc:
@@ -337,11 +347,14 @@ class Attempt:
             registry.hooks().after_outcome(self.info, None)
             return None
         announce(outbox.events)
-        follow_up(self.spec, self.info, outcome, recorded, c.priority, self.log)
+        follow_up(self.store, self.spec, self.info, outcome, recorded, c.priority, self.log)
         if leased is None or leased.id not in {j.id for j in recorded.created}:
             return None
         return Attempt(
-            registry.get_queue(leased.queue), claimed(leased), self.store, self.depth + 1
+            registry.get_queue(leased.queue),
+            claimed(leased, c.business_key),
+            self.store,
+            self.depth + 1,
         )
 
     def _compensation(self, outcome: Outcome, outbox: Outbox) -> Outbox:

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
@@ -33,14 +33,25 @@ from celery_workflows import (
     cancel_workflow,
     decide,
     discard,
+    pause_queue,
     redrive,
     registry,
+    resume_queue,
 )
 from celery_workflows.deadletter import KEEP_PAYLOAD, compensation_started, redrive_refusal
 from celery_workflows.jobs import get_job
 
-from . import diagram
-from .models import AuditEntry, DeadLetter, Event, Job, ScheduleFire, State, WorkflowRun
+from . import dashboard, diagram
+from .models import (
+    AuditEntry,
+    DeadLetter,
+    Event,
+    Job,
+    QueueControl,
+    ScheduleFire,
+    State,
+    WorkflowRun,
+)
 from .queries import workflow_status
 
 if TYPE_CHECKING:  # generic in django-stubs, not at runtime
@@ -64,8 +75,6 @@ BADGE_COLOURS = {
     "cancelled": "#6d6d6d",
     "discarded": "#6d6d6d",
 }
-#: seconds the per-status counts on the run list are cached
-STATUS_COUNTS_TTL = 30
 
 
 def badge(status: str) -> str:
@@ -217,12 +226,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
         return getattr(run, "latest_step", "") or ""
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
-        counts = cache.get("celery_workflows:run_counts")
-        if counts is None:
-            counts = dict(
-                WorkflowRun.objects.order_by().values_list("status").annotate(n=Count("status"))
-            )
-            cache.set("celery_workflows:run_counts", counts, STATUS_COUNTS_TTL)
+        counts = dashboard.run_counts()
         extra = {"status_counts": [(s, badge(s), counts.get(s, 0)) for s in RunStatus]}
         return super().changelist_view(request, {**(extra_context or {}), **extra})
 
@@ -552,3 +556,64 @@ class AuditEntryAdmin(ReadOnlyAdmin):
     list_display = ("at", "action", "actor", "correlation_id", "job_id")
     list_filter = ("action",)
     exact_search_fields = ("correlation_id", "job_id", "actor")
+
+
+@admin.register(QueueControl)
+class QueueDashboardAdmin(ReadOnlyAdmin):
+    """The queue dashboard: one row per queue (waiting, delayed, leased, dead, oldest waiting,
+    throughput, failure rate, paused), runs by status, a chart and the active leases. Pausing
+    and resuming need the ``pause_queue`` permission and are audited."""
+
+    change_list_template = "admin/celery_workflows/queuecontrol/dashboard.html"
+
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("celery_workflows.pause_queue"))
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        data = dashboard.figures()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Queues",
+            "opts": self.model._meta,
+            "figures": data,
+            "runs": [(status, badge(status), n) for status, n in data.runs.items()],
+            "chart": dashboard.throughput_svg(data.minutes),
+            "can_pause": self.has_pause_permission(request),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, self.change_list_template, context)
+
+    def get_urls(self) -> list[Any]:
+        return [
+            path(
+                "<str:queue>/<str:action>/",
+                self.admin_site.admin_view(self.pause_view),
+                name="celery_workflows_queuecontrol_pause",
+            ),
+            *super().get_urls(),
+        ]
+
+    def pause_view(self, request: HttpRequest, queue: str, action: str) -> HttpResponse:
+        """Pause or resume one queue (POST), audited with the operator's name."""
+        if request.method != "POST" or action not in ("pause", "resume"):
+            return HttpResponse(status=405)
+        if not self.has_pause_permission(request):
+            raise PermissionDenied
+        actor = request.user.get_username()
+        try:
+            if action == "pause":
+                reason = request.POST.get("reason", "")[:200] or "paused in the admin"
+                done = pause_queue(queue, actor=actor, reason=reason)
+            else:
+                done = resume_queue(queue, actor=actor)
+        except WorkflowError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            verb = "Paused" if action == "pause" else "Resumed"
+            if done:
+                self.message_user(request, f"{verb} {queue}.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"{queue} was already {verb.lower()}.", messages.INFO)
+        return HttpResponseRedirect(reverse("admin:celery_workflows_queuecontrol_changelist"))

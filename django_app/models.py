@@ -248,6 +248,50 @@ class ScheduleFire(models.Model):
         return f"{self.schedule} at {self.slot:%Y-%m-%d %H:%M} ({self.outcome})"
 
 
+class QueueControl(models.Model):
+    """An operator's hold on one queue: paused or not, and its run of failed attempts.
+
+    A row exists only for queues that were ever paused or failed; a queue without one runs.
+    """
+
+    queue = models.CharField(primary_key=True, max_length=201, help_text="service.queue")
+    paused = models.BooleanField(default=False)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    paused_by = models.CharField(max_length=150, blank=True, default="")
+    reason = models.CharField(max_length=200, blank=True, default="")
+    failures = models.PositiveIntegerField(
+        default=0, help_text="consecutive failed attempts (reset by a success)"
+    )
+
+    class Meta:
+        verbose_name = "queue"
+        permissions = [("pause_queue", "Can pause and resume queues")]
+
+    def __str__(self) -> str:
+        return f"{self.queue} ({'paused' if self.paused else 'running'})"
+
+
+class QueueMinute(models.Model):
+    """Attempts per queue and minute, summed by each worker process and added every few
+    seconds - the dashboard's throughput and failure rate, without an extra write per job."""
+
+    queue = models.CharField(max_length=201)
+    minute = models.DateTimeField()
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0, help_text="failed attempts (retried or not)")
+    dead = models.PositiveIntegerField(default=0)
+    duration_ms = models.FloatField(default=0, help_text="sum of attempt durations")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["queue", "minute"], name="cw_queue_minute_once")
+        ]
+        indexes = [models.Index(fields=["minute"], name="cw_queue_minute_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.queue} at {self.minute:%H:%M}"
+
+
 class AuditEntry(models.Model):
     """An operator's action on a workflow (redrive, discard, approval), kept with the run."""
 

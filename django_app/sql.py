@@ -40,7 +40,7 @@ from celery_workflows.records import (
 )
 
 from .models import Event as EventRow
-from .models import Job, WorkflowRun
+from .models import Job, QueueControl, WorkflowRun
 from .rows import dt, event_values, from_dt, from_json, job_values, js, outcome_changes, run_values
 
 
@@ -53,6 +53,7 @@ JOB_COLUMNS = _columns(Job)
 EVENT = EventRow._meta.db_table
 EVENT_COLUMNS = _columns(EventRow)
 RUN = WorkflowRun._meta.db_table
+CONTROL = QueueControl._meta.db_table
 RUN_COLUMNS = _columns(WorkflowRun)
 #: what a worker needs to know about the job it claimed
 CLAIM_FIELDS = [
@@ -467,7 +468,9 @@ class SqlLedger:
         sql = (
             f"UPDATE {JOB} SET status = '{JobStatus.RUNNING}', attempts = %s, lease_token = %s, "
             "lease_expires_at = %s, worker = %s, started_at = %s "
-            f"WHERE id = %s AND ((status = '{JobStatus.QUEUED}' AND attempts = %s) "
+            f"WHERE id = %s AND ((status = '{JobStatus.QUEUED}' AND attempts = %s "
+            f"AND NOT EXISTS (SELECT 1 FROM {CONTROL} c WHERE c.queue = {JOB}.queue "
+            "AND c.paused)) "
             f"OR (status = '{JobStatus.RUNNING}' AND attempts = %s AND lease_token = %s))"
         )
         params = [
@@ -481,7 +484,9 @@ class SqlLedger:
             attempt,
             lease_token,
         ]
-        fields = ", ".join(CLAIM_FIELDS)
+        # the run's business key comes along for the attempt's log lines (one index lookup)
+        key = f"(SELECT r.business_key FROM {RUN} r WHERE r.correlation_id = {JOB}.correlation_id)"
+        fields = ", ".join([*CLAIM_FIELDS, key])
         if not connection.in_atomic_block:
             sql = dialect().relaxed_commit(sql)
         if dialect().returning:
@@ -492,7 +497,7 @@ class SqlLedger:
             rows = []
         if not rows:
             return None
-        row = dict(zip(CLAIM_FIELDS, rows[0], strict=True))
+        row = dict(zip([*CLAIM_FIELDS, "business_key"], rows[0], strict=True))
         return ClaimedJob(
             id=job_id,
             attempt=attempt,
@@ -508,6 +513,7 @@ class SqlLedger:
             priority=row["priority"],
             trace_id=row["trace_id"],
             compensates=row["compensates"],
+            business_key=row["business_key"] or "",
         )
 
     def extend_lease(self, job_id: str, lease_token: str, lease_seconds: float) -> datetime | None:

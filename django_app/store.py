@@ -1,9 +1,11 @@
 """The Django implementation of :class:`celery_workflows.store.Store`, assembled from its roles:
 the hot-path ledger (:mod:`.sql`), the sweeper's queries (:mod:`.maintenance`), operator
-actions (:mod:`.operations`) and runs, gates and states (:mod:`.runs`)."""
+actions (:mod:`.operations`), runs, gates and states (:mod:`.runs`) and queue controls
+(:mod:`.controls`)."""
 
 from __future__ import annotations
 
+from .controls import Controls
 from .maintenance import Maintenance
 from .operations import Operations
 from .reconnect import reconnecting
@@ -12,6 +14,6 @@ from .sql import SqlLedger
 
 
 @reconnecting
-class DjangoStore(SqlLedger, Maintenance, Operations, Runs):
+class DjangoStore(SqlLedger, Maintenance, Operations, Runs, Controls):
     """Every role on the project's default database; each method is one short transaction,
     retried on a new connection when the old one was dropped (see :mod:`.reconnect`)."""

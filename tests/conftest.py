@@ -73,8 +73,11 @@ def start_worker(
         name: str = "w",
         republish_after: float | None = None,
         continuations: int | None = None,
+        log_format: str | None = None,
     ) -> WorkerProcess:
         env = dict(worker_env)
+        if log_format is not None:
+            env["WORKFLOWS_LOG_FORMAT"] = log_format
         if republish_after is not None:
             env["WORKFLOWS_REPUBLISH_AFTER"] = str(republish_after)
         if continuations is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth.models import Permission, User
@@ -12,6 +14,11 @@ from celery_workflows.enqueueing import after_insert, prepare
 from celery_workflows.queues import QueueSpec
 from celery_workflows.records import EnqueueResult
 from celery_workflows.store import get_store
+
+#: screenshots and other evidence of the browser tests
+ARTIFACTS = Path(
+    os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")
+)
 
 
 def staff(username: str, *perms: str) -> Client:

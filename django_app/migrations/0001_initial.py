@@ -5,141 +5,250 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='AuditEntry',
+            name="AuditEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('correlation_id', models.CharField(db_index=True, max_length=64)),
-                ('job_id', models.CharField(blank=True, default='', max_length=32)),
-                ('action', models.CharField(max_length=32)),
-                ('actor', models.CharField(max_length=150)),
-                ('detail', models.JSONField(blank=True, default=dict)),
-                ('at', models.DateTimeField()),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("correlation_id", models.CharField(db_index=True, max_length=64)),
+                ("job_id", models.CharField(blank=True, default="", max_length=32)),
+                ("action", models.CharField(max_length=32)),
+                ("actor", models.CharField(max_length=150)),
+                ("detail", models.JSONField(blank=True, default=dict)),
+                ("at", models.DateTimeField()),
             ],
             options={
-                'verbose_name_plural': 'audit entries',
-                'ordering': ['-at'],
+                "verbose_name_plural": "audit entries",
+                "ordering": ["-at"],
             },
         ),
         migrations.CreateModel(
-            name='Event',
+            name="Event",
             fields=[
-                ('id', models.CharField(editable=False, max_length=32, primary_key=True, serialize=False)),
-                ('name', models.CharField(db_index=True, max_length=100)),
-                ('payload', models.JSONField()),
-                ('correlation_id', models.CharField(db_index=True, max_length=64)),
-                ('causation_id', models.CharField(blank=True, max_length=64, null=True)),
-                ('trace_id', models.CharField(blank=True, default='', max_length=64)),
-                ('source', models.CharField(max_length=201)),
-                ('emitted_at', models.DateTimeField()),
-                ('deliveries', models.JSONField(blank=True, default=list)),
+                (
+                    "id",
+                    models.CharField(
+                        editable=False, max_length=32, primary_key=True, serialize=False
+                    ),
+                ),
+                ("name", models.CharField(db_index=True, max_length=100)),
+                ("payload", models.JSONField()),
+                ("correlation_id", models.CharField(db_index=True, max_length=64)),
+                ("causation_id", models.CharField(blank=True, max_length=64, null=True)),
+                ("trace_id", models.CharField(blank=True, default="", max_length=64)),
+                ("source", models.CharField(max_length=201)),
+                ("emitted_at", models.DateTimeField()),
+                ("deliveries", models.JSONField(blank=True, default=list)),
             ],
             options={
-                'ordering': ['-emitted_at'],
+                "ordering": ["-emitted_at"],
             },
         ),
         migrations.CreateModel(
-            name='State',
+            name="State",
             fields=[
-                ('key', models.CharField(max_length=255, primary_key=True, serialize=False)),
-                ('value', models.JSONField(null=True)),
-                ('version', models.PositiveIntegerField(default=1)),
-                ('correlation_id', models.CharField(blank=True, db_index=True, default='', help_text='workflow of the last write', max_length=64)),
-                ('updated_at', models.DateTimeField()),
+                ("key", models.CharField(max_length=255, primary_key=True, serialize=False)),
+                ("value", models.JSONField(null=True)),
+                ("version", models.PositiveIntegerField(default=1)),
+                (
+                    "correlation_id",
+                    models.CharField(
+                        blank=True,
+                        db_index=True,
+                        default="",
+                        help_text="workflow of the last write",
+                        max_length=64,
+                    ),
+                ),
+                ("updated_at", models.DateTimeField()),
             ],
             options={
-                'ordering': ['key'],
+                "ordering": ["key"],
             },
         ),
         migrations.CreateModel(
-            name='Job',
+            name="Job",
             fields=[
-                ('id', models.CharField(editable=False, max_length=32, primary_key=True, serialize=False)),
-                ('service', models.CharField(max_length=100)),
-                ('queue', models.CharField(help_text='service.queue', max_length=201)),
-                ('status', models.CharField(choices=[('queued', 'queued'), ('running', 'running'), ('succeeded', 'succeeded'), ('dead', 'dead'), ('redriven', 'redriven'), ('discarded', 'discarded'), ('cancelled', 'cancelled')], max_length=16)),
-                ('payload', models.JSONField()),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('attempts', models.PositiveIntegerField(default=0, help_text='attempts started so far')),
-                ('max_attempts', models.PositiveIntegerField()),
-                ('priority', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('correlation_id', models.CharField(max_length=64)),
-                ('idempotency_key', models.CharField(blank=True, max_length=200, null=True)),
-                ('available_at', models.DateTimeField(help_text='when the next attempt may start')),
-                ('published_at', models.DateTimeField(blank=True, help_text='when the current notice became deliverable', null=True)),
-                ('lease_token', models.CharField(blank=True, max_length=32, null=True)),
-                ('lease_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('worker', models.CharField(blank=True, default='', max_length=255)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('cancel_requested', models.BooleanField(default=False)),
-                ('dead_reason', models.TextField(blank=True, default='')),
-                ('attempt_log', models.JSONField(blank=True, default=list)),
-                ('caused_by', models.CharField(blank=True, help_text='id of the event that started this job', max_length=32, null=True)),
-                ('trace_id', models.CharField(blank=True, default='', max_length=64)),
-                ('created_at', models.DateTimeField()),
-                ('redriven_from', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='redrives', to='celery_workflows.job')),
+                (
+                    "id",
+                    models.CharField(
+                        editable=False, max_length=32, primary_key=True, serialize=False
+                    ),
+                ),
+                ("service", models.CharField(max_length=100)),
+                ("queue", models.CharField(help_text="service.queue", max_length=201)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "queued"),
+                            ("running", "running"),
+                            ("succeeded", "succeeded"),
+                            ("dead", "dead"),
+                            ("redriven", "redriven"),
+                            ("discarded", "discarded"),
+                            ("cancelled", "cancelled"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("payload", models.JSONField()),
+                ("result", models.JSONField(blank=True, null=True)),
+                (
+                    "attempts",
+                    models.PositiveIntegerField(default=0, help_text="attempts started so far"),
+                ),
+                ("max_attempts", models.PositiveIntegerField()),
+                ("priority", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("correlation_id", models.CharField(max_length=64)),
+                ("idempotency_key", models.CharField(blank=True, max_length=200, null=True)),
+                ("available_at", models.DateTimeField(help_text="when the next attempt may start")),
+                (
+                    "published_at",
+                    models.DateTimeField(
+                        blank=True,
+                        help_text="when the current notice became deliverable",
+                        null=True,
+                    ),
+                ),
+                ("lease_token", models.CharField(blank=True, max_length=32, null=True)),
+                ("lease_expires_at", models.DateTimeField(blank=True, null=True)),
+                ("worker", models.CharField(blank=True, default="", max_length=255)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("cancel_requested", models.BooleanField(default=False)),
+                ("dead_reason", models.TextField(blank=True, default="")),
+                ("attempt_log", models.JSONField(blank=True, default=list)),
+                (
+                    "caused_by",
+                    models.CharField(
+                        blank=True,
+                        help_text="id of the event that started this job",
+                        max_length=32,
+                        null=True,
+                    ),
+                ),
+                ("trace_id", models.CharField(blank=True, default="", max_length=64)),
+                ("created_at", models.DateTimeField()),
+                (
+                    "redriven_from",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="redrives",
+                        to="celery_workflows.job",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
-                'permissions': [('redrive_job', 'Can re-drive dead-lettered jobs'), ('discard_job', 'Can discard dead-lettered jobs')],
+                "ordering": ["-created_at"],
+                "permissions": [
+                    ("redrive_job", "Can re-drive dead-lettered jobs"),
+                    ("discard_job", "Can discard dead-lettered jobs"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='DeadLetter',
-            fields=[
-            ],
+            name="DeadLetter",
+            fields=[],
             options={
-                'verbose_name': 'dead letter',
-                'ordering': ['-finished_at'],
-                'proxy': True,
-                'indexes': [],
-                'constraints': [],
+                "verbose_name": "dead letter",
+                "ordering": ["-finished_at"],
+                "proxy": True,
+                "indexes": [],
+                "constraints": [],
             },
-            bases=('celery_workflows.job',),
+            bases=("celery_workflows.job",),
         ),
         migrations.CreateModel(
-            name='WorkflowRun',
+            name="WorkflowRun",
             fields=[
-                ('correlation_id', models.CharField(max_length=64, primary_key=True, serialize=False)),
-                ('name', models.CharField(help_text='the service that started it', max_length=201)),
-                ('business_key', models.CharField(blank=True, db_index=True, default='', max_length=200)),
-                ('status', models.CharField(choices=[('running', 'Running'), ('compensating', 'Compensating'), ('completed', 'Completed'), ('compensated', 'Compensated'), ('dead_lettered', 'dead-lettered')], default='running', max_length=16)),
-                ('started_by', models.CharField(blank=True, default='', help_text='the event or queue that started it', max_length=201)),
-                ('started_at', models.DateTimeField()),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('last_job_id', models.CharField(blank=True, default='', max_length=32)),
+                (
+                    "correlation_id",
+                    models.CharField(max_length=64, primary_key=True, serialize=False),
+                ),
+                ("name", models.CharField(help_text="the service that started it", max_length=201)),
+                (
+                    "business_key",
+                    models.CharField(blank=True, db_index=True, default="", max_length=200),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("compensating", "Compensating"),
+                            ("completed", "Completed"),
+                            ("compensated", "Compensated"),
+                            ("dead_lettered", "dead-lettered"),
+                        ],
+                        default="running",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "started_by",
+                    models.CharField(
+                        blank=True,
+                        default="",
+                        help_text="the event or queue that started it",
+                        max_length=201,
+                    ),
+                ),
+                ("started_at", models.DateTimeField()),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("last_job_id", models.CharField(blank=True, default="", max_length=32)),
             ],
             options={
-                'ordering': ['-started_at'],
-                'indexes': [models.Index(fields=['status', '-started_at'], name='cw_run_status'), models.Index(fields=['name', '-started_at'], name='cw_run_name')],
+                "ordering": ["-started_at"],
+                "indexes": [
+                    models.Index(fields=["status", "-started_at"], name="cw_run_status"),
+                    models.Index(fields=["name", "-started_at"], name="cw_run_name"),
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['correlation_id', 'created_at'], name='cw_job_workflow'),
+            model_name="job",
+            index=models.Index(fields=["correlation_id", "created_at"], name="cw_job_workflow"),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(condition=models.Q(('status', 'queued')), fields=['available_at'], name='cw_job_due'),
+            model_name="job",
+            index=models.Index(
+                condition=models.Q(("status", "queued")), fields=["available_at"], name="cw_job_due"
+            ),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(condition=models.Q(('status', 'running')), fields=['lease_expires_at'], name='cw_job_leases'),
+            model_name="job",
+            index=models.Index(
+                condition=models.Q(("status", "running")),
+                fields=["lease_expires_at"],
+                name="cw_job_leases",
+            ),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(condition=models.Q(('status', 'dead')), fields=['queue', '-finished_at'], name='cw_job_dead_letters'),
+            model_name="job",
+            index=models.Index(
+                condition=models.Q(("status", "dead")),
+                fields=["queue", "-finished_at"],
+                name="cw_job_dead_letters",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='job',
-            constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key__isnull', False)), fields=('queue', 'idempotency_key'), name='cw_job_unique_idempotency_key'),
+            model_name="job",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("idempotency_key__isnull", False)),
+                fields=("queue", "idempotency_key"),
+                name="cw_job_unique_idempotency_key",
+            ),
         ),
     ]

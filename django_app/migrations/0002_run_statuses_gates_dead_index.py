@@ -4,28 +4,50 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('celery_workflows', '0001_initial'),
+        ("celery_workflows", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='workflowrun',
-            options={'ordering': ['-started_at'], 'permissions': [('decide_workflowrun', 'Can approve or reject waiting workflow runs')]},
+            name="workflowrun",
+            options={
+                "ordering": ["-started_at"],
+                "permissions": [
+                    ("decide_workflowrun", "Can approve or reject waiting workflow runs")
+                ],
+            },
         ),
         migrations.AddField(
-            model_name='workflowrun',
-            name='waiting_for',
-            field=models.JSONField(blank=True, help_text='the open approval gate, while the run is waiting', null=True),
+            model_name="workflowrun",
+            name="waiting_for",
+            field=models.JSONField(
+                blank=True, help_text="the open approval gate, while the run is waiting", null=True
+            ),
         ),
         migrations.AlterField(
-            model_name='workflowrun',
-            name='status',
-            field=models.CharField(choices=[('running', 'Running'), ('waiting', 'Waiting'), ('compensating', 'Compensating'), ('completed', 'Completed'), ('compensated', 'Compensated'), ('dead_lettered', 'dead-lettered'), ('cancelled', 'Cancelled')], default='running', max_length=16),
+            model_name="workflowrun",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("running", "Running"),
+                    ("waiting", "Waiting"),
+                    ("compensating", "Compensating"),
+                    ("completed", "Completed"),
+                    ("compensated", "Compensated"),
+                    ("dead_lettered", "dead-lettered"),
+                    ("cancelled", "Cancelled"),
+                ],
+                default="running",
+                max_length=16,
+            ),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(condition=models.Q(('status', 'dead')), fields=['-finished_at'], name='cw_job_dead_recent'),
+            model_name="job",
+            index=models.Index(
+                condition=models.Q(("status", "dead")),
+                fields=["-finished_at"],
+                name="cw_job_dead_recent",
+            ),
         ),
     ]

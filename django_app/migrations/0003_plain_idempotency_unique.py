@@ -4,18 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('celery_workflows', '0002_run_statuses_gates_dead_index'),
+        ("celery_workflows", "0002_run_statuses_gates_dead_index"),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='job',
-            name='cw_job_unique_idempotency_key',
+            model_name="job",
+            name="cw_job_unique_idempotency_key",
         ),
         migrations.AddConstraint(
-            model_name='job',
-            constraint=models.UniqueConstraint(fields=('queue', 'idempotency_key'), name='cw_job_unique_idempotency_key'),
+            model_name="job",
+            constraint=models.UniqueConstraint(
+                fields=("queue", "idempotency_key"), name="cw_job_unique_idempotency_key"
+            ),
         ),
     ]

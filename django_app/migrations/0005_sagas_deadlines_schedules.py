@@ -4,9 +4,8 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('celery_workflows', '0004_run_counters_plain_links'),
+        ("celery_workflows", "0004_run_counters_plain_links"),
     ]
 
     operations = [
@@ -24,64 +23,110 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.CreateModel(
-            name='ScheduleFire',
+            name="ScheduleFire",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('schedule', models.CharField(help_text='service.schedule', max_length=201)),
-                ('slot', models.DateTimeField(help_text='the schedule time this firing stands for')),
-                ('fired_at', models.DateTimeField()),
-                ('outcome', models.CharField(choices=[('started', 'Started'), ('skipped', 'Skipped'), ('replaced', 'Replaced')], max_length=16)),
-                ('reason', models.CharField(blank=True, default='', max_length=200)),
-                ('correlation_id', models.CharField(blank=True, default='', help_text='the run it started', max_length=64)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("schedule", models.CharField(help_text="service.schedule", max_length=201)),
+                (
+                    "slot",
+                    models.DateTimeField(help_text="the schedule time this firing stands for"),
+                ),
+                ("fired_at", models.DateTimeField()),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("started", "Started"),
+                            ("skipped", "Skipped"),
+                            ("replaced", "Replaced"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("reason", models.CharField(blank=True, default="", max_length=200)),
+                (
+                    "correlation_id",
+                    models.CharField(
+                        blank=True, default="", help_text="the run it started", max_length=64
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-slot'],
+                "ordering": ["-slot"],
             },
         ),
         migrations.AddField(
-            model_name='job',
-            name='compensates',
-            field=models.CharField(blank=True, help_text='the job whose work this job undoes', max_length=32, null=True),
+            model_name="job",
+            name="compensates",
+            field=models.CharField(
+                blank=True, help_text="the job whose work this job undoes", max_length=32, null=True
+            ),
         ),
         migrations.AddField(
-            model_name='workflowrun',
-            name='deadline_at',
-            field=models.DateTimeField(blank=True, help_text='when the run times out if it has not finished', null=True),
+            model_name="workflowrun",
+            name="deadline_at",
+            field=models.DateTimeField(
+                blank=True, help_text="when the run times out if it has not finished", null=True
+            ),
         ),
         migrations.AddField(
-            model_name='workflowrun',
-            name='ended_by',
-            field=models.CharField(blank=True, default='', help_text='why the run was stopped early', max_length=200),
+            model_name="workflowrun",
+            name="ended_by",
+            field=models.CharField(
+                blank=True, default="", help_text="why the run was stopped early", max_length=200
+            ),
         ),
         migrations.AddField(
-            model_name='workflowrun',
-            name='failed_compensations',
-            field=models.PositiveIntegerField(default=0, help_text='compensation jobs that were dead-lettered'),
+            model_name="workflowrun",
+            name="failed_compensations",
+            field=models.PositiveIntegerField(
+                default=0, help_text="compensation jobs that were dead-lettered"
+            ),
         ),
         migrations.AddField(
-            model_name='workflowrun',
-            name='gate_expires_at',
-            field=models.DateTimeField(blank=True, help_text='when the open approval gate expires unanswered', null=True),
+            model_name="workflowrun",
+            name="gate_expires_at",
+            field=models.DateTimeField(
+                blank=True, help_text="when the open approval gate expires unanswered", null=True
+            ),
         ),
         migrations.AlterField(
-            model_name='workflowrun',
-            name='compensation_jobs',
-            field=models.PositiveIntegerField(default=0, help_text='jobs that undo completed steps (declared or started by events)'),
+            model_name="workflowrun",
+            name="compensation_jobs",
+            field=models.PositiveIntegerField(
+                default=0,
+                help_text="jobs that undo completed steps (declared or started by events)",
+            ),
         ),
         migrations.AddIndex(
-            model_name='workflowrun',
-            index=models.Index(condition=models.Q(('deadline_at__isnull', False), ('finished_at__isnull', True)), fields=['deadline_at'], name='cw_run_deadlines'),
+            model_name="workflowrun",
+            index=models.Index(
+                condition=models.Q(("deadline_at__isnull", False), ("finished_at__isnull", True)),
+                fields=["deadline_at"],
+                name="cw_run_deadlines",
+            ),
         ),
         migrations.AddIndex(
-            model_name='workflowrun',
-            index=models.Index(condition=models.Q(('gate_expires_at__isnull', False)), fields=['gate_expires_at'], name='cw_run_gate_expiry'),
+            model_name="workflowrun",
+            index=models.Index(
+                condition=models.Q(("gate_expires_at__isnull", False)),
+                fields=["gate_expires_at"],
+                name="cw_run_gate_expiry",
+            ),
         ),
         migrations.AddIndex(
-            model_name='schedulefire',
-            index=models.Index(fields=['schedule', '-slot'], name='cw_fire_latest'),
+            model_name="schedulefire",
+            index=models.Index(fields=["schedule", "-slot"], name="cw_fire_latest"),
         ),
         migrations.AddConstraint(
-            model_name='schedulefire',
-            constraint=models.UniqueConstraint(fields=('schedule', 'slot'), name='cw_fire_once_per_slot'),
+            model_name="schedulefire",
+            constraint=models.UniqueConstraint(
+                fields=("schedule", "slot"), name="cw_fire_once_per_slot"
+            ),
         ),
     ]

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission, User
 
 from celery_workflows.testing import wait_for
 from django_app.models import WorkflowRun
+from tests.helpers import ARTIFACTS
 from tests.proj.flows import shop
 from tests.proj.workflows import t
-
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "artifacts"))
 
 pytestmark = [
     pytest.mark.worker,

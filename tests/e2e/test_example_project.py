@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from celery_workflows.testing import wait_for
+from tests.helpers import ARTIFACTS
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "artifacts"))
 ORDERS = 200
 
 pytestmark = pytest.mark.worker
@@ -182,3 +182,28 @@ def test_make_admin_shows_the_full_diagram_and_a_manager_approves_the_large_orde
     page.goto(f"{admin_site}/admin/celery_workflows/schedulefire/")
     assert "order.nightlyBackorders" in page.inner_text("#content")
     page.screenshot(path=str(ARTIFACTS / "example-admin-schedules.png"), full_page=True)
+
+
+def test_the_example_graph_prints_as_text_mermaid_and_dot(tmp_path):
+    def graph(fmt: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", "workflows", "graph", "--format", fmt],
+            cwd=ROOT / "example_project",
+            env=embedded_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    text = graph("text")
+    assert "orderPlaced (from outside) -> order.validateInventory" in text
+    assert "  inventoryReserved -> order.reviewOrder" in text
+    assert "  undone by order.refundPayment" in text
+    mermaid = graph("mermaid")
+    assert mermaid.startswith("flowchart LR")
+    assert "order_processPayment -->|paymentProcessed| order_createShipment" in mermaid
+    assert "order_createShipment -.->|undo| order_cancelShipment" in mermaid
+    dot = graph("dot")
+    assert '"order.reviewOrder" -> "order.declineOrder" [label="orderRejected"];' in dot

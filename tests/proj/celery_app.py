@@ -16,6 +16,7 @@ app.conf.update(
     workflows_sweep_interval=float(os.environ.get("WORKFLOWS_SWEEP_INTERVAL", "0.2")),
     workflows_republish_after=float(os.environ.get("WORKFLOWS_REPUBLISH_AFTER", "3")),
     workflows_local_continuations=int(os.environ.get("WORKFLOWS_LOCAL_CONTINUATIONS", "8")),
+    workflows_log_format=os.environ.get("WORKFLOWS_LOG_FORMAT", "text"),
 )
 
 from tests.proj import chaos, flows, saga, workflows  # noqa: E402,F401  - declares queues

@@ -53,6 +53,7 @@ def _declare(step: int) -> None:
     chaos.subscribe("chaosStarted" if step == 1 else f"step{step - 1}Done", enqueue=f"step{step}")
 
 
+chaos.event("chaosStarted")
 for _step in range(1, STEPS + 1):
     _declare(_step)
 

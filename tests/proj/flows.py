@@ -140,3 +140,7 @@ if os.environ.get("WORKFLOWS_TEST_BROKEN_GRAPH"):
 
 #: queues the main shop worker consumes; notifyBackorder has a worker of its own
 MAIN_QUEUES = [w.qualified_name for w in shop.queues.values() if w.name != "notifyBackorder"]
+
+# rollsBack's events only show what was announced; nothing needs to react to them
+shop.event("neverSent", terminal=True)
+shop.event("sent", terminal=True)

@@ -7,6 +7,7 @@ test can see what a worker process did, in which attempt, and when.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from datetime import timedelta
@@ -25,6 +26,7 @@ from celery_workflows import (
     Outcome,
     WorkflowService,
     add_middleware,
+    signals,
 )
 from tests.proj.celery_app import app
 from tests.proj.recorder import FAST_RETRY, Recorder, recorder
@@ -32,6 +34,8 @@ from tests.proj.recorder import FAST_RETRY, Recorder, recorder
 t = WorkflowService("t", app, resources=recorder)
 #: queues of this service are consumed only by the crash tests' own workers
 crash = WorkflowService("crash", app, resources=recorder)
+#: queues paused and resumed by the queue-control tests, on their own worker
+ops = WorkflowService("ops", app, resources=recorder)
 
 
 class Order(BaseModel):
@@ -191,7 +195,9 @@ def tally(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     ctx.states.merge_state(f"seen:{key}", {job.id: os.getpid()})
 
 
-@t.queue_worker("needsApproval", "Large orders wait for a manager")
+@t.queue_worker(
+    "needsApproval", "Large orders wait for a manager", emits=["orderApproved", "orderRejected"]
+)
 def needs_approval(ctx: JobContext[Recorder], job: Job[Any]) -> str:
     ctx.wait_for_human(
         f"Approve order {job.payload['orderId']}?",
@@ -212,7 +218,11 @@ def refuse(ctx: JobContext[Recorder], job: Job[Any]) -> str:
     return f"refused {job.payload['orderId']}: {job.payload['comment']}"
 
 
-@t.queue_worker("needsQuickApproval", "Approve within a second, or it expires")
+@t.queue_worker(
+    "needsQuickApproval",
+    "Approve within a second, or it expires",
+    emits=["orderApproved", "orderRejected", "approvalExpired"],
+)
 def needs_quick_approval(ctx: JobContext[Recorder], job: Job[Any]) -> str:
     ctx.wait_for_human(
         f"Approve order {job.payload['orderId']} quickly?",
@@ -300,3 +310,56 @@ class DieAfterOutcome(Middleware):
 add_middleware(HookRecorder())
 add_middleware(BrokenHooks())
 add_middleware(DieAfterOutcome())
+
+
+@ops.queue_worker("steady", "Records each run")
+def steady(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job)
+    return "done"
+
+
+@ops.queue_worker(
+    "brittle",
+    "Fails while its dependency is down; the queue pauses after 3 failures in a row",
+    lifecycle=Lifecycle(max_attempts=1, retry=FAST_RETRY, pause_after_failures=3),
+)
+def brittle(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job)
+    if ctx.resources.redis.exists("brittle:down"):
+        raise ConnectionError("dependency down")
+    return "done"
+
+
+@signals.queue_paused.connect
+def _note_pause(sender: Any = None, **kwargs: Any) -> None:
+    """Wherever a queue is paused (a worker, for the poison threshold), the tests can see it."""
+    recorder.redis.rpush("queue_paused", json.dumps({k: str(v) for k, v in kwargs.items()}))
+
+
+#: a two-step workflow for the log, trace and metric tests, on their own workers
+obs = WorkflowService("obs", app, resources=recorder, business_key="orderId")
+obs.event("obsStarted")
+
+
+@obs.queue_worker(
+    "first",
+    "Logs a line of its own, then hands over",
+    emits=["firstDone"],
+    lifecycle=Lifecycle(retry=FAST_RETRY),
+)
+def obs_first(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    logging.getLogger("shop.payments").info("charging the card")
+    if job.payload.get("fail_first") and job.attempt == 1:
+        raise ConnectionError("gateway timeout")
+    ctx.emit("firstDone", job.payload)
+    return "first"
+
+
+@obs.queue_worker("second", "Finishes", lifecycle=Lifecycle(retry=FAST_RETRY))
+def obs_second(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.log.info("shipping")
+    return "second"
+
+
+obs.subscribe("obsStarted", enqueue="first")
+obs.subscribe("firstDone", enqueue="second")

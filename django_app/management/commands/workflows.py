@@ -1,4 +1,4 @@
-"""``manage.py workflows <status|dlq|redrive|discard|prune|sweep>``."""
+"""``manage.py workflows <status|dlq|redrive|discard|pause|resume|stats|graph|prune|sweep>``."""
 
 from __future__ import annotations
 
@@ -13,16 +13,23 @@ from celery_workflows import (
     WorkflowError,
     discard,
     get_workflow,
+    graph,
     list_dead_letters,
+    pause_queue,
     redrive,
+    resume_queue,
 )
 from celery_workflows.deadletter import KEEP_PAYLOAD
 from celery_workflows.retention import PRUNE_BATCH, prune_finished_runs
 from celery_workflows.sweeper import Sweeper
+from django_app import dashboard
 
 
 class Command(BaseCommand):
-    help = "Inspect and operate workflows: status, dead letters, redrive, prune, sweep."
+    help = (
+        "Inspect and operate workflows: status, dead letters, redrive, queues (pause, resume, "
+        "stats), the graph, prune, sweep."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
@@ -37,7 +44,16 @@ class Command(BaseCommand):
         redrive_cmd.add_argument("--payload", help="replacement payload as JSON")
         discard_cmd = sub.add_parser("discard", help="discard a dead letter")
         discard_cmd.add_argument("job_id")
-        for action in (redrive_cmd, discard_cmd):
+        pause = sub.add_parser("pause", help="stop starting a queue's jobs (they wait)")
+        pause.add_argument("queue", help="service.queue")
+        pause.add_argument("--reason", default="")
+        resume = sub.add_parser("resume", help="start a paused queue's jobs again")
+        resume.add_argument("queue", help="service.queue")
+        stats = sub.add_parser("stats", help="the queue dashboard's figures")
+        stats.add_argument("--json", action="store_true", help="print JSON")
+        graph_cmd = sub.add_parser("graph", help="print the declared workflow graph")
+        graph_cmd.add_argument("--format", choices=graph.FORMATS, default="text")
+        for action in (redrive_cmd, discard_cmd, pause, resume):
             action.add_argument(
                 "--actor",
                 default=f"manage.py:{getpass.getuser()}",
@@ -102,6 +118,45 @@ class Command(BaseCommand):
     def do_discard(self, options: dict[str, Any]) -> None:
         discard(options["job_id"], actor=options["actor"])
         self.stdout.write("discarded")
+
+    def do_pause(self, options: dict[str, Any]) -> None:
+        done = pause_queue(options["queue"], actor=options["actor"], reason=options["reason"])
+        self.stdout.write(f"paused {options['queue']}" if done else "already paused")
+
+    def do_resume(self, options: dict[str, Any]) -> None:
+        done = resume_queue(options["queue"], actor=options["actor"])
+        self.stdout.write(f"resumed {options['queue']}" if done else "not paused")
+
+    def do_stats(self, options: dict[str, Any]) -> None:
+        data = dashboard.figures()
+        if options["json"]:
+            self.stdout.write(json.dumps(data.to_json(), indent=2))
+            return
+        w = self.stdout.write
+        w("runs  " + "  ".join(f"{status} {n}" for status, n in data.runs.items()))
+        header = (
+            f"{'queue':<40}{'waiting':>8}{'delayed':>8}{'leased':>7}{'dead':>6}"
+            f"{'oldest s':>10}{'ok/min':>8}{'fail %':>7}  state"
+        )
+        w(header)
+        for q in data.queues:
+            state = f"paused by {q.paused_by}: {q.reason}" if q.paused else "running"
+            w(
+                f"{q.queue:<40}{q.waiting:>8}{q.delayed:>8}{q.leased:>7}{q.dead:>6}"
+                f"{q.oldest_waiting_s:>10.1f}{q.per_minute:>8.1f}{100 * q.failure_rate:>7.1f}"
+                f"  {state}"
+            )
+        w(f"{len(data.leases)} active lease(s) shown")
+        for lease in data.leases:
+            w(
+                f"  {lease.job_id} {lease.queue} attempt {lease.attempt} on {lease.worker} "
+                f"until {lease.expires_at:%H:%M:%S}"
+                if lease.expires_at
+                else f"  {lease.job_id}"
+            )
+
+    def do_graph(self, options: dict[str, Any]) -> None:
+        self.stdout.write(graph.render(options["format"]), ending="")
 
     def do_prune(self, options: dict[str, Any]) -> None:
         total = prune_finished_runs(options["days"], options["batch_size"])
