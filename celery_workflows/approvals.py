@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from . import registry
+from . import registry, telemetry
 from .clock import utcnow
 from .errors import ConfigurationError, GateClosedError
 from .events import new_event, write_and_publish
@@ -35,6 +35,8 @@ class Gate:
     #: ISO time after which the gate closes unanswered, emitting ``timeout_event``
     expires_at: str | None = None
     timeout_event: str | None = None
+    #: the W3C traceparent of the attempt that opened the gate: the decision continues it
+    traceparent: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,6 +76,7 @@ def open_gate(
         opened_at=now.isoformat(),
         expires_at=(now + expires_in).isoformat() if expires_in else None,
         timeout_event=(timeout_event or reject_event) if expires_in else None,
+        traceparent=telemetry.current_traceparent(),
     )
     runs.open_gate(correlation_id, gate.to_json())
     return gate
@@ -110,13 +113,14 @@ def _close(correlation_id: str, action: str, actor: str, comment: str) -> Event 
             "expire": gate.timeout_event or gate.reject_event,
         }[action]
         payload = gate.payload if isinstance(gate.payload, dict) else {"value": gate.payload}
+        traceparent = telemetry.new_traceparent(f"{action} {name}", gate.traceparent, event=name)
         event = new_event(
             name,
             {**payload, "decidedBy": actor, "comment": comment},
             source="approval",
             correlation_id=correlation_id,
             causation_id=gate.opened_by_job,
-            trace_id=None,
+            trace_id=traceparent or None,
         )
         write_and_publish(store, [event])
     return event

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from . import registry
+from . import registry, telemetry
 from .clock import utcnow
 from .events import new_event, plan, publish_created
 from .queues import QueueSpec
@@ -115,7 +115,8 @@ def stop_workflow(correlation_id: str, reason: str, actor: str, event: str | Non
                 )
             )
         reaction = dataclasses.replace(plan(events), stopping=True)
-        outbox = with_compensation(store, reaction, correlation_id, "")
+        trace = telemetry.current_traceparent() or ""
+        outbox = with_compensation(store, reaction, correlation_id, trace)
         created = store.write_outbox(outbox) if outbox else []
         store.on_commit(lambda: publish_created(created))
     return True

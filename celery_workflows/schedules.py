@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery import Task
 from celery.schedules import crontab
 
-from . import registry
+from . import registry, telemetry
 from .clock import utcnow
 from .compensation import stop_workflow
 from .enqueueing import enqueue
@@ -294,6 +294,7 @@ def start(store: Store, spec: ScheduleSpec, slot: datetime, note: str) -> bool:
             return False  # this slot fired already
         if outcome == "replaced" and previous is not None:
             stop_workflow(previous[2], f"replaced by the firing of {slot.isoformat()}", actor)
+        traceparent = telemetry.new_traceparent(f"schedule {spec.qualified_name}")
         if spec.emit is not None:
             event = new_event(
                 spec.emit,
@@ -301,11 +302,12 @@ def start(store: Store, spec: ScheduleSpec, slot: datetime, note: str) -> bool:
                 source=spec.service,
                 correlation_id=correlation_id,
                 causation_id=None,
-                trace_id=None,
+                trace_id=traceparent or None,
             )
             write_and_publish(store, [event], run_start_for(event))
         else:
             assert spec.enqueue is not None
             target = registry.get_queue(spec.enqueue)
-            enqueue(target, target.validate_payload(spec.payload), correlation_id=correlation_id)
+            body = target.validate_payload(spec.payload)
+            enqueue(target, body, correlation_id=correlation_id, trace_id=traceparent)
     return True

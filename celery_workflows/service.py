@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 from celery import Celery
 from pydantic import BaseModel
 
-from . import registry
+from . import registry, telemetry
 from .celery_integration import install
 from .clock import utcnow
 from .compensation import ON_FAILURE
@@ -391,15 +391,17 @@ class WorkflowService(Generic[R]):
         available_at = _available_at(spec, delay, eta)
         _check_options(spec, priority, idempotency_key)
         store = get_store()
-        job = prepare(
-            spec,
-            body,
-            available_at=available_at,
-            correlation_id=correlation_id or uuid.uuid4().hex,
-            idempotency_key=idempotency_key,
-            priority=priority,
-            deadline=deadline,
-        )
+        with telemetry.producer_span(f"enqueue {spec.qualified_name}") as traceparent:
+            job = prepare(
+                spec,
+                body,
+                available_at=available_at,
+                correlation_id=correlation_id or uuid.uuid4().hex,
+                idempotency_key=idempotency_key,
+                priority=priority,
+                deadline=deadline,
+                trace_id=traceparent or "",
+            )
         result = store.insert_job(job)
         after_insert(store, spec, job, result)
         return result
@@ -439,6 +441,7 @@ class WorkflowService(Generic[R]):
                 correlation_id=uuid.uuid4().hex,
                 idempotency_key=key,
                 priority=priority,
+                trace_id=telemetry.new_traceparent(f"enqueue {spec.qualified_name}"),
             )
             for body, key in zip(bodies, keys, strict=True)
         ]
@@ -488,14 +491,15 @@ def emit(
     deadline: timedelta | datetime | None = None,
 ) -> Event:
     """Module-level :meth:`WorkflowService.emit`, for code that has no service at hand."""
-    event = new_event(
-        name,
-        payload,
-        source=source,
-        correlation_id=correlation_id,
-        causation_id=None,
-        trace_id=trace_id,
-    )
+    with telemetry.producer_span(f"emit {name}", event=name) as traceparent:
+        event = new_event(
+            name,
+            payload,
+            source=source,
+            correlation_id=correlation_id,
+            causation_id=None,
+            trace_id=trace_id or traceparent,
+        )
     later = None if delay is None and eta is None else start_time(f"event {name!r}", delay, eta)
     write_and_publish(get_store(), [event], run_start_for(event, deadline), later)
     return event

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import control, registry, signals
+from . import control, registry, signals, telemetry
 from .clock import utcnow
 from .compensation import compensates_on_failure, compensation_of, with_compensation
 from .context import Job, JobContext
@@ -149,6 +149,7 @@ def follow_up(
     hooks, and ``workflow_finished`` when it settled the run."""
     publish_created(recorded.created)
     control.note_outcome(store, spec, outcome, save_later=not in_sweeper)
+    telemetry.record_outcome(spec.qualified_name, outcome)
     if outcome.status == JobStatus.QUEUED:
         log.warning(
             "job %s attempt %s failed (%s); retrying in %.2fs",
@@ -217,7 +218,9 @@ class Attempt:
         continues with (see :mod:`celery_workflows.continuation`), if any."""
         c = self.claimed
         context = LogContext(c.correlation_id, c.business_key, c.queue, c.id, c.attempt)
-        with attempt_context(context):
+        with attempt_context(context), telemetry.attempt_span(c) as span:
+            self.span = span
+            telemetry.record_start(c)
             return self._run()
 
     def _run(self) -> Attempt | None:
@@ -346,6 +349,7 @@ class Attempt:
             )
             registry.hooks().after_outcome(self.info, None)
             return None
+        telemetry.end_attempt(self.span, outcome)
         announce(outbox.events)
         follow_up(self.store, self.spec, self.info, outcome, recorded, c.priority, self.log)
         if leased is None or leased.id not in {j.id for j in recorded.created}:
@@ -362,12 +366,14 @@ class Attempt:
         succeeds hands over to the next one (:mod:`celery_workflows.compensation`)."""
         c = self.claimed
         if outcome.status == JobStatus.DEAD and c.compensates is None:
-            return with_compensation(self.store, outbox, c.correlation_id, c.trace_id)
+            trace = telemetry.current_traceparent() or c.trace_id
+            return with_compensation(self.store, outbox, c.correlation_id, trace)
         if outcome.status != JobStatus.SUCCEEDED:
             return outbox
         if c.compensates is not None:
+            trace = telemetry.current_traceparent() or c.trace_id
             return with_compensation(
-                self.store, outbox, c.correlation_id, c.trace_id, undone_now=c.compensates
+                self.store, outbox, c.correlation_id, trace, undone_now=c.compensates
             )
         if (
             self.spec.compensate_with
@@ -375,7 +381,8 @@ class Attempt:
             and self.store.is_cancel_requested(c.id)
         ):
             # its run was stopped while it ran: it completed anyway, so it is undone too
-            undo = compensation_of(self.spec, c.id, c.payload, c.correlation_id, c.trace_id)
+            trace = telemetry.current_traceparent() or c.trace_id
+            undo = compensation_of(self.spec, c.id, c.payload, c.correlation_id, trace)
             return dataclasses.replace(outbox, jobs=[*outbox.jobs, undo], compensating=True)
         return outbox
 
@@ -424,14 +431,15 @@ class Attempt:
 
     def _new_event(self, name: str, payload: Any) -> Event:
         c = self.claimed
-        return new_event(
-            name,
-            payload,
-            source=c.queue,
-            correlation_id=c.correlation_id,
-            causation_id=c.id,
-            trace_id=c.trace_id,
-        )
+        with telemetry.producer_span(f"emit {name}", event=name) as traceparent:
+            return new_event(
+                name,
+                payload,
+                source=c.queue,
+                correlation_id=c.correlation_id,
+                causation_id=c.id,
+                trace_id=traceparent or c.trace_id,
+            )
 
     def _emit(self, name: str, payload: Any) -> Event:
         check_emits(self.spec.qualified_name, self.spec.emits, name)

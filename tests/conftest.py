@@ -74,8 +74,9 @@ def start_worker(
         republish_after: float | None = None,
         continuations: int | None = None,
         log_format: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> WorkerProcess:
-        env = dict(worker_env)
+        env = {**worker_env, **(extra_env or {})}
         if log_format is not None:
             env["WORKFLOWS_LOG_FORMAT"] = log_format
         if republish_after is not None:

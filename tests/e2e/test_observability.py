@@ -1,9 +1,12 @@
-"""Every step traced, measured and logged: log lines that name their workflow, on real
-workers."""
+"""Every step traced, measured and logged, on two real worker processes: one trace per
+workflow with the right parent links (beside Celery's own instrumentation, without
+duplicates), metrics read back from an in-memory reader, and log lines that name their
+workflow."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,29 +16,130 @@ from celery_workflows.testing import wait_for
 from tests.proj.workflows import obs
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db")]
-QUEUES = [spec.qualified_name for spec in obs.queues.values()]
 
 
 @pytest.fixture(scope="module")
-def json_worker(start_worker):
-    return start_worker(QUEUES, concurrency=2, name="obsjson", log_format="json")
+def spans_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("spans")
 
 
-def completed(key: str):
+@pytest.fixture(scope="module")
+def workers(start_worker, spans_dir):
+    """obs.first (and the metrics dump) on one worker, obs.second on another: every workflow
+    crosses processes. Tracing and Celery's instrumentation on; JSON logs."""
+    env = {"OTEL_TEST_DIR": str(spans_dir), "OTEL_TEST_CELERY": "1"}
+    first = start_worker(
+        ["obs.first", "obs.dumpMetrics"],
+        concurrency=1,
+        name="obsA",
+        log_format="json",
+        extra_env=env,
+    )
+    second = start_worker(
+        ["obs.second"], concurrency=1, name="obsB", log_format="json", extra_env=env
+    )
+    return first, second
+
+
+def completed(correlation_id: str):
     return wait_for(
-        lambda: (run := get_workflow(key)).status == "completed" and run,
+        lambda: (run := get_workflow(correlation_id)).status == "completed" and run,
         timeout=30,
-        message=f"workflow {key} did not complete",
+        message=f"workflow {correlation_id} did not complete",
     )
 
 
-def test_grep_for_a_business_key_finds_the_orders_whole_story_in_json_logs(json_worker):
+def spans(spans_dir: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in spans_dir.glob("spans-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_a_workflow_is_one_trace_across_processes_and_retries(workers, spans_dir):
+    run = completed(
+        obs.emit("obsStarted", {"orderId": "o-trace", "fail_first": True}).correlation_id
+    )
+    jobs = {h.name: h.id for h in run.history if h.kind == "job"}
+
+    def ours() -> list[dict]:
+        return [
+            s
+            for s in spans(spans_dir)
+            if s["attributes"].get("celery_workflows.workflow_id") == run.correlation_id
+        ]
+
+    wait_for(lambda: len([s for s in ours() if s["name"] == "obs.second"]) == 1, timeout=10)
+    mine = ours()
+    attempts = {
+        (s["name"], s["attributes"]["celery_workflows.attempt"]): s
+        for s in mine
+        if s["kind"] == "CONSUMER"
+    }
+    # one span per attempt, no duplicate: first failed once and was retried
+    assert Counter(
+        (s["name"], s["attributes"].get("celery_workflows.attempt"))
+        for s in mine
+        if s["kind"] == "CONSUMER"
+    ) == {
+        ("obs.first", 1): 1,
+        ("obs.first", 2): 1,
+        ("obs.second", 1): 1,
+    }
+    assert attempts[("obs.first", 1)]["status"] == "ERROR"
+    assert attempts[("obs.first", 1)]["attributes"]["celery_workflows.outcome"] == "retried"
+    assert attempts[("obs.second", 1)]["attributes"]["celery_workflows.business_key"] == "o-trace"
+    assert (
+        attempts[("obs.second", 1)]["attributes"]["celery_workflows.job_id"] == jobs["obs.second"]
+    )
+    # the hand-over: attempt 2 of first -> its emit -> the attempt of second, in another process
+    (emit,) = [
+        s
+        for s in spans(spans_dir)
+        if s["name"] == "emit firstDone" and s["parent_id"] == attempts[("obs.first", 2)]["span_id"]
+    ]
+    assert attempts[("obs.second", 1)]["parent_id"] == emit["span_id"]
+    assert attempts[("obs.first", 2)]["pid"] != attempts[("obs.second", 1)]["pid"]
+    # all of it one trace - Celery's own spans for these tasks included
+    trace_ids = {s["trace_id"] for s in mine} | {emit["trace_id"]}
+    assert len(trace_ids) == 1
+    celery_spans = [
+        s
+        for s in spans(spans_dir)
+        if s["name"].startswith(("run/", "apply_async/")) and s["trace_id"] in trace_ids
+    ]
+    assert {s["name"] for s in celery_spans} >= {
+        "run/celery_workflows.obs.first",
+        "run/celery_workflows.obs.second",
+    }
+
+
+def test_metrics_count_attempts_by_outcome_with_durations_and_hops(workers, redis_client):
+    completed(obs.emit("obsStarted", {"orderId": "o-metrics", "fail_first": True}).correlation_id)
+    redis_client.delete("obs:metrics")
+    obs.enqueue("dumpMetrics", {})
+    wait_for(lambda: redis_client.get("obs:metrics"), timeout=20)
+    points = json.loads(redis_client.get("obs:metrics"))
+
+    def point(name: str, **attributes: str) -> dict:
+        (found,) = [p for p in points if p["name"] == name and p["attributes"] == attributes]
+        return found
+
+    assert point("celery_workflows.attempts", queue="obs.first", outcome="retried")["value"] >= 1
+    assert point("celery_workflows.attempts", queue="obs.first", outcome="succeeded")["value"] >= 1
+    assert point("celery_workflows.attempt.duration", queue="obs.first")["count"] >= 2
+    assert point("celery_workflows.hop.latency", queue="obs.first")["count"] >= 1
+
+
+def test_grep_for_a_business_key_finds_the_orders_whole_story_in_json_logs(workers):
     run = completed(
         obs.emit("obsStarted", {"orderId": "o-4711", "fail_first": True}).correlation_id
     )
     lines = [
         json.loads(line)
-        for line in Path(json_worker.log_path).read_text().splitlines()
+        for worker in workers
+        for line in Path(worker.log_path).read_text().splitlines()
         if line.startswith("{") and "o-4711" in line
     ]
     jobs = {h.name: h.id for h in run.history if h.kind == "job"}

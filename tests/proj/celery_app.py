@@ -19,4 +19,5 @@ app.conf.update(
     workflows_log_format=os.environ.get("WORKFLOWS_LOG_FORMAT", "text"),
 )
 
+from tests.proj import tracing  # noqa: E402,F401,I001  - before any span is made
 from tests.proj import chaos, flows, saga, workflows  # noqa: E402,F401  - declares queues

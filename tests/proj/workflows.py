@@ -363,3 +363,12 @@ def obs_second(ctx: JobContext[Recorder], job: Job[Any]) -> str:
 
 obs.subscribe("obsStarted", enqueue="first")
 obs.subscribe("firstDone", enqueue="second")
+
+
+@obs.queue_worker("dumpMetrics", "Writes this process's metric points to Redis")
+def dump_metrics(ctx: JobContext[Recorder], job: Job[Any]) -> int:
+    from tests.proj.tracing import metric_points
+
+    points = metric_points()
+    ctx.resources.redis.set("obs:metrics", json.dumps(points))
+    return len(points)
