@@ -43,6 +43,25 @@ def _database_url() -> str:
     return f"{scheme}://{s['USER']}{password}@{s['HOST']}{port}/{s['NAME']}"
 
 
+@pytest.fixture(autouse=True)
+def _usable_test_connection(request: pytest.FixtureRequest) -> None:
+    """Reopen this process's own database connection when the server dropped it.
+
+    Workers reconnect by themselves (``django_app.reconnect``); the test process is a plain
+    Django process that never calls ``close_old_connections()``, so a server that drops its
+    connection between two tests (a restart, ``pg_terminate_backend``) would fail the next
+    test for a reason that has nothing to do with it.
+    """
+    from django.db import connection
+
+    if connection.connection is None or connection.in_atomic_block:
+        return
+    blocker = request.getfixturevalue("django_db_blocker")
+    with blocker.unblock():
+        if not connection.is_usable():
+            connection.close()
+
+
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
     client = redis.Redis.from_url(REDIS_URL)
