@@ -26,7 +26,7 @@ from .errors import (
     WorkflowNotFoundError,
 )
 from .jobs import cancel, get_job
-from .lifecycle import Lifecycle, RetryStrategy
+from .lifecycle import Jitter, Lifecycle, RetryStrategy
 from .middleware import AttemptInfo, DeadLetterInfo, Middleware
 from .records import (
     EnqueueResult,
@@ -50,6 +50,7 @@ __all__ = [
     "EnqueueResult",
     "Event",
     "GateClosedError",
+    "Jitter",
     "Job",
     "JobContext",
     "JobNotFoundError",

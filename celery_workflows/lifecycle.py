@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from enum import StrEnum
 
 from .errors import ConfigurationError
 from .records import AttemptRecord, JobStatus, Outcome
@@ -21,24 +22,55 @@ from .records import AttemptRecord, JobStatus, Outcome
 PUBLISH_HORIZON_SECONDS = 60.0
 
 
+class Jitter(StrEnum):
+    """How a retry's delay is randomised, so that jobs failing together do not retry together.
+
+    With ``cap = min(max_delay, initial_delay * multiplier ** (n - 1))`` after ``n`` failures:
+
+    - ``BAND`` (the default): ``cap * uniform(1 - jitter_factor, 1 + jitter_factor)``. Delays
+      stay close to the exponential curve - predictable for operators, a light spread.
+    - ``FULL``: ``uniform(0, cap)``. The widest spread for a given cap, so the least contention
+      when many jobs fail at once (a dependency that comes back), at the price of some retries
+      coming almost at once.
+    - ``DECORRELATED``: ``min(max_delay, uniform(initial_delay, previous * 3))``, starting from
+      ``previous = initial_delay``. Each delay grows from the one before rather than from the
+      attempt number, so retries of one job spread out while staying within a band of growth.
+      ``multiplier`` and ``jitter_factor`` play no part.
+
+    The three variants are the ones the AWS Architecture Blog compares in "Exponential Backoff
+    And Jitter". A job's decorrelated sequence is replayed from a seed (the job id) rather than
+    stored, so the sweeper and the worker agree on it without a column for the last delay.
+    """
+
+    BAND = "band"
+    FULL = "full"
+    DECORRELATED = "decorrelated"
+
+
+#: growth bound of decorrelated jitter (each delay is at most this times the previous one)
+DECORRELATED_GROWTH = 3.0
+
+
 @dataclass(frozen=True)
 class RetryStrategy:
     """Exponential backoff with jitter.
 
-    The delay before attempt ``n + 1`` (after ``n`` failed attempts) is
-    ``min(max_delay, initial_delay * multiplier ** (n - 1))`` seconds, multiplied by a random
-    factor in ``[1 - jitter_factor, 1 + jitter_factor]`` so that jobs failing together do not
+    The delay before attempt ``n + 1`` (after ``n`` failed attempts) grows from
+    ``initial_delay`` by ``multiplier`` per failure up to ``max_delay``, then is spread by the
+    chosen :class:`Jitter` (``±jitter_factor`` by default) so that jobs failing together do not
     retry together.
     """
 
     #: seconds before the second attempt
     initial_delay: float = 5.0
-    #: upper bound on any delay, in seconds, before jitter
+    #: upper bound on any delay, in seconds (the band variant may exceed it by jitter_factor)
     max_delay: float = 60.0
     #: growth of the delay per failed attempt
     multiplier: float = 2.0
-    #: relative spread of each delay: 0.1 means +/-10 %
+    #: relative spread of each delay with Jitter.BAND: 0.1 means +/-10 %
     jitter_factor: float = 0.1
+    #: how the delay is randomised: "band", "full" or "decorrelated" (see Jitter)
+    jitter: Jitter = Jitter.BAND
 
     def __post_init__(self) -> None:
         if self.initial_delay < 0:
@@ -58,6 +90,13 @@ class RetryStrategy:
             raise ConfigurationError(
                 f"RetryStrategy.jitter_factor must be in [0, 1), got {self.jitter_factor}"
             )
+        try:
+            object.__setattr__(self, "jitter", Jitter(self.jitter))
+        except ValueError:
+            choices = ", ".join(repr(j.value) for j in Jitter)
+            raise ConfigurationError(
+                f"RetryStrategy.jitter must be one of {choices}, got {self.jitter!r}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -110,20 +149,37 @@ class Lifecycle:
 
 
 def compute_backoff(
-    failed_attempts: int, strategy: RetryStrategy, rng: random.Random | None = None
+    failed_attempts: int,
+    strategy: RetryStrategy,
+    rng: random.Random | None = None,
+    *,
+    seed: str | None = None,
 ) -> float:
-    """Seconds to wait before the next attempt, after ``failed_attempts`` failures (>= 1)."""
+    """Seconds to wait before the next attempt, after ``failed_attempts`` failures (>= 1).
+
+    ``rng`` draws the jitter (tests pass a seeded one). For :attr:`Jitter.DECORRELATED`,
+    ``seed`` (the job id) replays the job's earlier delays so each one grows from the last;
+    without it the earlier delays are drawn afresh, which keeps the distribution but not the
+    link to what the job actually waited.
+    """
     if failed_attempts < 1:
         raise ValueError("failed_attempts must be >= 1")
-    exponent = failed_attempts - 1
+    if strategy.jitter is Jitter.DECORRELATED:
+        draw = rng or (random.Random(seed) if seed is not None else random.Random())
+        delay = strategy.initial_delay
+        for _ in range(failed_attempts):
+            high = max(strategy.initial_delay, delay * DECORRELATED_GROWTH)
+            delay = min(strategy.max_delay, draw.uniform(strategy.initial_delay, high))
+        return delay
     try:
-        base = strategy.initial_delay * strategy.multiplier**exponent
+        cap = strategy.initial_delay * strategy.multiplier ** (failed_attempts - 1)
     except OverflowError:
-        base = strategy.max_delay
-    base = min(strategy.max_delay, base)
-    spread = strategy.jitter_factor * base
-    draw = (rng or random).uniform(-spread, spread)
-    return max(0.0, base + draw)
+        cap = strategy.max_delay
+    cap = min(strategy.max_delay, cap)
+    if strategy.jitter is Jitter.FULL:
+        return (rng or random).uniform(0.0, cap)
+    spread = strategy.jitter_factor * cap
+    return max(0.0, cap + (rng or random).uniform(-spread, spread))
 
 
 def after_failure(
@@ -134,6 +190,7 @@ def after_failure(
     give_up: bool = False,
     delay_seconds: float | None = None,
     rng: random.Random | None = None,
+    seed: str | None = None,
 ) -> Outcome:
     """The outcome of a failed attempt: another attempt after the backoff, or the DLQ.
 
@@ -147,7 +204,10 @@ def after_failure(
     if record.attempt >= max_attempts:
         reason = f"gave up after {record.attempt} attempt(s); last error: {record.error}"
         return Outcome(JobStatus.DEAD, replace(record, error=reason), reason=reason)
-    delay = compute_backoff(record.attempt, retry, rng) if delay_seconds is None else delay_seconds
+    if delay_seconds is None:
+        delay = compute_backoff(record.attempt, retry, rng, seed=seed)
+    else:
+        delay = delay_seconds
     return Outcome(
         JobStatus.QUEUED,
         record,

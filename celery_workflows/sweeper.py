@@ -138,7 +138,7 @@ def settle_expired(store: Store, lease: ExpiredLease) -> bool:
             f"{spec.lifecycle.visibility_timeout:g}s (killed, crashed, hung or partitioned)"
         ),
     )
-    outcome = after_failure(record, lease.max_attempts, spec.lifecycle.retry)
+    outcome = after_failure(record, lease.max_attempts, spec.lifecycle.retry, seed=lease.job_id)
     outbox = Outbox()
     if outcome.status == JobStatus.DEAD and lease.compensates is None:
         outbox = with_compensation(store, outbox, lease.correlation_id, "")

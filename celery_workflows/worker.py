@@ -309,7 +309,12 @@ class Attempt:
         record = self._record(kind, error, exc)
         lifecycle = self.spec.lifecycle
         outcome = after_failure(
-            record, self.claimed.max_attempts, lifecycle.retry, give_up=give_up, delay_seconds=delay
+            record,
+            self.claimed.max_attempts,
+            lifecycle.retry,
+            give_up=give_up,
+            delay_seconds=delay,
+            seed=self.claimed.id,
         )
         return outcome, self._failure_outbox()
 

@@ -76,3 +76,12 @@ def test_jitter_spreads_retries_within_the_band():
     delays = [after_failure(failed(1), 5, strategy, rng=rng).retry_in_seconds for _ in range(50)]
     assert all(8 <= d <= 12 for d in delays)
     assert len({round(d, 6) for d in delays}) == 50
+
+
+def test_worker_and_sweeper_agree_on_a_jobs_decorrelated_delays():
+    # both call after_failure with the job id as seed; the third retry grows from the second
+    strategy = RetryStrategy(initial_delay=5, max_delay=600, jitter="decorrelated")
+    first = [after_failure(failed(n), 9, strategy, seed="j-7").retry_in_seconds for n in (1, 2, 3)]
+    again = [after_failure(failed(n), 9, strategy, seed="j-7").retry_in_seconds for n in (1, 2, 3)]
+    assert first == again
+    assert 5 <= first[0] <= 15 and 5 <= first[1] <= first[0] * 3 and 5 <= first[2] <= first[1] * 3
