@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.core.management import CommandError, call_command
 
 from celery_workflows import GateClosedError, decide, get_workflow
 from celery_workflows.testing import wait_for
@@ -74,6 +75,22 @@ def test_rejection_from_code_emits_the_reject_event():
     )
     with pytest.raises(GateClosedError):
         decide(run.correlation_id, approve=True, actor="late-clicker")
+
+
+def test_an_operator_approves_from_the_command_line_once(capsys):
+    run = waiting_run("o-cli")
+    call_command(
+        "workflows", "decide", run.correlation_id, "--approve", "--actor", "ops-eve",
+        "--comment", "checked by phone",
+    )  # fmt: skip
+    assert "approved" in capsys.readouterr().out
+    settled(run.correlation_id)
+    with pytest.raises(CommandError, match="not waiting"):
+        call_command("workflows", "decide", run.correlation_id, "--reject")
+    audit = AuditEntry.objects.filter(correlation_id=run.correlation_id)
+    assert [(a.action, a.actor, a.detail["comment"]) for a in audit] == [
+        ("approve", "ops-eve", "checked by phone")
+    ]
 
 
 def test_staff_without_the_decide_permission_get_no_buttons_and_403():

@@ -10,6 +10,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 
 from celery_workflows import NotRedrivableError, cancel_workflow, get_workflow, redrive
 from celery_workflows.testing import wait_for
@@ -97,6 +98,20 @@ def test_cancelling_a_run_stops_it_and_undoes_what_it_did(saga_worker, redis_cli
     assert sorted(order[2:]) == ["refund", "release"]
     assert [a.action for a in run.audit] == ["stop"] and run.audit[0].actor == "ops-cy"
     assert cancel_workflow("s-cancel", actor="ops-cy") is False  # once
+
+
+def test_an_operator_cancels_a_run_from_the_command_line_by_its_business_key(
+    saga_worker, redis_client, capsys
+):
+    saga.emit("sagaStarted", {"orderId": "s-cli", "slow": 30})
+    wait_for(lambda: [s["step"] for s in steps(redis_client, "s-cli")] == ["reserve", "charge"])
+    call_command("workflows", "cancel", "s-cli", "--actor", "ops-dan", "--reason", "duplicate")
+    assert "cancelled" in capsys.readouterr().out
+    run = finished("s-cli")
+    assert run.status == "compensated" and run.ended_by == "duplicate"
+    assert [(a.action, a.actor) for a in run.audit] == [("stop", "ops-dan")]
+    call_command("workflows", "cancel", "s-cli")
+    assert "already compensated" in capsys.readouterr().out
 
 
 def test_a_run_past_its_deadline_times_out_emits_its_event_and_is_compensated(

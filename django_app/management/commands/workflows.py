@@ -1,4 +1,4 @@
-"""``manage.py workflows <status|dlq|redrive|discard|pause|resume|stats|graph|prune|sweep>``."""
+"""``manage.py workflows <action>``: inspect and operate workflows from scripts and cron."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from celery_workflows import (
     WorkflowError,
+    cancel_workflow,
+    decide,
     discard,
     get_workflow,
     graph,
@@ -27,8 +29,8 @@ from django_app import dashboard
 
 class Command(BaseCommand):
     help = (
-        "Inspect and operate workflows: status, dead letters, redrive, queues (pause, resume, "
-        "stats), the graph, prune, sweep."
+        "Inspect and operate workflows: status, dead letters, redrive, approvals, cancel, "
+        "queues (pause, resume, stats), the graph, prune, sweep."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -44,6 +46,15 @@ class Command(BaseCommand):
         redrive_cmd.add_argument("--payload", help="replacement payload as JSON")
         discard_cmd = sub.add_parser("discard", help="discard a dead letter")
         discard_cmd.add_argument("job_id")
+        decide_cmd = sub.add_parser("decide", help="approve or reject a waiting workflow")
+        decide_cmd.add_argument("id", help="correlation id or business key")
+        choice = decide_cmd.add_mutually_exclusive_group(required=True)
+        choice.add_argument("--approve", action="store_true")
+        choice.add_argument("--reject", action="store_true")
+        decide_cmd.add_argument("--comment", default="")
+        cancel_cmd = sub.add_parser("cancel", help="cancel a workflow and undo its steps")
+        cancel_cmd.add_argument("id", help="correlation id or business key")
+        cancel_cmd.add_argument("--reason", default="")
         pause = sub.add_parser("pause", help="stop starting a queue's jobs (they wait)")
         pause.add_argument("queue", help="service.queue")
         pause.add_argument("--reason", default="")
@@ -53,7 +64,7 @@ class Command(BaseCommand):
         stats.add_argument("--json", action="store_true", help="print JSON")
         graph_cmd = sub.add_parser("graph", help="print the declared workflow graph")
         graph_cmd.add_argument("--format", choices=graph.FORMATS, default="text")
-        for action in (redrive_cmd, discard_cmd, pause, resume):
+        for action in (redrive_cmd, discard_cmd, decide_cmd, cancel_cmd, pause, resume):
             action.add_argument(
                 "--actor",
                 default=f"manage.py:{getpass.getuser()}",
@@ -118,6 +129,21 @@ class Command(BaseCommand):
     def do_discard(self, options: dict[str, Any]) -> None:
         discard(options["job_id"], actor=options["actor"])
         self.stdout.write("discarded")
+
+    def do_decide(self, options: dict[str, Any]) -> None:
+        run = get_workflow(options["id"])
+        event = decide(run.correlation_id, options["approve"], options["actor"], options["comment"])
+        verdict = "approved" if options["approve"] else "rejected"
+        self.stdout.write(f"{verdict} {run.correlation_id}: emitted {event.name}")
+
+    def do_cancel(self, options: dict[str, Any]) -> None:
+        run = get_workflow(options["id"])
+        done = cancel_workflow(run.correlation_id, actor=options["actor"], reason=options["reason"])
+        self.stdout.write(
+            f"cancelled {run.correlation_id}"
+            if done
+            else f"{run.correlation_id} already {run.status}"
+        )
 
     def do_pause(self, options: dict[str, Any]) -> None:
         done = pause_queue(options["queue"], actor=options["actor"], reason=options["reason"])
