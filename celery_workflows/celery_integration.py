@@ -35,7 +35,8 @@ from celery.signals import (
 
 from . import control, graph, logs, registry
 from .consumer import DELIVER_EVENT_TASK
-from .errors import WorkflowError
+from .continuation import max_continuations
+from .errors import ConfigurationError, WorkflowError
 from .events import event_payload, run_start_for, write_and_publish
 from .intake import envelope_problem, stored_body
 from .payloads import max_payload_bytes, storable_text
@@ -78,6 +79,16 @@ class ConsumeDeclaredQueues(bootsteps.Step):
                 queues.select_add(name)
 
 
+def positive_seconds(conf: Any, name: str, default: float) -> float:
+    """A duration setting in seconds: a number > 0 (unset: ``default``)."""
+    value = conf.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
 class SweeperStep(bootsteps.StartStopStep):
     """Run the sweeper on the consumer's timer while the worker consumes."""
 
@@ -86,10 +97,16 @@ class SweeperStep(bootsteps.StartStopStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         conf = parent.app.conf
-        self.interval = float(conf.get("workflows_sweep_interval") or DEFAULT_INTERVAL_SECONDS)
-        self.sweeper = Sweeper(
-            float(conf.get("workflows_republish_after") or DEFAULT_REPUBLISH_AFTER_SECONDS)
+        # every workflows_* setting is checked here, so a wrong value stops the worker at
+        # start with the setting named, not in the middle of a job
+        self.interval = positive_seconds(conf, "workflows_sweep_interval", DEFAULT_INTERVAL_SECONDS)
+        republish = positive_seconds(
+            conf, "workflows_republish_after", DEFAULT_REPUBLISH_AFTER_SECONDS
         )
+        max_payload_bytes(conf)
+        max_continuations(conf)
+        logs.log_format(conf)
+        self.sweeper = Sweeper(republish)
         self.tref: Any = None
 
     def start(self, parent: Any) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import registry
 from .clock import utcnow
+from .errors import ConfigurationError
 from .lease import new_lease_token, worker_name
 from .queues import QueueSpec
 from .records import ClaimedJob, Lease, NewJob, Outbox
@@ -31,8 +32,13 @@ DEFAULT_LOCAL_CONTINUATIONS = 8
 
 
 def max_continuations(conf: Any) -> int:
+    """``workflows_local_continuations``, validated (checked once when a worker starts)."""
     value = conf.get("workflows_local_continuations", DEFAULT_LOCAL_CONTINUATIONS)
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(
+            f"workflows_local_continuations must be an int >= 0 (0: always publish), got {value!r}"
+        )
+    return value
 
 
 def consumed_here(spec: QueueSpec) -> bool:
