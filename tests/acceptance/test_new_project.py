@@ -68,6 +68,37 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "venv"
 
 
+def test_the_wheel_carries_migrations_templates_types_and_its_license(venv: Path) -> None:
+    script = """
+import importlib.metadata as m, json, pathlib
+import celery_workflows, django_app
+dist = m.distribution("celery-workflows")
+app = pathlib.Path(django_app.__file__).parent
+print(json.dumps({
+    "license": dist.metadata["License-Expression"],
+    "classifiers": dist.metadata.get_all("Classifier"),
+    "files": [str(f) for f in dist.files],
+    "migrations": sorted(p.name for p in (app / "migrations").glob("0*.py")),
+    "templates": sorted(str(p.relative_to(app)) for p in (app / "templates").rglob("*.html")),
+}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    found = json.loads(run([str(venv / "bin" / "python"), "-c", script], venv, env))
+    assert found["license"] == "MIT"
+    assert any(f.endswith("licenses/LICENSE") for f in found["files"])
+    assert "Framework :: Django :: 5.2" in found["classifiers"]
+    assert "Programming Language :: Python :: 3.12" in found["classifiers"]
+    for typed in ("celery_workflows/py.typed", "django_app/py.typed"):
+        assert typed in found["files"]
+    in_repo = sorted(p.name for p in (ROOT / "django_app" / "migrations").glob("0*.py"))
+    assert found["migrations"] == in_repo
+    in_repo_templates = sorted(
+        str(p.relative_to(ROOT / "django_app"))
+        for p in (ROOT / "django_app" / "templates").rglob("*.html")
+    )
+    assert found["templates"] == in_repo_templates and in_repo_templates
+
+
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
     name = f"cw_readme_{uuid.uuid4().hex[:8]}"
