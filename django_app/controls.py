@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
-from django.utils import timezone
 
+from celery_workflows.clock import utcnow
 from celery_workflows.records import JobStatus
 from celery_workflows.records import QueueControl as QueueControlRecord
 from celery_workflows.records import QueueMinute as QueueMinuteRecord
@@ -24,7 +24,7 @@ class Controls:
         }
 
     def set_paused(self, queue: str, paused: bool, actor: str, reason: str) -> bool:
-        now = timezone.now()
+        now = utcnow()
         with transaction.atomic():
             _ensure_row(queue)
             changes: dict[str, object] = {"paused": paused}

@@ -16,9 +16,9 @@ from typing import Any
 
 from django.core.cache import cache
 from django.db.models import Count, Min, Q, Sum
-from django.utils import timezone
 
 from celery_workflows import registry
+from celery_workflows.clock import utcnow
 from celery_workflows.records import JobStatus, RunStatus
 
 from .models import Job, QueueControl, QueueMinute, WorkflowRun
@@ -93,7 +93,7 @@ def run_counts() -> dict[str, int]:
 
 
 def figures() -> Figures:
-    now = timezone.now()
+    now = utcnow()
     since = now - WINDOW
     rows: dict[str, dict[str, Any]] = {name: {} for name in registry.queues()}
     queued = (

@@ -10,8 +10,8 @@ from datetime import datetime
 
 from django.db import transaction
 from django.db.models import F, Q
-from django.utils import timezone
 
+from celery_workflows.clock import utcnow
 from celery_workflows.records import (
     DueJob,
     ExpiredLease,
@@ -67,7 +67,7 @@ class Maintenance:
         changes = rows.outcome_changes(outcome)
         assignments = ", ".join(f"{column} = %s" for column in changes)
         append = sql.dialect().json_append("attempt_log")
-        now = timezone.now()
+        now = utcnow()
         with transaction.atomic():
             changed = sql.update(
                 f"UPDATE {sql.JOB} SET {assignments}, lease_token = NULL, "

@@ -9,8 +9,8 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Greatest
-from django.utils import timezone
 
+from celery_workflows.clock import utcnow
 from celery_workflows.errors import JobNotFoundError, NotDeadLetteredError
 from celery_workflows.records import (
     OPEN_RUN_STATUSES,
@@ -76,7 +76,7 @@ class Operations:
             )
 
     def request_cancel(self, job_id: str, actor: str) -> JobStatus:
-        now = timezone.now()
+        now = utcnow()
         with transaction.atomic():
             job = Job.objects.select_for_update().filter(id=job_id).first()
             if job is None:
@@ -96,7 +96,7 @@ class Operations:
         return JobStatus.RUNNING
 
     def stop_run(self, correlation_id: str, reason: str, actor: str) -> bool:
-        now = timezone.now()
+        now = utcnow()
         with transaction.atomic():
             stopped = WorkflowRun.objects.filter(
                 correlation_id=correlation_id, status__in=OPEN_RUN_STATUSES, ended_by=""

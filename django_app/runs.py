@@ -7,8 +7,8 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
-from django.utils import timezone
 
+from celery_workflows.clock import utcnow
 from celery_workflows.records import RunStatus, StateValue, WorkflowStatus
 
 from .models import AuditEntry, ScheduleFire, State, WorkflowRun
@@ -39,7 +39,7 @@ class Runs:
             correlation_id=correlation_id, status=RunStatus.WAITING
         )
         if expired:
-            runs = runs.filter(gate_expires_at__lte=timezone.now())
+            runs = runs.filter(gate_expires_at__lte=utcnow())
         run = runs.first()
         if run is None or not run.waiting_for:
             return None
@@ -73,7 +73,7 @@ class Runs:
                 ScheduleFire.objects.create(
                     schedule=schedule,
                     slot=slot,
-                    fired_at=timezone.now(),
+                    fired_at=utcnow(),
                     outcome=outcome,
                     reason=reason[:200],
                     correlation_id=correlation_id,
@@ -98,7 +98,7 @@ class Runs:
     def put_state(
         self, key: str, value: Any, expected_version: int | None, correlation_id: str | None
     ) -> int | None:
-        fields = {"value": value, "updated_at": timezone.now()}
+        fields = {"value": value, "updated_at": utcnow()}
         if correlation_id:
             fields["correlation_id"] = correlation_id
         while True:

@@ -23,8 +23,8 @@ from typing import Any
 
 from django.db import DataError, IntegrityError, ProgrammingError, connection, models, transaction
 from django.db.models import Q
-from django.utils import timezone
 
+from celery_workflows.clock import utcnow
 from celery_workflows.errors import LedgerWriteError
 from celery_workflows.records import (
     AttemptOutcome,
@@ -368,7 +368,7 @@ class SqlLedger:
         transaction.on_commit(callback)
 
     def insert_job(self, job: NewJob) -> EnqueueResult:
-        now = timezone.now()
+        now = utcnow()
         if job.idempotency_key is None:
             try:
                 self._insert(job, now)
@@ -396,7 +396,7 @@ class SqlLedger:
     def insert_jobs(self, jobs: list[NewJob]) -> list[EnqueueResult]:
         if not jobs:
             return []
-        now = timezone.now()
+        now = utcnow()
         with transaction.atomic():
             created = insert_rows(JOB, JOB_COLUMNS, [job_values(j, now) for j in jobs])
             counts = Counter(j.correlation_id for j in jobs if j.id in created)
@@ -458,7 +458,7 @@ class SqlLedger:
     def claim(
         self, job_id: str, attempt: int, lease_token: str, worker: str, lease_seconds: float
     ) -> ClaimedJob | None:
-        now = timezone.now()
+        now = utcnow()
         expires = now + timedelta(seconds=lease_seconds)
         # the second branch matches only this claim's own token: running the same claim again
         # (its reply was lost with the connection) wins it again instead of losing the job.
@@ -517,7 +517,7 @@ class SqlLedger:
         )
 
     def extend_lease(self, job_id: str, lease_token: str, lease_seconds: float) -> datetime | None:
-        now = timezone.now()
+        now = utcnow()
         expires = now + timedelta(seconds=lease_seconds)
         fenced = self._fenced_update(job_id, lease_token, now, {"lease_expires_at": dt(expires)})
         return expires if fenced else None
@@ -529,7 +529,7 @@ class SqlLedger:
             lease_expires_at=None,
             attempt_log=js([*job.attempt_log, outcome.attempt.to_json()]),
         )
-        now = timezone.now()
+        now = utcnow()
         final = outcome.status != JobStatus.QUEUED
         try:
             if dialect().one_statement_outbox and outbox.starts is None:
@@ -646,7 +646,7 @@ class SqlLedger:
         """Insert ``outbox``; with ``count_on_run``, count its jobs on their runs here (an
         attempt's outcome counts them itself, with its own change)."""
         outbox = outbox if outbox.stopping else forward_allowed(outbox)
-        now = timezone.now()
+        now = utcnow()
         with transaction.atomic(savepoint=False):
             if outbox.starts is not None:
                 insert_rows(
@@ -681,7 +681,7 @@ class SqlLedger:
             .values_list("id", "queue", "payload", "finished_at", "compensates")
         )
         return [
-            StepRecord(job_id, queue, payload, finished or timezone.now(), compensates)
+            StepRecord(job_id, queue, payload, finished or utcnow(), compensates)
             for job_id, queue, payload, finished, compensates in rows
         ]
 
@@ -693,7 +693,7 @@ class SqlLedger:
         return bool(rows and rows[0][0])
 
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
-        now = timezone.now()
+        now = utcnow()
         job = NewJob(
             id=uuid.uuid4().hex,
             service=queue.split(".", 1)[0],
