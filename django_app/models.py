@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from django.db import models
-from django.utils import timezone
 
+from celery_workflows.clock import utcnow
 from celery_workflows.records import JobStatus, RunStatus
 
 RUN_STATUS_CHOICES = [
@@ -176,8 +176,16 @@ class WorkflowRun(models.Model):
             ("cancel_workflowrun", "Can cancel workflow runs (their completed steps are undone)"),
         ]
         indexes = [
-            models.Index(fields=["status", "-started_at"], name="cw_run_status"),
-            models.Index(fields=["name", "-started_at"], name="cw_run_name"),
+            # the admin orders runs by -started_at with the primary key as tie-breaker
+            # (Django makes every changelist ordering total); these indexes hold that order,
+            # so a page of the list reads 50 index entries instead of sorting a million rows
+            models.Index(fields=["-started_at", "-correlation_id"], name="cw_run_recent"),
+            models.Index(
+                fields=["status", "-started_at", "-correlation_id"], name="cw_run_status_recent"
+            ),
+            models.Index(
+                fields=["name", "-started_at", "-correlation_id"], name="cw_run_name_recent"
+            ),
             models.Index(
                 fields=["deadline_at"],
                 condition=models.Q(deadline_at__isnull=False, finished_at__isnull=True),
@@ -320,7 +328,7 @@ class AuditEntry(models.Model):
             action=action,
             actor=actor[:150],
             detail=detail,
-            at=timezone.now(),
+            at=utcnow(),
         )
 
 
