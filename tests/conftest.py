@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -43,23 +44,29 @@ def _database_url() -> str:
     return f"{scheme}://{s['USER']}{password}@{s['HOST']}{port}/{s['NAME']}"
 
 
-@pytest.fixture(autouse=True)
-def _usable_test_connection(request: pytest.FixtureRequest) -> None:
-    """Reopen this process's own database connection when the server dropped it.
+def reopen_if_dropped(django_db_blocker: Any) -> None:
+    """Reopen this process's database connection when the server dropped it.
 
     Workers reconnect by themselves (``django_app.reconnect``); the test process is a plain
-    Django process that never calls ``close_old_connections()``, so a server that drops its
-    connection between two tests (a restart, ``pg_terminate_backend``) would fail the next
-    test for a reason that has nothing to do with it.
+    Django process that never calls ``close_old_connections()``, so a connection the server
+    dropped earlier (``pg_terminate_backend`` in the connection tests, a restart) would fail
+    a later test for a reason that has nothing to do with it.
     """
     from django.db import connection
 
     if connection.connection is None or connection.in_atomic_block:
         return
-    blocker = request.getfixturevalue("django_db_blocker")
-    with blocker.unblock():
+    with django_db_blocker.unblock():
         if not connection.is_usable():
             connection.close()
+
+
+@pytest.fixture(autouse=True)
+def _usable_test_connection(request: pytest.FixtureRequest) -> None:
+    from django.db import connection
+
+    if connection.connection is not None:
+        reopen_if_dropped(request.getfixturevalue("django_db_blocker"))
 
 
 @pytest.fixture(scope="session")
@@ -196,7 +203,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
-def browser():
+def browser(django_db_blocker):
     # Django's live_server runs in this process's thread; Playwright's sync API needs this
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     from playwright.sync_api import sync_playwright
@@ -215,5 +222,8 @@ def browser():
                 "--no-first-run",
             ],
         )
+        # Playwright's sync API runs the test in a context of its own, where Django finds the
+        # connection it made the last time a browser ran - possibly dropped since
+        reopen_if_dropped(django_db_blocker)
         yield browser
         browser.close()
