@@ -1,7 +1,7 @@
-"""The README's getting-started code, read from the README itself so tests run it verbatim.
+"""Code from the README and the docs, read from the pages themselves so tests run it verbatim.
 
-A Python block whose first line is ``# <path>`` is the content of that file of the user's
-project; ``# <path> (add at the end)`` is appended to the file instead.
+A Python (or ini) block whose first line is ``# <path>`` is the content of that file of the
+user's project; ``# <path> (add at the end)`` is appended to the file instead.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 SECTION = "## Getting started in an existing project"
+TESTING_GUIDE = ROOT / "docs" / "testing.md"
 
 _BLOCK = re.compile(r"^```(\w+)\n(.*?)^```$", re.S | re.M)
-_HEADER = re.compile(r"^# (?P<path>[\w./]+\.py)(?P<append> \(add at the end\))?$")
+_HEADER = re.compile(r"^# (?P<path>[\w./]+\.(?:py|ini))(?P<append> \(add at the end\))?$")
 
 
 @dataclass(frozen=True)
@@ -31,13 +33,13 @@ def getting_started() -> str:
     return text[start:end]
 
 
-def project_files() -> list[ProjectFile]:
-    """Every file block of the getting-started section, in order."""
+def project_files(text: str | None = None) -> list[ProjectFile]:
+    """Every file block of ``text`` (default: the README's getting-started section), in order."""
     files = []
-    for lang, body in _BLOCK.findall(getting_started()):
+    for lang, body in _BLOCK.findall(getting_started() if text is None else text):
         first = body.splitlines()[0]
         header = _HEADER.match(first)
-        if lang == "python" and header:
+        if lang in ("python", "ini") and header:
             files.append(ProjectFile(header["path"], body, bool(header["append"])))
     return files
 

@@ -1,9 +1,4 @@
-"""Helpers for testing workflows against a real Celery worker process.
-
-Queue behaviour (leases, retries, crashes) only means something on a real worker and broker,
-so these helpers start ``celery worker`` as a subprocess and wait for conditions with a
-deadline instead of sleeping.
-"""
+"""A real ``celery worker`` subprocess: started, waited for, stopped or SIGKILLed."""
 
 from __future__ import annotations
 
@@ -11,29 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import IO, TypeVar
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO
 
-T = TypeVar("T")
-
-
-class WaitTimeout(AssertionError):
-    """The awaited condition did not hold before the deadline."""
-
-
-def wait_for(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, message: str = ""
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise WaitTimeout(message or f"condition not met within {timeout}s")
-        time.sleep(interval)
+from .waiting import wait_for
 
 
 class WorkerProcess:
@@ -54,6 +31,7 @@ class WorkerProcess:
         env: Mapping[str, str] | None = None,
         hostname: str | None = None,
         log_path: str | None = None,
+        launcher: Iterable[str] = ("-m", "celery"),
     ) -> None:
         self.app = app
         self.queues = list(queues)
@@ -62,14 +40,14 @@ class WorkerProcess:
         self.env = dict(env or {})
         self.hostname = hostname
         self.log_path = log_path
+        self.launcher = list(launcher)
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     def command(self) -> list[str]:
         cmd = [
             sys.executable,
-            "-m",
-            "celery",
+            *self.launcher,
             "-A",
             self.app,
             "worker",
@@ -99,6 +77,20 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> WorkerProcess:
+        """Wait until the worker logs that it is ready to consume (needs ``log_path``)."""
+        assert self.log_path is not None, "wait_ready() reads the worker's log: give log_path"
+        log = Path(self.log_path)
+
+        def ready() -> bool:
+            if not self.alive():
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                raise RuntimeError(f"the worker exited before it was ready:\n{tail}")
+            return log.exists() and " ready." in log.read_text(errors="replace")
+
+        wait_for(ready, timeout=timeout, interval=0.05, message="the worker was not ready")
         return self
 
     @property
