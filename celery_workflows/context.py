@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
 from .approvals import open_gate
+from .coroutines import to_async
 from .errors import (
     DeadLetterRequested,
     FatalJobError,
@@ -139,21 +140,66 @@ class JobContext(Generic[R]):
         Call it periodically from long work. Raises :class:`LeaseLostError` if the lease
         already expired and the job may be running elsewhere: stop at once in that case.
         """
+        seconds = self._lease_seconds(seconds)
+        expires = self._store.extend_lease(self.job.id, self._claimed.lease_token, seconds)
+        return self._lease_extended(expires, seconds)
+
+    def _lease_seconds(self, seconds: float | None) -> float:
         seconds = self._visibility_timeout if seconds is None else seconds
         if seconds <= 0:
             raise ValueError("extend_lease(seconds) needs a positive number of seconds")
-        expires = self._store.extend_lease(self.job.id, self._claimed.lease_token, seconds)
+        return seconds
+
+    def _lease_extended(self, expires: datetime | None, seconds: float) -> datetime:
         if expires is None:
             raise LeaseLostError(
                 f"job {self.job.id} attempt {self.job.attempt}: the lease was lost; stop working"
             )
-        self._on_lease_extended(seconds)
+        self._on_lease_extended(seconds)  # re-arms the alarm: in the thread that owns it
         return expires
 
     @property
     def cancel_requested(self) -> bool:
         """True once someone asked to cancel this job; the handler decides how to stop."""
         return self._store.is_cancel_requested(self.job.id)
+
+    # async variants, for ``async def`` handlers (Django refuses synchronous database access
+    # inside a running event loop; see :mod:`celery_workflows.coroutines`)
+
+    async def aemit(self, name: str, payload: Any) -> Event:
+        """:meth:`emit`, awaitable (it consults the database's transaction state)."""
+        return await to_async(self.emit)(name, payload)
+
+    async def await_for_human(
+        self,
+        prompt: str,
+        *,
+        approve_event: str,
+        reject_event: str,
+        payload: Any = None,
+        expires_in: timedelta | None = None,
+        timeout_event: str | None = None,
+    ) -> None:
+        """:meth:`wait_for_human`, awaitable."""
+        await to_async(self.wait_for_human)(
+            prompt,
+            approve_event=approve_event,
+            reject_event=reject_event,
+            payload=payload,
+            expires_in=expires_in,
+            timeout_event=timeout_event,
+        )
+
+    async def aextend_lease(self, seconds: float | None = None) -> datetime:
+        """:meth:`extend_lease`, awaitable."""
+        seconds = self._lease_seconds(seconds)
+        token = self._claimed.lease_token
+        expires = await to_async(self._store.extend_lease)(self.job.id, token, seconds)
+        return self._lease_extended(expires, seconds)
+
+    async def acancel_requested(self) -> bool:
+        """:attr:`cancel_requested`, awaitable."""
+        return await to_async(self._store.is_cancel_requested)(self.job.id)
 
     def finish(self, result: Any = None) -> NoReturn:
         """End the attempt successfully now, with ``result`` (must be JSON-serialisable)."""

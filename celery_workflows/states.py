@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .coroutines import to_async
 from .errors import StateConflictError
 from .payloads import to_json
 from .records import StateValue
@@ -89,6 +90,29 @@ class States:
 
         result: dict[str, Any] = self.update_state(key, merge)
         return result
+
+    # async variants, for ``async def`` handlers and views: the same calls, run in Django's
+    # thread-sensitive executor (see :mod:`celery_workflows.coroutines`)
+
+    async def aget(self, key: str) -> StateValue | None:
+        return await to_async(self.get)(key)
+
+    async def aget_state(self, key: str, default: Any = None) -> Any:
+        return await to_async(self.get_state)(key, default)
+
+    async def aset_state(self, key: str, value: Any) -> int:
+        return await to_async(self.set_state)(key, value)
+
+    async def acompare_and_set(self, key: str, value: Any, expected_version: int) -> int:
+        return await to_async(self.compare_and_set)(key, value, expected_version)
+
+    async def aupdate_state(
+        self, key: str, change: Callable[[Any], Any], default: Any = None
+    ) -> Any:
+        return await to_async(self.update_state)(key, change, default)
+
+    async def amerge_state(self, key: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return await to_async(self.merge_state)(key, patch)
 
 
 def states(correlation_id: str | None = None) -> States:

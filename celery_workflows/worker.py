@@ -11,6 +11,7 @@ is pending any more.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import traceback
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import control, registry, signals, telemetry
+from . import control, coroutines, registry, signals, telemetry
 from .clock import utcnow
 from .compensation import compensates_on_failure, compensation_of, with_compensation
 from .context import Job, JobContext
@@ -253,7 +254,10 @@ class Attempt:
             emit=self._emit,
         )
         try:
-            return _Success(self.spec.handler(ctx, ctx.job))
+            result = self.spec.handler(ctx, ctx.job)
+            if inspect.isawaitable(result):  # an async def handler
+                result = coroutines.run(result)
+            return _Success(result)
         except JobFinished as done:
             return _Success(done.result)
         except (Exception, LeaseExpired) as exc:

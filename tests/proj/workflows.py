@@ -6,6 +6,7 @@ test can see what a worker process did, in which attempt, and when.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from celery_workflows import (
     Event,
     Job,
     JobContext,
+    LeaseLostError,
     Lifecycle,
     Middleware,
     Outcome,
@@ -372,3 +374,85 @@ def dump_metrics(ctx: JobContext[Recorder], job: Job[Any]) -> int:
     points = metric_points()
     ctx.resources.redis.set("obs:metrics", json.dumps(points))
     return len(points)
+
+
+# async def handlers, on their own worker (tests/e2e/test_async_handlers.py)
+aio = WorkflowService("aio", app, resources=recorder, business_key="orderId")
+
+
+@aio.queue_worker("fetch", "An async step: awaits, keeps state, emits", emits=["fetched"])
+async def aio_fetch(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
+    await asyncio.sleep(0.01)
+    key = f"aio:{job.payload['orderId']}"
+    seen = await ctx.states.amerge_state(key, {"fetched": job.attempt})
+    await ctx.aemit("fetched", {"orderId": job.payload["orderId"], "seen": seen})
+    return {"pid": os.getpid(), "loop": id(asyncio.get_running_loop())}
+
+
+@aio.queue_worker("store", "A second async step")
+async def aio_store(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
+    await ctx.aextend_lease(30)
+    state = await ctx.states.aget_state(f"aio:{job.payload['orderId']}")
+    return {
+        "stored": job.payload["orderId"],
+        "state": state,
+        "cancel": await ctx.acancel_requested(),
+    }
+
+
+aio.subscribe("fetched", enqueue="store")
+
+
+@aio.queue_worker(
+    "overrun",
+    "Awaits past its one-second lease",
+    lifecycle=Lifecycle(visibility_timeout=1, max_attempts=2, retry=FAST_RETRY),
+)
+async def aio_overrun(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job, event="start")
+    try:
+        await asyncio.sleep(10)
+    finally:  # the lease alarm cancels the coroutine: its cleanup still runs
+        ctx.resources.record(job, event="cleanup")
+    return "never"
+
+
+@aio.queue_worker(
+    "held",
+    "Attempt 1 waits until released, then tries to extend its lease",
+    lifecycle=Lifecycle(visibility_timeout=30, max_attempts=3, retry=FAST_RETRY),
+)
+async def aio_held(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job, event="start")
+    if job.attempt == 1:
+        while not ctx.resources.redis.get(f"release:{job.id}"):
+            await asyncio.sleep(0.05)
+        try:
+            await ctx.aextend_lease()
+        except LeaseLostError:
+            ctx.resources.record(job, event="lease lost")
+            raise
+    return f"done by attempt {job.attempt}"
+
+
+# a workflow whose step "validateStock" was renamed "checkStock" by a deploy, while runs of the
+# older definition were in flight (tests/e2e/test_versions.py); its gate's approve event was
+# renamed "orderApprovedV1" -> "orderApproved" too
+ver = WorkflowService("ver", app, resources=recorder, business_key="orderId")
+
+
+@ver.queue_worker("checkStock", "Check stock (was validateStock)", emits=["stockVerified"])
+def ver_check_stock(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.emit("stockVerified", job.payload)
+    return f"checked {job.payload['orderId']}"
+
+
+@ver.queue_worker("ship", "Ship it", emits=["verShipped"])
+def ver_ship(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    return f"shipped {job.payload['orderId']}"
+
+
+ver.subscribe("stockVerified", enqueue="ship")
+ver.subscribe("verOrderApproved", enqueue="ship")
+ver.event("verOrderApproved")  # emitted by approval gates (opened by the older deploy)
+ver.event("verShipped", terminal=True)
