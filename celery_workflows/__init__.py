@@ -18,6 +18,7 @@ from .errors import (
     PayloadNotSerializableError,
     PayloadTooLargeError,
     PayloadValidationError,
+    RenameError,
     StateConflictError,
     StoreNotConfiguredError,
     SubscriptionError,
@@ -42,6 +43,7 @@ from .service import WorkflowService, emit
 from .states import States, states
 from .status import get_workflow
 from .sweeper import sweep_once
+from .versions import rename_event, rename_queue
 
 __all__ = [
     "AttemptInfo",
@@ -68,6 +70,7 @@ __all__ = [
     "PayloadNotSerializableError",
     "PayloadTooLargeError",
     "PayloadValidationError",
+    "RenameError",
     "RetryStrategy",
     "RunStatus",
     "StateConflictError",
@@ -90,6 +93,8 @@ __all__ = [
     "list_dead_letters",
     "pause_queue",
     "redrive",
+    "rename_event",
+    "rename_queue",
     "resume_queue",
     "states",
     "sweep_once",

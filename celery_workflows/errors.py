@@ -82,6 +82,10 @@ class NonRetryableError(WorkflowError):
     """
 
 
+class RenameError(WorkflowError):
+    """A rename of a queue or an event could not move what runs in flight need."""
+
+
 class LeaseLostError(WorkflowError):
     """This attempt no longer owns its job: its lease expired or was taken over.
 

@@ -121,6 +121,8 @@ class RunStart:
     started_by: str
     #: when the run times out if it has not finished (the service's or the start's deadline)
     deadline_at: datetime | None = None
+    #: the definition version of the service that started it (WorkflowService.version)
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -415,6 +417,8 @@ class WorkflowStatus:
     deadline_at: datetime | None = None
     #: why the run was stopped early (cancelled, deadline exceeded), if it was
     ended_by: str = ""
+    #: the definition version the run started with (see WorkflowService.version)
+    definition_version: str = ""
 
     @property
     def dead_letters(self) -> list[HistoryEntry]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -59,8 +61,13 @@ class WorkflowService(Generic[R]):
         on_failure: str = "compensate",
         deadline: timedelta | None = None,
         timeout_event: str | None = None,
+        version: str | None = None,
     ) -> None:
         registry.check_name("service", name)
+        if version is not None and not (isinstance(version, str) and 0 < len(version) <= 64):
+            raise ConfigurationError(
+                f"service {name}: version must be a non-empty string of at most 64 characters"
+            )
         if not (business_key is None or isinstance(business_key, str) or callable(business_key)):
             raise ConfigurationError(
                 f"service {name}: business_key must be a payload field name or a function"
@@ -84,10 +91,38 @@ class WorkflowService(Generic[R]):
         self.celery_app = celery_app
         self.resources: R = resources
         self._queues: dict[str, QueueSpec] = {}
+        self._version = version
+        self._fingerprint: tuple[tuple[int, int], str] | None = None
         #: ``workflows_max_payload_bytes`` on the Celery app: the largest job/event payload
         self.max_payload_bytes = max_payload_bytes(celery_app.conf)
         registry.register_service(self)
         install(celery_app)
+
+    @property
+    def version(self) -> str:
+        """The definition version each new run records: ``version=`` when given, otherwise a
+        fingerprint of what this service declares - its queues (what each emits and what
+        undoes it) and the subscriptions feeding them. A deploy that changes the graph
+        changes it, so a run's page says which definition it started with."""
+        if self._version is not None:
+            return self._version
+        subscriptions = [s for s in registry.subscriptions() if s.queue in self.qualified_names]
+        key = (len(self._queues), len(subscriptions))
+        if self._fingerprint is None or self._fingerprint[0] != key:
+            shape = {
+                "queues": sorted(
+                    (s.name, sorted(s.emits), s.compensate_with or "", s.result_event or "")
+                    for s in self._queues.values()
+                ),
+                "subscriptions": sorted((s.event, s.queue) for s in subscriptions),
+            }
+            digest = hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:12]
+            self._fingerprint = (key, digest)
+        return self._fingerprint[1]
+
+    @property
+    def qualified_names(self) -> set[str]:
+        return {spec.qualified_name for spec in self._queues.values()}
 
     def business_key_of(self, payload: Any) -> str:
         """The business key of a workflow started with ``payload`` ("" if none is declared)."""
@@ -107,7 +142,7 @@ class WorkflowService(Generic[R]):
         chosen = self.deadline if deadline is None else deadline
         _check_deadline(f"service {self.name}", chosen)
         at = chosen if isinstance(chosen, datetime) else utcnow() + chosen if chosen else None
-        return RunStart(self.name, self.business_key_of(payload), started_by, at)
+        return RunStart(self.name, self.business_key_of(payload), started_by, at, self.version)
 
     def __repr__(self) -> str:
         return f"<WorkflowService {self.name!r} queues={sorted(self._queues)}>"

@@ -128,6 +128,14 @@ class Operations(Protocol):
         """Stop an open run once: cancel its queued jobs, ask its running ones to stop, note
         ``reason``, audit it. False if the run is not open or was stopped already."""
 
+    def rename_queue(self, old: str, new: str, actor: str) -> dict[str, int]:
+        """Move what runs in flight still need of queue ``old`` to ``new`` - waiting jobs (to
+        be published again), dead letters, completed steps of unfinished runs (for their
+        compensation) - audited per run; running jobs are left to finish. Returns counts."""
+
+    def rename_event(self, old: str, new: str, actor: str) -> int:
+        """Point open approval gates waiting to emit ``old`` at ``new``; return how many."""
+
     def prune_finished(self, finished_before: datetime, batch_size: int) -> int:
         """Delete finished runs (and their jobs, events, state) older than ``finished_before``,
         ``batch_size`` runs per transaction; return how many runs were deleted."""

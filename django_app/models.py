@@ -169,6 +169,9 @@ class WorkflowRun(models.Model):
         max_length=200, blank=True, default="", help_text="why the run was stopped early"
     )
 
+    #: the definition version the run started with (WorkflowService.version)
+    definition_version = models.CharField(max_length=64, blank=True, default="")
+
     class Meta:
         ordering = ["-started_at"]
         permissions = [

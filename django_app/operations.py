@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest
 
 from celery_workflows.clock import utcnow
-from celery_workflows.errors import JobNotFoundError, NotDeadLetteredError
+from celery_workflows.errors import JobNotFoundError, NotDeadLetteredError, RenameError
 from celery_workflows.records import (
     OPEN_RUN_STATUSES,
     EnqueueResult,
@@ -123,6 +123,58 @@ class Operations:
             )
             sql.change_run(correlation_id, "", now, pending=-len(queued), cancelled=len(queued))
         return True
+
+    def rename_queue(self, old: str, new: str, actor: str) -> dict[str, int]:
+        jobs = Job.objects.filter(queue=old)
+        unfinished = WorkflowRun.objects.filter(status__in=OPEN_RUN_STATUSES).values(
+            "correlation_id"
+        )
+        moves = {
+            # published again by the sweeper of a worker that consumes the new queue
+            "waiting": (jobs.filter(status=JobStatus.QUEUED), {"published_at": None}),
+            "dead": (jobs.filter(status=JobStatus.DEAD), {}),
+            "completed": (
+                jobs.filter(status=JobStatus.SUCCEEDED, correlation_id__in=unfinished),
+                {},
+            ),
+        }
+        counts = {"running": jobs.filter(status=JobStatus.RUNNING).count()}
+        service = new.split(".", 1)[0]
+        try:
+            with transaction.atomic():
+                runs: set[str] = set()
+                for kind, (rows, extra) in moves.items():
+                    runs.update(rows.values_list("correlation_id", flat=True).distinct())
+                    counts[kind] = rows.update(queue=new, service=service, **extra)
+                for correlation_id in sorted(runs):
+                    AuditEntry.record(correlation_id, "", "rename_queue", actor, old=old, new=new)
+        except IntegrityError as exc:
+            raise RenameError(
+                f"cannot move jobs of {old} to {new}: jobs with the same idempotency key exist "
+                f"on both queues ({exc})"
+            ) from exc
+        counts["runs"] = len(runs)
+        return counts
+
+    def rename_event(self, old: str, new: str, actor: str) -> int:
+        moved = 0
+        with transaction.atomic():
+            waiting = WorkflowRun.objects.select_for_update().filter(
+                status=RunStatus.WAITING, waiting_for__isnull=False
+            )
+            for run in waiting:
+                gate = dict(run.waiting_for or {})
+                keys = ("approve_event", "reject_event", "timeout_event")
+                changed = [k for k in keys if gate.get(k) == old]
+                if not changed:
+                    continue
+                gate.update({k: new for k in changed})
+                WorkflowRun.objects.filter(correlation_id=run.correlation_id).update(
+                    waiting_for=gate
+                )
+                AuditEntry.record(run.correlation_id, "", "rename_event", actor, old=old, new=new)
+                moved += 1
+        return moved
 
     def prune_finished(self, finished_before: datetime, batch_size: int) -> int:
         finished = WorkflowRun.objects.exclude(status__in=OPEN_RUN_STATUSES).filter(

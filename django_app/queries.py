@@ -95,4 +95,5 @@ def workflow_status(run: WorkflowRun) -> WorkflowStatus:
         audit=[AuditRecord(a.action, a.actor, a.at, a.job_id, dict(a.detail or {})) for a in audit],
         deadline_at=run.deadline_at,
         ended_by=run.ended_by,
+        definition_version=run.definition_version,
     )

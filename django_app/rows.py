@@ -56,6 +56,7 @@ def run_values(
         "deadline_at": dt(starts.deadline_at),
         "gate_expires_at": None,
         "ended_by": "",
+        "definition_version": starts.version,
     }
 
 

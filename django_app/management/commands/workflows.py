@@ -19,6 +19,8 @@ from celery_workflows import (
     list_dead_letters,
     pause_queue,
     redrive,
+    rename_event,
+    rename_queue,
     resume_queue,
 )
 from celery_workflows.deadletter import KEEP_PAYLOAD
@@ -55,6 +57,16 @@ class Command(BaseCommand):
         cancel_cmd = sub.add_parser("cancel", help="cancel a workflow and undo its steps")
         cancel_cmd.add_argument("id", help="correlation id or business key")
         cancel_cmd.add_argument("--reason", default="")
+        rename_q = sub.add_parser(
+            "rename-queue", help="move what runs in flight need of a renamed queue to its new name"
+        )
+        rename_q.add_argument("old", help="the old service.queue")
+        rename_q.add_argument("new", help="the declared service.queue that replaces it")
+        rename_e = sub.add_parser(
+            "rename-event", help="make open approval gates emit a renamed event's new name"
+        )
+        rename_e.add_argument("old")
+        rename_e.add_argument("new")
         pause = sub.add_parser("pause", help="stop starting a queue's jobs (they wait)")
         pause.add_argument("queue", help="service.queue")
         pause.add_argument("--reason", default="")
@@ -64,7 +76,16 @@ class Command(BaseCommand):
         stats.add_argument("--json", action="store_true", help="print JSON")
         graph_cmd = sub.add_parser("graph", help="print the declared workflow graph")
         graph_cmd.add_argument("--format", choices=graph.FORMATS, default="text")
-        for action in (redrive_cmd, discard_cmd, decide_cmd, cancel_cmd, pause, resume):
+        for action in (
+            redrive_cmd,
+            discard_cmd,
+            decide_cmd,
+            cancel_cmd,
+            rename_q,
+            rename_e,
+            pause,
+            resume,
+        ):
             action.add_argument(
                 "--actor",
                 default=f"manage.py:{getpass.getuser()}",
@@ -78,7 +99,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            getattr(self, f"do_{options['action']}")(options)
+            getattr(self, f"do_{options['action'].replace('-', '_')}")(options)
         except WorkflowError as exc:
             raise CommandError(str(exc)) from exc
 
@@ -144,6 +165,22 @@ class Command(BaseCommand):
             if done
             else f"{run.correlation_id} already {run.status}"
         )
+
+    def do_rename_queue(self, options: dict[str, Any]) -> None:
+        moved = rename_queue(options["old"], options["new"], actor=options["actor"])
+        self.stdout.write(
+            f"moved to {options['new']}: {moved['waiting']} waiting job(s), {moved['dead']} dead "
+            f"letter(s), {moved['completed']} completed step(s) of {moved['runs']} run(s)"
+        )
+        if moved["running"]:
+            self.stdout.write(
+                f"{moved['running']} job(s) still running on {options['old']}: run this again "
+                "once they have finished"
+            )
+
+    def do_rename_event(self, options: dict[str, Any]) -> None:
+        moved = rename_event(options["old"], options["new"], actor=options["actor"])
+        self.stdout.write(f"{moved} open approval gate(s) now emit {options['new']}")
 
     def do_pause(self, options: dict[str, Any]) -> None:
         done = pause_queue(options["queue"], actor=options["actor"], reason=options["reason"])
