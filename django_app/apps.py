@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.conf import settings
 from django.utils.module_loading import autodiscover_modules
 
 
@@ -25,3 +26,12 @@ class CeleryWorkflowsConfig(AppConfig):
             # every process that starts Django - worker, web, manage.py - sees every
             # declaration, as the admin discovers admin.py
             autodiscover_modules(conf.module)
+        if any(
+            config.get("BACKEND") == "celery_workflows.contrib.tasks.Backend"
+            for config in (getattr(settings, "TASKS", None) or {}).values()
+        ):
+            # a Django Tasks backend of ours declares its queues; workers need them
+            # declared before they consume, even if they never enqueue a task
+            from celery_workflows.contrib.tasks import declare_configured_backends
+
+            declare_configured_backends()

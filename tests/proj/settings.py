@@ -82,3 +82,20 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"celery_workflows": {"handlers": ["console"], "level": "INFO"}},
 }
+
+# Django Tasks (django.tasks on Django 6, the django-tasks backport before) run by the toolkit
+if django.VERSION < (6, 0):
+    INSTALLED_APPS.append("django_tasks")
+TASKS = {
+    "default": {
+        "BACKEND": "celery_workflows.contrib.tasks.Backend",
+        "QUEUES": ["default", "emails"],
+        "OPTIONS": {
+            "CELERY_APP": "tests.proj.celery_app.app",
+            "MAX_ATTEMPTS": 3,
+            "VISIBILITY_TIMEOUT": 30,
+            "INITIAL_DELAY": 0.3,
+            "MAX_DELAY": 1,
+        },
+    }
+}

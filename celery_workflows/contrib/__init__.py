@@ -1,0 +1,1 @@
+"""Integrations with other frameworks' APIs (imported only when you configure them)."""
