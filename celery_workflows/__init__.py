@@ -26,7 +26,7 @@ from .errors import (
     WorkflowError,
     WorkflowNotFoundError,
 )
-from .jobs import cancel, get_job
+from .jobs import cancel, get_job, release_lease
 from .lifecycle import Jitter, Lifecycle, RetryStrategy
 from .middleware import AttemptInfo, DeadLetterInfo, Middleware
 from .records import (
@@ -93,6 +93,7 @@ __all__ = [
     "list_dead_letters",
     "pause_queue",
     "redrive",
+    "release_lease",
     "rename_event",
     "rename_queue",
     "resume_queue",

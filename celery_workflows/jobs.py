@@ -1,4 +1,4 @@
-"""Reading a job's ledger record and asking for its cancellation."""
+"""Reading a job's ledger record, asking for its cancellation, releasing its lease."""
 
 from __future__ import annotations
 
@@ -16,3 +16,11 @@ def cancel(job_id: str, *, actor: str = "python") -> JobStatus:
     ``ctx.cancel_requested`` become true and decides how to stop. Audited with ``actor``.
     Returns the job's status."""
     return get_store().request_cancel(job_id, actor)
+
+
+def release_lease(job_id: str, *, actor: str = "python") -> bool:
+    """End a running attempt's lease now, when its worker is known to be gone (a host that
+    died with a long ``visibility_timeout``): the next sweep records the attempt as a lost
+    lease and the job runs again; if the worker was alive after all, the fence rejects what
+    it writes later. Audited with ``actor``. False if the job is not running."""
+    return get_store().release_lease(job_id, actor)

@@ -124,6 +124,9 @@ class Operations(Protocol):
 
     def request_cancel(self, job_id: str, actor: str) -> JobStatus: ...
 
+    def release_lease(self, job_id: str, actor: str) -> bool:
+        """End a running job's lease now (audited); False if it is not running."""
+
     def stop_run(self, correlation_id: str, reason: str, actor: str) -> bool:
         """Stop an open run once: cancel its queued jobs, ask its running ones to stop, note
         ``reason``, audit it. False if the run is not open or was stopped already."""

@@ -95,6 +95,17 @@ class Operations:
                 return JobStatus.CANCELLED
         return JobStatus.RUNNING
 
+    def release_lease(self, job_id: str, actor: str) -> bool:
+        with transaction.atomic():
+            job = Job.objects.filter(id=job_id, status=JobStatus.RUNNING).first()
+            if job is None:
+                return False
+            Job.objects.filter(id=job_id, status=JobStatus.RUNNING).update(
+                lease_expires_at=utcnow()
+            )
+            AuditEntry.record(job.correlation_id, job_id, "release_lease", actor, worker=job.worker)
+        return True
+
     def stop_run(self, correlation_id: str, reason: str, actor: str) -> bool:
         now = utcnow()
         with transaction.atomic():

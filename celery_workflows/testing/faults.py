@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from celery import Celery
 from celery.signals import task_prerun
 
 from .. import registry
-from ..clock import utcnow
+from ..jobs import release_lease
 from ..queues import QueueSpec
 
 #: environment variable naming the fault plan a worker process follows
@@ -69,15 +68,7 @@ class Faults:
 
     def expire_lease(self, job_id: str) -> bool:
         """End the lease of ``job_id``'s running attempt now. False if it was not running."""
-        from django_app.models import Job
-
-        from ..records import JobStatus
-
-        past = utcnow() - timedelta(seconds=1)
-        updated = Job.objects.filter(id=job_id, status=JobStatus.RUNNING).update(
-            lease_expires_at=past
-        )
-        return updated == 1
+        return release_lease(job_id, actor="test kit")
 
     def drop_messages(self, queue: str | QueueSpec, app: Celery | None = None) -> int:
         """Delete ``queue``'s waiting messages from the broker; return how many."""
