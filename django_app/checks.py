@@ -40,33 +40,30 @@ def check_runs_in_flight(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     except DatabaseError:  # no database here (a build step) or not migrated yet
         return []
     rename = "manage.py workflows rename-{} {} <new name>"
+    # kind -> (message class, id, what to do)
+    verdicts: dict[str, tuple[type[Error] | type[Warning], str, str]] = {
+        "waiting": (
+            Error,
+            "celery_workflows.E003",
+            "Keep the queue declared until these runs drain, or move their jobs to its new "
+            "name: " + rename.format("queue", "{name}"),
+        ),
+        "gate": (
+            Error,
+            "celery_workflows.E004",
+            "Subscribe to the event again, or point the gates at its new name: "
+            + rename.format("event", "{name}"),
+        ),
+        "dead": (
+            Warning,
+            "celery_workflows.W003",
+            "Keep the queue declared until these runs finish, or move them: "
+            + rename.format("queue", "{name}"),
+        ),
+    }
+    verdicts["completed"] = verdicts["dead"]
     messages: list[CheckMessage] = []
     for s in found:
-        if s.kind == "gate":
-            messages.append(
-                Error(
-                    s.describe(),
-                    hint="Subscribe to the event again, or point the gates at its new name: "
-                    + rename.format("event", s.name),
-                    id="celery_workflows.E004",
-                )
-            )
-        elif s.kind == "waiting":
-            messages.append(
-                Error(
-                    s.describe(),
-                    hint="Keep the queue declared until these runs drain, or move their jobs "
-                    "to its new name: " + rename.format("queue", s.name),
-                    id="celery_workflows.E003",
-                )
-            )
-        else:
-            messages.append(
-                Warning(
-                    s.describe(),
-                    hint="Keep the queue declared until these runs finish, or move them: "
-                    + rename.format("queue", s.name),
-                    id="celery_workflows.W003",
-                )
-            )
+        kind, check_id, hint = verdicts[s.kind]
+        messages.append(kind(s.describe(), hint=hint.format(name=s.name), id=check_id))
     return messages
