@@ -15,3 +15,8 @@ DATABASES = {
 }
 
 CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
+
+# levers switched off one at a time to measure what each one buys (bench/README.md)
+CELERY_WORKFLOWS_LOCAL_CONTINUATIONS = int(os.environ.get("BENCH_LOCAL_CONTINUATIONS", "8"))
+if os.environ.get("BENCH_PREPARED_STATEMENTS", "1") == "0":
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
