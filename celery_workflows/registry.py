@@ -106,6 +106,11 @@ def subscriptions() -> list[Subscription]:
     return [sub for subs in _subscriptions.values() for sub in subs]
 
 
+def subscription_count() -> int:
+    """How many subscriptions are declared (it only grows: a cheap "has anything changed")."""
+    return len(_subscription_names)
+
+
 def subscription_target(sub: Subscription) -> QueueSpec:
     """The queue a subscription enqueues, or a ConfigurationError naming both."""
     try:

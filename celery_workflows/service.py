@@ -106,9 +106,11 @@ class WorkflowService(Generic[R]):
         changes it, so a run's page says which definition it started with."""
         if self._version is not None:
             return self._version
-        subscriptions = [s for s in registry.subscriptions() if s.queue in self.qualified_names]
-        key = (len(self._queues), len(subscriptions))
+        # read at every run start: recomputed only when a declaration was added since
+        key = (len(self._queues), registry.subscription_count())
         if self._fingerprint is None or self._fingerprint[0] != key:
+            mine = self.qualified_names
+            subscriptions = [s for s in registry.subscriptions() if s.queue in mine]
             shape = {
                 "queues": sorted(
                     (s.name, sorted(s.emits), s.compensate_with or "", s.result_event or "")
