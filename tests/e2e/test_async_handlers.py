@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from celery_workflows import get_job, get_workflow
-from celery_workflows.testing import Faults, wait_for, wait_for_run
+from celery_workflows import get_job, get_workflow, release_lease
+from celery_workflows.testing import wait_for, wait_for_run
 from tests.proj.workflows import aio
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db")]
@@ -50,7 +50,7 @@ def test_a_late_async_handler_whose_lease_was_taken_over_is_fenced(aio_worker, r
     job = aio.enqueue("held", {"orderId": "a-held"})
     wait_for(lambda: recorder.runs(job.job_id), timeout=15, message="attempt 1 never started")
     # as if attempt 1's worker had been partitioned: the sweeper takes the job over
-    assert Faults().expire_lease(job.job_id)
+    assert release_lease(job.job_id, actor="partition test")
     wait_for(lambda: get_job(job.job_id).status == "succeeded", timeout=20)
     settled = get_job(job.job_id)
     recorder.redis.set(f"release:{job.job_id}", 1)  # attempt 1 wakes up, past its lease
