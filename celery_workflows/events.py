@@ -10,13 +10,13 @@ commit, so a rolled-back step announces nothing.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import registry, signals
 from .clock import utcnow
 from .errors import ConfigurationError
+from .ids import new_id
 from .lifecycle import PUBLISH_HORIZON_SECONDS
 from .payloads import to_json, validated
 from .records import Dispatch, Event, NewJob, Outbox, RunStart
@@ -35,10 +35,10 @@ def new_event(
     """Validate ``payload`` against the event's schema (if declared) and build the envelope."""
     registry.check_name("event", name)
     body = event_payload(name, payload)
-    correlation = correlation_id or uuid.uuid4().hex
+    correlation = correlation_id or new_id()
     return registry.hooks().on_emit(
         Event(
-            id=uuid.uuid4().hex,
+            id=new_id(),
             name=name,
             payload=body,
             correlation_id=correlation,

@@ -25,7 +25,7 @@ from typing import Any
 
 from .payloads import storable_text
 
-#: what a job id looks like (uuid4 hex); anything else is not one of our notices
+#: what a job id looks like (a UUID as 32 hex digits); anything else is not one of our notices
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 #: raw body bytes kept with a dead letter (the size and SHA-256 of the whole body are kept too)
 MAX_STORED_BODY_BYTES = 64 * 1024

@@ -8,7 +8,6 @@ send the "job X is ready for attempt N" notice.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from .ids import new_id
 from .payloads import DEFAULT_MAX_PAYLOAD_BYTES, to_json, validated
 from .records import Dispatch, NewJob
 
@@ -92,7 +92,7 @@ class QueueSpec:
     ) -> NewJob:
         """A ledger row for a fresh job on this queue (``options``: the other NewJob fields)."""
         return NewJob(
-            id=uuid.uuid4().hex,
+            id=new_id(),
             service=self.service,
             queue=self.qualified_name,
             payload=payload,

@@ -23,7 +23,6 @@ Unix epoch.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +37,7 @@ from .compensation import stop_workflow
 from .enqueueing import enqueue
 from .errors import ConfigurationError
 from .events import new_event, run_start_for, write_and_publish
+from .ids import new_id
 from .payloads import to_json
 from .records import RunStatus
 from .store import Store, get_store
@@ -287,7 +287,7 @@ def start(store: Store, spec: ScheduleSpec, slot: datetime, note: str) -> bool:
     if running and spec.concurrency == "forbid":
         store.record_fire(spec.qualified_name, slot, "skipped", "previous run still unfinished", "")
         return False
-    correlation_id = uuid.uuid4().hex
+    correlation_id = new_id()
     outcome = "replaced" if running and spec.concurrency == "replace" else "started"
     with store.atomic():
         if not store.record_fire(spec.qualified_name, slot, outcome, note, correlation_id):

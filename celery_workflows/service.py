@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -20,6 +19,7 @@ from .context import Job, JobContext
 from .enqueueing import after_insert, after_insert_many, prepare, start_time
 from .errors import ConfigurationError
 from .events import new_event, run_start_for, write_and_publish
+from .ids import new_id
 from .lifecycle import Lifecycle
 from .payloads import max_payload_bytes
 from .queues import Handler, QueueSpec
@@ -433,7 +433,7 @@ class WorkflowService(Generic[R]):
                 spec,
                 body,
                 available_at=available_at,
-                correlation_id=correlation_id or uuid.uuid4().hex,
+                correlation_id=correlation_id or new_id(),
                 idempotency_key=idempotency_key,
                 priority=priority,
                 deadline=deadline,
@@ -475,7 +475,7 @@ class WorkflowService(Generic[R]):
                 spec,
                 body,
                 available_at=available_at,
-                correlation_id=uuid.uuid4().hex,
+                correlation_id=new_id(),
                 idempotency_key=key,
                 priority=priority,
                 trace_id=telemetry.new_traceparent(f"enqueue {spec.qualified_name}"),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
@@ -26,6 +25,7 @@ from django.db.models import Q
 
 from celery_workflows.clock import utcnow
 from celery_workflows.errors import LedgerWriteError
+from celery_workflows.ids import new_id
 from celery_workflows.records import (
     AttemptOutcome,
     ClaimedJob,
@@ -695,13 +695,13 @@ class SqlLedger:
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
         now = utcnow()
         job = NewJob(
-            id=uuid.uuid4().hex,
+            id=new_id(),
             service=queue.split(".", 1)[0],
             queue=queue,
             payload=body,
             max_attempts=1,
             available_at=now,
-            correlation_id=uuid.uuid4().hex,
+            correlation_id=new_id(),
             published=False,
         )
         entry = {
