@@ -109,6 +109,18 @@ class Operations:
     def stop_run(self, correlation_id: str, reason: str, actor: str) -> bool:
         now = utcnow()
         with transaction.atomic():
+            # lock as an outcome write does - the job first, then its run - or the two can
+            # deadlock: an outcome holding its job and waiting for the run, this holding the
+            # run and waiting for that job
+            list(
+                Job.objects.select_for_update()
+                .filter(
+                    correlation_id=correlation_id,
+                    status__in=[JobStatus.QUEUED, JobStatus.RUNNING],
+                )
+                .order_by("id")
+                .values_list("id", flat=True)
+            )
             stopped = WorkflowRun.objects.filter(
                 correlation_id=correlation_id, status__in=OPEN_RUN_STATUSES, ended_by=""
             ).update(ended_by=reason[:200])

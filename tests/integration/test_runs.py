@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 
 import pytest
@@ -70,3 +72,75 @@ def test_parallel_branches_ending_together_settle_their_run_exactly_once():
             thread.join()
         assert sorted(settled, key=str) == [None, "completed"], f"round {round_}: {settled}"
         assert get_workflow(key).status == "completed"
+
+
+def waiting_for_a_lock(other_than: int) -> bool:
+    """Whether a session besides ``other_than`` waits for a lock (read outside any
+    transaction: pg_stat_activity is a snapshot taken once per transaction)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> %s",
+            [other_than],
+        )
+        return cursor.fetchone() is not None
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "postgres").startswith("postgres"),
+    reason="row locks (SQLite locks the whole database)",
+)
+def test_stopping_a_run_takes_its_locks_in_the_order_an_outcome_write_does():
+    # an outcome write locks its job, then its run; stopping the run must not hold the run
+    # while it waits for that job, or the two deadlock
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    from celery_workflows.store import get_store
+    from django_app.models import Job
+
+    key = f"o-{uuid.uuid4().hex[:8]}"
+    placed = shop.emit("orderPlaced", {"orderId": key, "inStock": False})
+    job_id = Job.objects.get(correlation_id=placed.correlation_id).id
+    assert get_store().claim(job_id, 1, uuid.uuid4().hex, "w", 30) is not None
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    outcome = psycopg.connect(**params)
+    outcome.execute("SELECT set_config('lock_timeout', '5s', false)")
+    # the outcome write has updated its job and is about to update the run
+    outcome.execute(
+        "UPDATE celery_workflows_job SET attempt_log = attempt_log WHERE id = %s", [job_id]
+    )
+    stopped = []
+
+    def stop():
+        try:
+            stopped.append(get_store().stop_run(placed.correlation_id, "test", "t"))
+        except BaseException as exc:
+            stopped.append(exc)
+            raise
+        finally:
+            connection.close()  # this thread's own connection
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not waiting_for_a_lock(outcome.info.backend_pid):
+            assert time.monotonic() < deadline, f"stop_run did not wait for the job: {stopped}"
+            time.sleep(0.01)
+        # the run is free: stop_run waits for the job without holding its run
+        outcome.execute(
+            "SELECT 1 FROM celery_workflows_workflowrun WHERE correlation_id = %s "
+            "FOR UPDATE NOWAIT",
+            [placed.correlation_id],
+        )
+        outcome.commit()
+    finally:
+        outcome.close()
+        stopper.join(timeout=20)
+    assert stopped == [True]
