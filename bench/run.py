@@ -11,6 +11,9 @@ machine's noise hits both sides alike. Each scenario ends with one line:
   ``apply_async()``), each one Redis INCR (after 5 ms of "I/O");
 - ``jobs_batch``: the same N jobs, enqueued with ``enqueue_many()`` (plain Celery: a loop of
   ``apply_async()``, which is what Celery offers for independent tasks);
+- on the ``jobs*`` lines, ``cpu_ms_per_job``: the CPU time the whole machine's processes spent
+  per job during the rounds (producer, worker, PostgreSQL, Redis; from ``/proc``), and where it
+  went - on a 2-core machine the rate is bound by it as much as by round trips;
 - ``workflow4``: W four-step workflows, linked by events and subscriptions (plain Celery: by
   ``apply_async()`` at the end of each step), all enqueued at once - a backlog. ``hop`` is the
   time from one step's hand-over to the next step's start (steps 2-4), sampled on 10 % of the
@@ -26,6 +29,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,6 +147,51 @@ def idle_hops(side: str, count: int) -> list[float]:
     return [float(x) for x in counter.lrange(hops, 0, -1)]
 
 
+def cpu_ticks() -> dict[str, tuple[str, int]]:
+    """Every process's command line and CPU time (user + system, in clock ticks) from /proc."""
+    ticks: dict[str, tuple[str, int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks[proc.name] = (cmd, int(fields[11]) + int(fields[12]))
+    return ticks
+
+
+def cpu_share(before: dict[str, tuple[str, int]], worker_pid: int) -> Counter[str]:
+    """CPU ticks spent since ``before``, by role: this producer, the side's worker (its main
+    process and pool), PostgreSQL, Redis and anything else on the machine."""
+    spent: Counter[str] = Counter()
+    for pid, (cmd, now) in cpu_ticks().items():
+        if pid not in before:
+            continue
+        if pid == str(os.getpid()):
+            role = "producer"
+        elif pid == str(worker_pid) or f"ppid:{worker_pid}" == _parent(pid):
+            role = "worker"
+        elif cmd.startswith("postgres"):
+            role = "postgres"
+        elif "redis-server" in cmd:
+            role = "redis"
+        else:
+            role = "other"
+        spent[role] += now - before[pid][1]
+    return spent
+
+
+def _parent(pid: str) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return "ppid:" + stat[stat.rindex(")") + 2 :].split()[1]
+
+
 def child_rss_mb(worker_pid: int) -> float:
     """The largest resident set among a worker's pool processes, in MB."""
     sizes = []
@@ -168,11 +217,36 @@ def alternate(
     return t, c
 
 
-def scenario_jobs(name: str, n: int, rounds: int, io_ms: float, batch: bool = False) -> None:
+def with_cpu(run: Callable[[], float], worker_pid: int, spent: Counter[str]) -> Callable[[], float]:
+    """``run``, adding the machine's CPU ticks it took, by role, to ``spent``."""
+
+    def measured() -> float:
+        before = cpu_ticks()
+        rate = run()
+        spent.update(cpu_share(before, worker_pid))
+        return rate
+
+    return measured
+
+
+def per_job_ms(spent: Counter[str], jobs: int) -> str:
+    """Ticks by role as milliseconds of CPU per job: ``total/worker/producer/postgres/...``."""
+    ms = {role: ticks * 1000 / os.sysconf("SC_CLK_TCK") / jobs for role, ticks in spent.items()}
+    roles = ("worker", "producer", "postgres", "redis", "other")
+    return f"{sum(ms.values()):.2f}(" + "/".join(f"{ms.get(r, 0):.2f}" for r in roles) + ")"
+
+
+def scenario_jobs(
+    name: str, n: int, rounds: int, io_ms: float, pids: dict[str, int], batch: bool = False
+) -> None:
     celery_jobs(200, io_ms)  # warm both paths (connections, imports, pool processes)
     toolkit_jobs(200, io_ms, batch)
+    cpu_t: Counter[str] = Counter()
+    cpu_c: Counter[str] = Counter()
     t, c = alternate(
-        rounds, lambda: toolkit_jobs(n, io_ms, batch), lambda: celery_jobs(n, io_ms, batch)
+        rounds,
+        with_cpu(lambda: toolkit_jobs(n, io_ms, batch), pids["toolkit"], cpu_t),
+        with_cpu(lambda: celery_jobs(n, io_ms, batch), pids["celery"], cpu_c),
     )
     tm, cm = statistics.median(t), statistics.median(c)
     print(
@@ -180,6 +254,8 @@ def scenario_jobs(name: str, n: int, rounds: int, io_ms: float, batch: bool = Fa
     )
     print(
         f"BENCH {name} toolkit={tm:.0f} celery={cm:.0f} ratio={tm / cm:.2f} "
+        f"cpu_ms_per_job={per_job_ms(cpu_t, n * rounds)} "
+        f"celery_cpu_ms_per_job={per_job_ms(cpu_c, n * rounds)} "
         f"n={n} rounds={rounds} workers={WORKERS} io_ms={io_ms:g}"
     )
 
@@ -250,15 +326,14 @@ def main() -> None:
     ).start()
     try:
         time.sleep(3)
+        pids = {"toolkit": toolkit.pid, "celery": plain.pid}
         if args.only in (None, "jobs"):
-            scenario_jobs("jobs", args.n, args.rounds, io_ms=0)
-            scenario_jobs("jobs_io5ms", args.n // 2, args.rounds, io_ms=5)
+            scenario_jobs("jobs", args.n, args.rounds, io_ms=0, pids=pids)
+            scenario_jobs("jobs_io5ms", args.n // 2, args.rounds, io_ms=5, pids=pids)
         if args.only in (None, "batch"):
-            scenario_jobs("jobs_batch", args.n, args.rounds, io_ms=0, batch=True)
+            scenario_jobs("jobs_batch", args.n, args.rounds, io_ms=0, pids=pids, batch=True)
         if args.only in (None, "workflow4"):
-            scenario_workflow4(
-                args.w, args.rounds, args.idle, {"toolkit": toolkit.pid, "celery": plain.pid}
-            )
+            scenario_workflow4(args.w, args.rounds, args.idle, pids)
     finally:
         toolkit.stop()
         plain.stop()
