@@ -16,7 +16,12 @@ DATABASES = {
 
 CELERY_BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
 
+# as docs/configuration.md recommends without a pooler: Django turns psycopg's prepared
+# statements off unless OPTIONS says otherwise; with them on, the ledger's statements are
+# parsed and planned once per connection
+DATABASES["default"]["OPTIONS"] = {"prepare_threshold": 5}
+
 # levers switched off one at a time to measure what each one buys (bench/README.md)
 CELERY_WORKFLOWS_LOCAL_CONTINUATIONS = int(os.environ.get("BENCH_LOCAL_CONTINUATIONS", "8"))
 if os.environ.get("BENCH_PREPARED_STATEMENTS", "1") == "0":
-    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None  # Django's default

@@ -56,6 +56,10 @@ DATABASES = {
         default=f"sqlite:///{VAR_DIR / 'shop.sqlite3'}", conn_max_age=600
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # psycopg's prepared statements (Django leaves them off for PgBouncer < 1.21 in
+    # transaction mode): the ledger's statements are then planned once per connection
+    DATABASES["default"]["OPTIONS"] = {"prepare_threshold": 5}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # several worker processes share the file: WAL, a busy timeout and IMMEDIATE transactions
     DATABASES["default"]["OPTIONS"] = {

@@ -110,7 +110,12 @@ def test_workflows_run_behind_pgbouncer_in_transaction_mode_and_survive_its_rest
     pgbouncer, worker_env
 ):
     database = connection.settings_dict["NAME"]
-    env = {**worker_env, "DATABASE_URL": f"postgres://postgres@127.0.0.1:{pgbouncer}/{database}"}
+    env = {
+        **worker_env,
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:{pgbouncer}/{database}",
+        # PgBouncer < 1.21 in transaction mode cannot keep prepared statements: Django's default
+        "DATABASE_PREPARE_THRESHOLD": "none",
+    }
     worker = WorkerProcess(
         "tests.proj.celery_app",
         MAIN_QUEUES,

@@ -72,6 +72,11 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     _db["TEST"] = {"NAME": os.environ.get("TEST_DB_NAME", "test_celery_workflows")}
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    # docs/configuration.md: prepared statements on, as without a pooler; "none" is Django's
+    # default (the PgBouncer test runs its worker so, as PgBouncer < 1.21 needs)
+    _threshold = os.environ.get("DATABASE_PREPARE_THRESHOLD", "5")
+    _db["OPTIONS"] = {"prepare_threshold": None if _threshold == "none" else int(_threshold)}
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
 # the README's recommendation: keep connections between tasks (dropped ones are reconnected)
