@@ -20,7 +20,17 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import DataError, IntegrityError, ProgrammingError, connection, models, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DataError,
+    IntegrityError,
+    ProgrammingError,
+    connection,
+    connections,
+    models,
+    transaction,
+)
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Q
 
 from celery_workflows.clock import utcnow
@@ -161,51 +171,58 @@ _DIALECTS: dict[str, Dialect] = {
 
 def dialect() -> Dialect:
     """The dialect of the default database connection."""
-    return _DIALECTS.get(connection.vendor, _DIALECTS["mysql"])
+    return _dialect_of(connections[DEFAULT_DB_ALIAS])
+
+
+def _dialect_of(db: BaseDatabaseWrapper) -> Dialect:
+    return _DIALECTS.get(db.vendor, _DIALECTS["mysql"])
 
 
 def execute(sql: str, params: Sequence[Any]) -> Any:
     """Run one statement; return the cursor's rows (empty when it returns none)."""
-    with _cursor() as cursor:
-        cursor.execute(sql, params, **_prepare())
+    with _cursor() as (cursor, options):
+        cursor.execute(sql, params, **options)
         return cursor.fetchall() if cursor.description else []
 
 
 def update(sql: str, params: Sequence[Any]) -> int:
     """Run one UPDATE; return how many rows it changed."""
-    with _cursor() as cursor:
-        cursor.execute(sql, params, **_prepare())
+    with _cursor() as (cursor, options):
+        cursor.execute(sql, params, **options)
         return int(cursor.rowcount)
 
 
 @contextlib.contextmanager
-def _cursor() -> Iterator[Any]:
-    """A cursor for the ledger's statements.
+def _cursor() -> Iterator[tuple[Any, dict[str, bool]]]:
+    """A cursor for the ledger's statements and the options to execute them with.
 
     On PostgreSQL a server-binding psycopg cursor, so that with prepared statements on each
     statement is parsed and planned once per connection: that halves the database's CPU per
     job (planning the outcome statement costs more than running it). Errors are Django's, as
     from any Django cursor. Elsewhere Django's cursor.
+
+    The thread's connection is looked up once here: each attribute read through Django's
+    ``connection`` proxy is a thread-local lookup, and the hot path makes many.
     """
-    if not dialect().server_prepared:
-        with connection.cursor() as cursor:
-            yield cursor
+    db = connections[DEFAULT_DB_ALIAS]
+    if not _dialect_of(db).server_prepared:
+        with db.cursor() as cursor:
+            yield cursor, {}
         return
     import psycopg  # the PostgreSQL backend's driver (psycopg 3)
 
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        yield cursor
+    db.ensure_connection()
+    raw = db.connection
+    with db.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        yield cursor, _prepare(raw)
 
 
-def _prepare() -> dict[str, bool]:
-    """Prepare the ledger's statements on first use when the connection has prepared
+def _prepare(raw: Any) -> dict[str, bool]:
+    """Prepare the ledger's statements on first use when the connection ``raw`` has prepared
     statements on. Django turns them off unless ``OPTIONS["prepare_threshold"]`` is set (so that
     PgBouncer < 1.21 in transaction mode, which cannot keep them, works); the configuration
     reference recommends setting it without such a pooler."""
-    if not dialect().server_prepared:
-        return {}
-    return {"prepare": connection.connection.prepare_threshold is not None}
+    return {"prepare": raw.prepare_threshold is not None}
 
 
 def insert_rows(
