@@ -54,6 +54,15 @@ def _tracer() -> Any:
     return otel_trace.get_tracer(SCOPE)
 
 
+def _tracing() -> bool:
+    """Whether a span made now could be recorded: the API is installed and a tracer provider
+    has been set. Until one is, every span is a no-op that still costs its making - on every
+    attempt of every job, wherever some other package pulled the API in."""
+    return otel_trace is not None and not isinstance(
+        otel_trace.get_tracer_provider(), otel_trace.ProxyTracerProvider
+    )
+
+
 def current_traceparent() -> str | None:
     """The W3C traceparent of the current span, if one is recording."""
     if otel_trace is None:
@@ -78,7 +87,7 @@ def _parent(traceparent: str | None) -> Any:
 @contextmanager
 def attempt_span(claimed: ClaimedJob) -> Iterator[Span | None]:
     """The span of one attempt, current while it runs (its handler, its emits, its write)."""
-    if otel_trace is None:
+    if not _tracing():
         yield None
         return
     attributes = {
@@ -115,7 +124,7 @@ def producer_span(name: str, parent: str | None = None, **attributes: Any) -> It
     """A short span around creating a job or an event; yields the traceparent to store with
     it (None without tracing). ``parent``: a stored traceparent to continue instead of the
     current span (an approval decided days later continues the step that asked)."""
-    if otel_trace is None:
+    if not _tracing():
         yield None
         return
     with _tracer().start_as_current_span(
