@@ -15,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import (
     DEFAULT_DB_ALIAS,
@@ -57,6 +58,8 @@ from .rows import dt, event_values, from_dt, from_json, job_values, js, outcome_
 def _columns(model: type[models.Model]) -> list[str]:
     return [str(f.column) for f in model._meta.concrete_fields]
 
+
+T = TypeVar("T")
 
 JOB = Job._meta.db_table
 JOB_COLUMNS = _columns(Job)
@@ -237,8 +240,11 @@ def insert_rows(
         return set()
     d = dialect()
     if d.returning:
-        sql = d.insert(table, columns, len(rows), ignore=True) + f" RETURNING {key}"
-        return {r[0] for r in execute(sql, [row[c] for row in rows for c in columns])}
+        inserted: set[str] = set()
+        for batch in batches(rows, len(columns)):
+            sql = d.insert(table, columns, len(batch), ignore=True) + f" RETURNING {key}"
+            inserted.update(r[0] for r in execute(sql, [row[c] for row in batch for c in columns]))
+        return inserted
     inserted = set()
     single = d.insert(table, columns, 1, ignore=False)
     for row in rows:
@@ -253,11 +259,43 @@ def insert_rows(
 
 def existing(jobs: list[NewJob]) -> list[NewJob]:
     """The jobs of ``jobs`` whose rows exist."""
-    if not jobs:
-        return []
-    rows = execute(f"SELECT id FROM {JOB} WHERE id IN ({marks(len(jobs))})", [j.id for j in jobs])
-    found = {r[0] for r in rows}
+    found: set[str] = set()
+    for batch in batches(jobs, 1):
+        rows = execute(
+            f"SELECT id FROM {JOB} WHERE id IN ({marks(len(batch))})", [j.id for j in batch]
+        )
+        found.update(r[0] for r in rows)
     return [j for j in jobs if j.id in found]
+
+
+def fits_one_statement(changes: dict[str, Any], outbox: Outbox) -> bool:
+    """Whether an outcome's changes and its outbox fit the parameter limit of the single
+    statement :meth:`SqlLedger._record_in_one_statement` writes (else: one transaction)."""
+    params = (
+        len(changes)
+        + len(outbox.events) * len(EVENT_COLUMNS)
+        + len(outbox.jobs) * len(JOB_COLUMNS)
+        + 64  # the fence and the run's counters
+    )
+    return params <= max_params()
+
+
+def max_params() -> int:
+    """How many parameters one statement may carry on the default database."""
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor == "sqlite":  # the library's own limit (Django assumes the oldest, 999)
+        db.ensure_connection()
+        return int(db.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    return int(db.features.max_query_params or 65535)  # PostgreSQL's and MySQL's protocol
+
+
+def batches(items: Sequence[T], per_item: int, fixed: int = 0) -> Iterator[Sequence[T]]:
+    """``items`` in slices small enough for one statement each, with ``per_item``
+    parameters per item besides ``fixed`` others: ``enqueue_many()`` of ten thousand jobs,
+    or a step that emits thousands of events, must not hit the parameter limit."""
+    size = max(1, (max_params() - fixed) // per_item)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def run_change(
@@ -426,11 +464,11 @@ class SqlLedger:
                 for cid, n in counts.items()
                 if cid in starts
             ]
-            if runs:
+            for batch in batches(runs, len(RUN_COLUMNS)):
                 sql = dialect().upsert_counting(
-                    RUN, RUN_COLUMNS, "correlation_id", "pending_jobs", rows=len(runs)
+                    RUN, RUN_COLUMNS, "correlation_id", "pending_jobs", rows=len(batch)
                 )
-                execute(sql, [run[c] for run in runs for c in RUN_COLUMNS])
+                execute(sql, [run[c] for run in batch for c in RUN_COLUMNS])
         results = []
         for job in jobs:
             first = None
@@ -552,7 +590,11 @@ class SqlLedger:
         now = utcnow()
         final = outcome.status != JobStatus.QUEUED
         try:
-            if dialect().one_statement_outbox and outbox.starts is None:
+            if (
+                dialect().one_statement_outbox
+                and outbox.starts is None
+                and fits_one_statement(changes, outbox)
+            ):
                 recorded = self._record_in_one_statement(job, outcome, outbox, changes, now, final)
             else:
                 recorded = self._record_in_transaction(job, outcome, outbox, changes, now, final)

@@ -9,6 +9,7 @@ import pytest
 
 from celery_workflows import get_job
 from celery_workflows.clock import utcnow
+from celery_workflows.ids import new_id
 from celery_workflows.records import (
     AttemptOutcome,
     AttemptRecord,
@@ -17,8 +18,10 @@ from celery_workflows.records import (
     Outbox,
     Outcome,
     Recorded,
+    RunStart,
 )
 from celery_workflows.store import get_store
+from django_app.models import Job, WorkflowRun
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
@@ -97,3 +100,45 @@ def test_expired_lease_is_settled_once_as_a_failed_attempt_and_the_old_token_sta
     record_after = get_job(job_id)
     assert record_after.result == "fresh"
     assert [a["outcome"] for a in record_after.attempt_log] == ["lease_expired", "succeeded"]
+
+
+def fresh_job(correlation_id: str = "wf", starts: RunStart | None = None) -> NewJob:
+    return NewJob(
+        id=new_id(),
+        service="ledger",
+        queue=QUEUE,
+        payload={"n": 1},
+        max_attempts=3,
+        available_at=utcnow(),
+        correlation_id=correlation_id,
+        published=False,
+        starts=starts,
+    )
+
+
+def test_more_jobs_than_one_statement_can_carry_are_enqueued_together():
+    # 10,000 jobs x 26 columns is past PostgreSQL's 65,535 parameters and SQLite's 250,000
+    starts = RunStart(name="ledger", started_by="test", business_key="")
+    jobs = [fresh_job(new_id(), starts) for _ in range(10_000)]
+    results = get_store().insert_jobs(jobs)
+    assert [r.job_id for r in results] == [j.id for j in jobs]
+    assert all(r.created for r in results)
+    assert Job.objects.filter(queue=QUEUE).count() == 10_000
+    assert (
+        WorkflowRun.objects.filter(
+            correlation_id__in=[j.correlation_id for j in jobs], pending_jobs=1
+        ).count()
+        == 10_000
+    )
+
+
+def test_an_outcome_starting_more_jobs_than_one_statement_can_carry_is_written_whole():
+    store = get_store()
+    claimed = store.claim(new_job(), 1, "a" * 32, "w1", 30)
+    assert claimed is not None
+    fan_out = [fresh_job() for _ in range(3_000)]  # 78,000 parameters as one statement
+    recorded = store.record_outcome(claimed, success(1), Outbox(jobs=fan_out))
+    assert recorded is not None
+    assert {j.id for j in recorded.created} == {j.id for j in fan_out}
+    assert Job.objects.filter(queue=QUEUE, status=JobStatus.QUEUED).count() == 3_000
+    assert get_job(claimed.id).status == "succeeded"
