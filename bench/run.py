@@ -58,11 +58,16 @@ def setup() -> None:
 
 
 def clear_ledger() -> None:
+    """Empty the ledger between rounds. TRUNCATE, not DELETE: this machine's PostgreSQL runs
+    with autovacuum off, and a million deleted rows left behind would slow every later round
+    (index scans over dead entries) as no production ledger, vacuumed as usual, would be."""
+    from django.db import connection
+
     from django_app.models import Event, Job, WorkflowRun
 
-    Job.objects.all().delete()
-    Event.objects.all().delete()
-    WorkflowRun.objects.all().delete()
+    tables = ", ".join(model._meta.db_table for model in (Job, Event, WorkflowRun))
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {tables}")
 
 
 def wait_counter(key: str, n: int, timeout: float = 600) -> None:
