@@ -289,11 +289,11 @@ def max_params() -> int:
     return int(db.features.max_query_params or 65535)  # PostgreSQL's and MySQL's protocol
 
 
-def batches(items: Sequence[T], per_item: int, fixed: int = 0) -> Iterator[Sequence[T]]:
-    """``items`` in slices small enough for one statement each, with ``per_item``
-    parameters per item besides ``fixed`` others: ``enqueue_many()`` of ten thousand jobs,
-    or a step that emits thousands of events, must not hit the parameter limit."""
-    size = max(1, (max_params() - fixed) // per_item)
+def batches(items: Sequence[T], per_item: int) -> Iterator[Sequence[T]]:
+    """``items`` in slices small enough for one statement each, at ``per_item`` parameters
+    per item: ``enqueue_many()`` of ten thousand jobs, or a step that starts thousands of
+    jobs, must not hit the parameter limit."""
+    size = max(1, max_params() // per_item)
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
