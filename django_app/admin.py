@@ -188,7 +188,10 @@ class ReadOnlyAdmin(_ModelAdmin):
 
 
 def short(value: str) -> str:
-    return value[:8]
+    """An id as lists show it: its last 8 hex digits. Ids are time-ordered UUIDs
+    (:mod:`celery_workflows.ids`), so their first digits are the time they were made and are
+    shared by every id of the same moment; the last ones are random."""
+    return value[-8:]
 
 
 @admin.register(WorkflowRun)

@@ -92,7 +92,7 @@ class PaymentGateway:
             raise CardDeclined(f"card ending {order.card} declined")
         if order.card == "4000" and attempt == 1:
             raise GatewayTimeout("payment gateway timed out")
-        return f"pay-{idempotency_key[:8]}"
+        return f"pay-{idempotency_key[-8:]}"
 
 
 @dataclass

@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 
 from celery_workflows.testing import wait_for
+from django_app.admin import short
 from django_app.models import WorkflowRun
 from tests.helpers import ARTIFACTS
 from tests.proj.flows import shop
@@ -49,7 +50,7 @@ def test_operator_finds_a_dead_lettered_run_and_redrives_it_to_completion(live_s
     page.wait_for_url("**status__exact=dead_lettered**")
     rows = page.locator("#result_list tbody tr")
     assert rows.count() == 1
-    assert dead.correlation_id[:8] in rows.first.inner_text()
+    assert short(dead.correlation_id) in rows.first.inner_text()
     rows.first.locator("a").first.click()
 
     page.wait_for_selector(".cw-timeline")

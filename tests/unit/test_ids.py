@@ -33,3 +33,11 @@ def test_ids_made_in_later_milliseconds_sort_after_earlier_ones():
 def test_ids_are_unique_within_one_millisecond():
     ids = [new_id() for _ in range(100_000)]
     assert len(set(ids)) == len(ids)
+
+
+def test_the_admin_shows_ids_made_in_the_same_moment_apart():
+    # lists show 8 hex digits of an id: the random end, not the shared time prefix
+    from django_app.admin import short
+
+    shown = {short(new_id()) for _ in range(1_000)}
+    assert len(shown) == 1_000
