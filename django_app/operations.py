@@ -97,12 +97,11 @@ class Operations:
 
     def release_lease(self, job_id: str, actor: str) -> bool:
         with transaction.atomic():
-            job = Job.objects.filter(id=job_id, status=JobStatus.RUNNING).first()
+            running = Job.objects.select_for_update().filter(id=job_id, status=JobStatus.RUNNING)
+            job = running.first()
             if job is None:
                 return False
-            Job.objects.filter(id=job_id, status=JobStatus.RUNNING).update(
-                lease_expires_at=utcnow()
-            )
+            Job.objects.filter(id=job_id).update(lease_expires_at=utcnow())
             AuditEntry.record(job.correlation_id, job_id, "release_lease", actor, worker=job.worker)
         return True
 
@@ -111,26 +110,22 @@ class Operations:
         with transaction.atomic():
             # lock as an outcome write does - the job first, then its run - or the two can
             # deadlock: an outcome holding its job and waiting for the run, this holding the
-            # run and waiting for that job
-            list(
+            # run and waiting for that job. Locked, their statuses hold until the commit.
+            open_jobs = list(
                 Job.objects.select_for_update()
                 .filter(
                     correlation_id=correlation_id,
                     status__in=[JobStatus.QUEUED, JobStatus.RUNNING],
                 )
                 .order_by("id")
-                .values_list("id", flat=True)
+                .values_list("id", "status")
             )
             stopped = WorkflowRun.objects.filter(
                 correlation_id=correlation_id, status__in=OPEN_RUN_STATUSES, ended_by=""
             ).update(ended_by=reason[:200])
             if not stopped:
                 return False
-            queued = list(
-                Job.objects.filter(
-                    correlation_id=correlation_id, status=JobStatus.QUEUED
-                ).values_list("id", flat=True)
-            )
+            queued = [job_id for job_id, status in open_jobs if status == JobStatus.QUEUED]
             Job.objects.filter(id__in=queued, status=JobStatus.QUEUED).update(
                 status=JobStatus.CANCELLED, finished_at=now, cancel_requested=True
             )
