@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,8 +82,10 @@ def install_record_factory() -> None:
                 setattr(record, name, "")
             record.workflow_context = ""
         else:
-            for name, value in asdict(context).items():
-                setattr(record, name, value)
+            # plain attribute reads: dataclasses.asdict() deep-copies every field, on every
+            # record of every attempt
+            for name in FIELDS:
+                setattr(record, name, getattr(context, name))
             record.workflow_context = context.as_text()
         return record
 

@@ -185,7 +185,16 @@ def execute(sql: str, params: Sequence[Any]) -> Any:
     """Run one statement; return the cursor's rows (empty when it returns none)."""
     with _cursor() as (cursor, options):
         cursor.execute(sql, params, **options)
-        return cursor.fetchall() if cursor.description else []
+        return cursor.fetchall() if _returns_rows(cursor) else []
+
+
+def _returns_rows(cursor: Any) -> bool:
+    """Whether the statement just run returned rows (possibly none). psycopg's ``pgresult``
+    says so without building ``description`` (a column object per column, on every call)."""
+    result = getattr(cursor, "pgresult", None)
+    if result is not None:
+        return bool(result.nfields)
+    return cursor.description is not None
 
 
 def update(sql: str, params: Sequence[Any]) -> int:

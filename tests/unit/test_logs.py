@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -38,6 +39,14 @@ def test_text_lines_get_the_attempts_fields_appended_before_any_traceback():
     first, _, rest = line.partition("\n")
     assert first == ("INFO charged [workflow=wf1 key=A-1001 queue=order.charge job=job1 attempt=2]")
     assert rest.startswith("Traceback") and "ValueError: boom" in rest
+
+
+def test_records_carry_every_field_of_the_attempts_context():
+    with attempt_context(CONTEXT):
+        made = record("charged")
+    assert {f.name: getattr(made, f.name) for f in dataclasses.fields(LogContext)} == (
+        dataclasses.asdict(CONTEXT)
+    )
 
 
 def test_lines_outside_an_attempt_are_left_as_they_are():
