@@ -85,6 +85,13 @@ class Job(models.Model):
                 condition=models.Q(status=JobStatus.QUEUED),
                 name="cw_job_due",
             ),
+            # the sweeper's search for notices never sent or sent long ago: without it, every
+            # pass (each second, in every worker) read the whole queued backlog
+            models.Index(
+                fields=["published_at"],
+                condition=models.Q(status=JobStatus.QUEUED),
+                name="cw_job_notices",
+            ),
             models.Index(
                 fields=["lease_expires_at"],
                 condition=models.Q(status=JobStatus.RUNNING),
