@@ -65,6 +65,11 @@ def clear_ledger() -> None:
 
     from django_app.models import Event, Job, WorkflowRun
 
+    # a round ends when the last step's handler has counted, a moment before its outcome is
+    # written: let those outcomes land first (emptied under them, they would be rejected)
+    deadline = time.monotonic() + 10
+    while Job.objects.filter(status="running").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     tables = ", ".join(model._meta.db_table for model in (Job, Event, WorkflowRun))
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {tables}")
