@@ -51,14 +51,14 @@ def generate(runs: int) -> None:
             f"""INSERT INTO {WorkflowRun._meta.db_table}
             (correlation_id, name, business_key, started_by, status, started_at, finished_at,
              last_job_id, pending_jobs, dead_jobs, cancelled_jobs, compensation_jobs,
-             failed_compensations, ended_by)
+             failed_compensations, ended_by, definition_version)
             SELECT md5('run' || g), 'order', 'o-' || g, 'orderPlaced',
               CASE WHEN g %% 100 = 0 THEN 'running' WHEN g %% 50 = 1 THEN 'dead_lettered'
                    ELSE 'completed' END,
               now() - make_interval(secs => g * 2),
               CASE WHEN g %% 100 = 0 THEN NULL ELSE now() - make_interval(secs => g * 2 - 1) END,
               '', CASE WHEN g %% 100 = 0 THEN 1 ELSE 0 END,
-              CASE WHEN g %% 50 = 1 THEN 1 ELSE 0 END, 0, 0, 0, ''
+              CASE WHEN g %% 50 = 1 THEN 1 ELSE 0 END, 0, 0, 0, '', ''
             FROM generate_series(1, %s) g""",
             [runs],
         )
