@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
@@ -19,6 +20,12 @@ from celery_workflows.store import get_store
 ARTIFACTS = Path(
     os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")
 )
+
+
+def postgres_only(reason: str) -> pytest.MarkDecorator:
+    """Skip a test unless the test database is PostgreSQL (the test project's default)."""
+    on_postgres = os.environ.get("DATABASE_URL", "postgres").startswith("postgres")
+    return pytest.mark.skipif(not on_postgres, reason=reason)
 
 
 def staff(username: str, *perms: str) -> Client:

@@ -21,16 +21,14 @@ from django.db import connection
 
 from celery_workflows import get_job, get_workflow
 from celery_workflows.testing import WorkerProcess, wait_for
+from tests.helpers import postgres_only
 from tests.proj.flows import MAIN_QUEUES, shop
 from tests.proj.workflows import crash
 
 pytestmark = [
     pytest.mark.worker,
     pytest.mark.usefixtures("transactional_db"),
-    pytest.mark.skipif(
-        not os.environ.get("DATABASE_URL", "postgres").startswith("postgres"),
-        reason="needs a database server that can drop connections (PostgreSQL)",
-    ),
+    postgres_only("needs a database server that can drop connections (PostgreSQL)"),
 ]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import uuid
 from datetime import timedelta
@@ -26,6 +25,7 @@ from celery_workflows.records import (
 )
 from celery_workflows.store import get_store
 from django_app.models import Job, WorkflowRun
+from tests.helpers import postgres_only
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
@@ -148,10 +148,7 @@ def test_an_outcome_starting_more_jobs_than_one_statement_can_carry_is_written_w
     assert get_job(claimed.id).status == "succeeded"
 
 
-@pytest.mark.skipif(
-    not os.environ.get("DATABASE_URL", "postgres").startswith("postgres"),
-    reason="reads PostgreSQL's query plan",
-)
+@postgres_only("reads PostgreSQL's query plan")
 def test_the_sweepers_search_for_lost_notices_reads_a_few_pages_not_the_backlog():
     # every worker runs this search each second; behind a backlog of jobs whose notices went
     # out just now, it must find the unsent and long-unclaimed ones without reading them all

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
 import pytest
 
 from celery_workflows import emit, get_workflow
+from tests.helpers import postgres_only
 from tests.proj.flows import shop
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
@@ -87,10 +87,7 @@ def waiting_for_a_lock(other_than: int) -> bool:
         return cursor.fetchone() is not None
 
 
-@pytest.mark.skipif(
-    not os.environ.get("DATABASE_URL", "postgres").startswith("postgres"),
-    reason="row locks (SQLite locks the whole database)",
-)
+@postgres_only("row locks (SQLite locks the whole database)")
 def test_stopping_a_run_takes_its_locks_in_the_order_an_outcome_write_does():
     # an outcome write locks its job, then its run; stopping the run must not hold the run
     # while it waits for that job, or the two deadlock
