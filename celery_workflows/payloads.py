@@ -4,6 +4,7 @@ storable by every supported database, and not larger than the configured limit."
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -14,6 +15,10 @@ from .errors import (
     PayloadTooLargeError,
     PayloadValidationError,
 )
+
+#: a NUL character as JSON writes it: ``\u0000`` after an even number of backslashes (an odd
+#: number means the backslash before ``u0000`` is itself escaped text, not a NUL)
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 #: default of ``workflows_max_payload_bytes``: the largest job or event payload (as UTF-8 JSON)
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -45,7 +50,7 @@ def to_json(what: str, payload: Any, max_bytes: int | None = None) -> Any:
             f"{what}: payload is not JSON-serialisable ({exc}); "
             "pass plain dicts/lists/str/numbers or a pydantic model"
         ) from exc
-    if b"\\u0000" in encoded:
+    if b"\\u0000" in encoded and _ESCAPED_NUL.search(encoded):
         raise PayloadNotSerializableError(
             f"{what}: payload contains a NUL character (\\u0000), which databases cannot store"
         )

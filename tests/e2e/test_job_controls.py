@@ -50,6 +50,15 @@ def test_fatal_outcomes_go_to_the_dlq_after_one_attempt(action, outcome, reason,
     assert reason in record.dead_reason
 
 
+def test_text_that_only_looks_like_an_escaped_nul_is_accepted_and_stored(wait_status):
+    # a Windows path with a backslash before "u0000": JSON escapes the backslash, so the
+    # encoded form contains the six characters \u0000 without being a NUL
+    text = "C:\\u0000dir\\file"
+    job = t.enqueue("controls", {"action": "echo_text", "text": text})
+    wait_status(job.job_id, "succeeded")
+    assert get_job(job.job_id).result == {"text": text}
+
+
 def test_cancelling_is_audited_with_who_asked(wait_status):
     job = t.enqueue("controls", {"action": "plain"}, delay=30)
     assert cancel(job.job_id, actor="ops-bo") == "cancelled"

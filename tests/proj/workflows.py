@@ -135,6 +135,8 @@ def controls(ctx: JobContext[Recorder], job: Job[Any]) -> Any:
         return {"when": object()}
     if action == "nul_result":
         return {"text": "a\x00b"}
+    if action == "echo_text":
+        return {"text": job.payload["text"]}
     if action == "nul_error":
         ctx.fail("bad byte \x00 in the input\ud800")
     if action == "wait_cancel":

@@ -40,6 +40,23 @@ def test_payload_no_database_can_store_is_refused_at_enqueue_and_emit(text):
         emit("anEvent", {"text": text})
 
 
+@pytest.mark.parametrize("text", ["C:\\u0000dir", "\\\\u0000", "\\\\\\u0000"])
+def test_a_backslash_before_u0000_is_text_not_a_nul(text):
+    from celery_workflows.events import event_payload
+    from celery_workflows.payloads import to_json
+
+    assert "\x00" not in text
+    assert to_json("queue t.echo", {"path": text}) == {"path": text}
+    assert event_payload("anEvent", {"path": text}) == {"path": text}
+
+
+def test_a_real_nul_after_backslashes_is_still_refused():
+    from celery_workflows.payloads import to_json
+
+    with pytest.raises(PayloadNotSerializableError, match="NUL"):
+        to_json("queue t.echo", {"path": "C:\\\x00"})
+
+
 def test_payload_larger_than_the_limit_is_refused_at_enqueue_and_emit_saying_so():
     big = {"blob": "x" * (1024 * 1024)}
     with pytest.raises(PayloadTooLargeError, match="workflows_max_payload_bytes=1048576"):
