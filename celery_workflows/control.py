@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from . import registry, signals
-from .errors import ConfigurationError
+from .errors import ConfigurationError, LedgerUnavailableError
 from .queues import QueueSpec
 from .records import JobStatus, Outcome, QueueControl, QueueMinute
 from .store import Controls, get_store
@@ -63,7 +63,13 @@ class _Cache:
 
     def fresh(self, store: Controls) -> dict[str, QueueControl]:
         if time.monotonic() - self.fetched > REFRESH_SECONDS:
-            self.controls = store.queue_controls()
+            try:
+                self.controls = store.queue_controls()
+            except LedgerUnavailableError:
+                # the store already reconnected and retried for its budget: an attempt's
+                # outcome must not fail over a pause flag, so the last copy stands until the
+                # database answers again (the claim itself checks the ledger's flag)
+                logger.warning("queue controls unreadable; using the copy from before")
             self.fetched = time.monotonic()
         return self.controls
 
@@ -135,7 +141,13 @@ def note_outcome(
         sums[3] += took
     threshold = spec.lifecycle.pause_after_failures
     if threshold is not None:
-        _count(store, spec.qualified_name, failed, threshold)
+        try:
+            _count(store, spec.qualified_name, failed, threshold)
+        except LedgerUnavailableError:
+            # the outcome is recorded; only this attempt's part of the streak is lost
+            logger.warning(
+                "%s: failure streak not updated (ledger unavailable)", spec.qualified_name
+            )
     if save_later:
         _save_later(store)
 

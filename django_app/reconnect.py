@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
 from celery_workflows.errors import LedgerUnavailableError
-from celery_workflows.store import Ledger, Maintenance, Operations, Runs
+from celery_workflows.store import Controls, Ledger, Maintenance, Operations, Runs
 
 logger = logging.getLogger("celery_workflows.ledger")
 
@@ -40,8 +40,8 @@ RETRY_BUDGET_SECONDS = 10.0
 MAX_PAUSE_SECONDS = 1.0
 #: SQLSTATE classes and codes that mean "the connection is gone" or "try again"
 RETRY_SQLSTATES = ("08", "40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300")
-#: store methods that are not database calls
-NOT_WRAPPED = {"on_commit", "atomic"}
+#: store methods that are not database calls (or only close a connection)
+NOT_WRAPPED = {"on_commit", "atomic", "release_connection"}
 
 T = TypeVar("T", bound=type)
 
@@ -50,7 +50,7 @@ def store_methods() -> set[str]:
     """The methods of the storage protocols, which a store implements."""
     return {
         name
-        for protocol in (Ledger, Maintenance, Operations, Runs)
+        for protocol in (Ledger, Maintenance, Operations, Runs, Controls)
         for name in vars(protocol)
         if not name.startswith("_") and callable(vars(protocol)[name])
     } - NOT_WRAPPED

@@ -66,6 +66,28 @@ def test_a_terminated_connection_is_reopened_and_no_job_fails(start_worker, wait
     worker.stop()
 
 
+def test_connections_cut_while_handlers_run_cost_no_attempt(start_worker, wait_status):
+    # handlers longer than the queue controls' refresh (1 s): the first statement after the
+    # cut, in the outcome path, is the pause check - it must reconnect like every other
+    from django_app.models import Job
+
+    worker = start_worker([crash.queue("slow").qualified_name], concurrency=2, name="midjob")
+    warm = crash.enqueue("slow", {"seconds": 0})
+    wait_status(warm.job_id, "succeeded", timeout=20)
+    jobs = [crash.enqueue("slow", {"seconds": 1.3}).job_id for n in range(6)]
+    cuts = 0
+    for _ in range(3):
+        wait_for(lambda: Job.objects.filter(id__in=jobs, status="running").exists(), timeout=20)
+        time.sleep(0.4)  # inside the handlers' sleep
+        cuts += terminate_other_backends()
+    for job_id in jobs:
+        wait_status(job_id, "succeeded", timeout=30)
+    assert cuts >= 3
+    assert failed_attempts(jobs) == []
+    assert "raised unexpected" not in Path(worker.log_path).read_text()
+    worker.stop()
+
+
 @pytest.fixture
 def pgbouncer() -> Iterator[int]:
     """PgBouncer in transaction mode on a free loopback port, in front of the test server."""
