@@ -4,8 +4,9 @@ A run records the definition version it started with (:attr:`WorkflowService.ver
 code that runs its next steps is always the deployed code, so what matters is whether that
 code still has everything the run needs: the queues its waiting jobs, dead letters and
 completed steps (for compensation) are on, and the events its open approval gates will emit.
-``manage.py check`` reports what a deploy would strand (``celery_workflows.E003``/``E004``,
-naming the runs; see :mod:`django_app.inflight`). Two ways out, both documented in
+``manage.py check --deploy`` warns about what a deploy would strand (``celery_workflows.W003``
+to ``W005``, naming the runs; see :mod:`django_app.inflight`), as do the queue dashboard and
+``manage.py workflows stats``. Two ways out, both documented in
 ``docs/operations.md``:
 
 - keep the old step declared under its old name until ``manage.py workflows stats`` shows it

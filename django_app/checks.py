@@ -1,11 +1,26 @@
-"""System checks: a broken workflow graph is reported by ``manage.py check`` with a hint."""
+"""System checks: a broken workflow graph is reported by ``manage.py check`` with a hint.
+
+Two kinds, run at different times:
+
+- the graph (``E001``, ``W002``) is static: it is checked by every management command, as
+  Django checks models, and an error stops the command - a subscription to a queue nobody
+  declares is a code mistake to fix before anything runs;
+- runs in flight that the declarations no longer serve (``W003``-``W005``) are read from the
+  ledger, so they are only looked for where an operator asks before or after a deploy:
+  ``manage.py check --deploy``, ``manage.py check --database default`` and ``manage.py
+  migrate`` (which checks its database), besides the admin's queue dashboard and ``manage.py
+  workflows stats``. They are warnings: a deploy that strands runs must still be able to
+  migrate, serve requests and run the ``workflows`` commands that move those runs on
+  (``rename-queue``, ``rename-event``, ``cancel``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from django.core.checks import CheckMessage, Error, Warning, register
-from django.db import DatabaseError
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import DEFAULT_DB_ALIAS, DatabaseError
 
 from celery_workflows import graph
 
@@ -30,40 +45,57 @@ def check_workflow_graph(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     ]
 
 
-@register()
-def check_runs_in_flight(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """What the ledger's runs in flight need that the declarations no longer have."""
+@register(Tags.database)
+def check_runs_in_flight(
+    app_configs: Any = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """With ``check --database default`` (and ``migrate``): what runs in flight need."""
+    if not databases or DEFAULT_DB_ALIAS not in databases:
+        return []
+    return runs_in_flight_messages()
+
+
+@register(deploy=True)
+def check_runs_in_flight_before_deploy(
+    app_configs: Any = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """With ``check --deploy``: the same, unless the database check above already ran."""
+    if databases:
+        return []
+    return runs_in_flight_messages()
+
+
+#: kind of stranded need -> (check id, what to do)
+VERDICTS: dict[str, tuple[str, str]] = {
+    "waiting": (
+        "celery_workflows.W004",
+        "Keep the queue declared until these runs drain, or move their jobs to its new "
+        "name: manage.py workflows rename-queue {name} <new name>",
+    ),
+    "gate": (
+        "celery_workflows.W005",
+        "Subscribe to the event again, or point the gates at its new name: "
+        "manage.py workflows rename-event {name} <new name>",
+    ),
+    "dead": (
+        "celery_workflows.W003",
+        "Keep the queue declared until these runs finish, or move them: "
+        "manage.py workflows rename-queue {name} <new name>",
+    ),
+}
+VERDICTS["completed"] = VERDICTS["dead"]
+
+
+def runs_in_flight_messages() -> list[CheckMessage]:
+    """One warning per queue or event that runs in flight need and the declarations lack."""
     from .inflight import stranded
 
     try:
         found = stranded()
     except DatabaseError:  # no database here (a build step) or not migrated yet
         return []
-    rename = "manage.py workflows rename-{} {} <new name>"
-    # kind -> (message class, id, what to do)
-    verdicts: dict[str, tuple[type[Error] | type[Warning], str, str]] = {
-        "waiting": (
-            Error,
-            "celery_workflows.E003",
-            "Keep the queue declared until these runs drain, or move their jobs to its new "
-            "name: " + rename.format("queue", "{name}"),
-        ),
-        "gate": (
-            Error,
-            "celery_workflows.E004",
-            "Subscribe to the event again, or point the gates at its new name: "
-            + rename.format("event", "{name}"),
-        ),
-        "dead": (
-            Warning,
-            "celery_workflows.W003",
-            "Keep the queue declared until these runs finish, or move them: "
-            + rename.format("queue", "{name}"),
-        ),
-    }
-    verdicts["completed"] = verdicts["dead"]
     messages: list[CheckMessage] = []
     for s in found:
-        kind, check_id, hint = verdicts[s.kind]
-        messages.append(kind(s.describe(), hint=hint.format(name=s.name), id=check_id))
+        check_id, hint = VERDICTS[s.kind]
+        messages.append(Warning(s.describe(), hint=hint.format(name=s.name), id=check_id))
     return messages

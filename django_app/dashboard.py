@@ -21,6 +21,7 @@ from celery_workflows import registry
 from celery_workflows.clock import utcnow
 from celery_workflows.records import JobStatus, RunStatus
 
+from .inflight import Stranded, stranded
 from .models import Job, QueueControl, QueueMinute, WorkflowRun
 
 #: the window of the throughput and failure figures
@@ -29,6 +30,9 @@ WINDOW = timedelta(hours=1)
 RUN_COUNTS_TTL = 30
 #: active leases listed
 LEASES_SHOWN = 50
+#: what runs in flight need of removed declarations is cached this many seconds (it reads
+#: the dead letters and the completed steps of unfinished runs)
+STRANDED_TTL = 60
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class Figures:
     leases: list[Lease]
     #: per minute of the window, oldest first: (minute, succeeded, failed)
     minutes: list[tuple[datetime, int, int]] = field(default_factory=list)
+    #: queues and events that runs in flight need and this deploy no longer declares
+    stranded: list[Stranded] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -78,6 +84,8 @@ class Figures:
         for lease in data["leases"]:
             lease["expires_at"] = lease["expires_at"] and lease["expires_at"].isoformat()
         data["minutes"] = [[m.isoformat(), s, f] for m, s, f in self.minutes]
+        for entry, need in zip(data["stranded"], self.stranded, strict=True):
+            entry["message"] = need.describe()
         return data
 
 
@@ -92,7 +100,18 @@ def run_counts() -> dict[str, int]:
     return {status.value: int(counts.get(status.value, 0)) for status in RunStatus}
 
 
-def figures() -> Figures:
+def stranded_runs(cached: bool = True) -> list[Stranded]:
+    """What runs in flight need of removed declarations (with ``cached``, read at most every
+    :data:`STRANDED_TTL` seconds; the declarations are this process's)."""
+    found = cache.get("celery_workflows:stranded") if cached else None
+    if found is None:
+        found = stranded()
+        cache.set("celery_workflows:stranded", found, STRANDED_TTL)
+    return list(found)
+
+
+def figures(cached: bool = True) -> Figures:
+    """The dashboard's figures; ``cached=False`` reads the slow ones (run counts aside) now."""
     now = utcnow()
     since = now - WINDOW
     rows: dict[str, dict[str, Any]] = {name: {} for name in registry.queues()}
@@ -168,7 +187,14 @@ def figures() -> Figures:
         (m, *per_minute.get(m, [0, 0]))
         for m in (start + timedelta(minutes=i) for i in range(int(WINDOW.total_seconds() // 60)))
     ]
-    return Figures(now, queues, run_counts(), leases, minutes)  # type: ignore[arg-type]
+    return Figures(
+        now,
+        queues,
+        run_counts(),
+        leases,
+        minutes,  # type: ignore[arg-type]
+        stranded_runs(cached),
+    )
 
 
 def throughput_svg(minutes: list[tuple[datetime, int, int]], width: int = 720) -> str:

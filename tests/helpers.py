@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +17,32 @@ from django.test import Client
 from celery_workflows.clock import utcnow
 from celery_workflows.enqueueing import after_insert, prepare
 from celery_workflows.queues import QueueSpec
-from celery_workflows.records import EnqueueResult
+from celery_workflows.records import EnqueueResult, NewJob, RunStart
 from celery_workflows.store import get_store
 
 #: screenshots and other evidence of the browser tests
 ARTIFACTS = Path(
     os.environ.get("TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")
 )
+
+
+#: the test project's manage.py
+MANAGE = Path(__file__).resolve().parent / "proj" / "manage.py"
+
+
+def manage(
+    env: Mapping[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python manage.py <args>`` in a subprocess, as an operator runs it from a shell - with
+    the system checks that ``call_command`` skips. ``env``: the test database and broker
+    (the ``worker_env`` fixture)."""
+    return subprocess.run(
+        [sys.executable, str(MANAGE), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def postgres_only(reason: str) -> pytest.MarkDecorator:
@@ -45,3 +68,26 @@ def write_unvalidated(spec: QueueSpec, payload: Any, correlation_id: str) -> Enq
     result = store.insert_job(job)
     after_insert(store, spec, job, result)
     return result
+
+
+def started_by_the_old_deploy(key: str, queue: str = "ver.validateStock", **job) -> str:
+    """What the previous deploy (definition "v1") wrote for a run it started: the run and its
+    first job, through the same store call ``enqueue()`` uses."""
+    correlation_id = uuid.uuid4().hex
+    get_store().insert_jobs(
+        [
+            NewJob(
+                id=uuid.uuid4().hex,
+                service="ver",
+                queue=queue,
+                payload={"orderId": key},
+                max_attempts=3,
+                available_at=utcnow(),
+                correlation_id=correlation_id,
+                published=True,
+                starts=RunStart("ver", key, "orderPlaced", version="v1"),
+                **job,
+            )
+        ]
+    )
+    return correlation_id

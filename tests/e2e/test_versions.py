@@ -9,14 +9,12 @@ import uuid
 import pytest
 from django.core.checks import run_checks
 from django.core.management import call_command
-from django.core.management.base import SystemCheckError
 
 from celery_workflows import ConfigurationError, get_workflow, rename_queue
 from celery_workflows.clock import utcnow
-from celery_workflows.records import NewJob, RunStart
-from celery_workflows.store import get_store
 from celery_workflows.testing import wait_for_run
 from django_app.models import AuditEntry, Job, WorkflowRun
+from tests.helpers import started_by_the_old_deploy
 from tests.proj.workflows import ver
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db")]
@@ -27,35 +25,11 @@ def ver_worker(start_worker):
     return start_worker(["ver.checkStock", "ver.ship"], concurrency=1, name="ver")
 
 
-def started_by_the_old_deploy(key: str, queue: str = "ver.validateStock", **job) -> str:
-    """What the previous deploy (definition "v1") wrote for a run it started: the run and its
-    first job, through the same store call ``enqueue()`` uses."""
-    correlation_id = uuid.uuid4().hex
-    get_store().insert_jobs(
-        [
-            NewJob(
-                id=uuid.uuid4().hex,
-                service="ver",
-                queue=queue,
-                payload={"orderId": key},
-                max_attempts=3,
-                available_at=utcnow(),
-                correlation_id=correlation_id,
-                published=True,
-                starts=RunStart("ver", key, "orderPlaced", version="v1"),
-                **job,
-            )
-        ]
-    )
-    return correlation_id
-
-
 def check_messages() -> str:
-    try:
-        call_command("check")
-    except SystemCheckError as exc:
-        return str(exc)
-    return ""
+    """What ``manage.py check --deploy`` reports (as warnings; see test_deploy_checks)."""
+    return "\n".join(
+        f"{m.id} {m.msg} HINT: {m.hint}" for m in run_checks(include_deployment_checks=True)
+    )
 
 
 def test_new_runs_record_the_definition_version_they_started_with(ver_worker):
@@ -72,7 +46,7 @@ def test_check_names_runs_a_renamed_step_would_strand_and_rename_lets_them_finis
     for n in range(4):
         started_by_the_old_deploy(f"v-{n}")
     messages = check_messages()
-    assert "celery_workflows.E003" in messages
+    assert "celery_workflows.W004" in messages
     assert "4 run(s) in flight need 4 job(s) waiting or running on queue ver.validateStock" in (
         messages
     )
@@ -88,13 +62,17 @@ def test_check_names_runs_a_renamed_step_would_strand_and_rename_lets_them_finis
     assert [h.name for h in runs[0].history if h.kind == "job"] == ["ver.checkStock", "ver.ship"]
     assert runs[0].definition_version == "v1"  # still the definition it started with
     assert [a.action for a in runs[0].audit] == ["rename_queue"]
-    assert "E003" not in check_messages()
+    assert "W004" not in check_messages()
 
 
 def test_a_dead_letter_on_a_removed_queue_is_reported_as_not_redrivable(ver_worker):
     dead = started_by_the_old_deploy("v-dead", queue="ver.oldAudit")
     Job.objects.filter(correlation_id=dead).update(status="dead", dead_reason="old failure")
-    found = [m for m in run_checks() if m.id.startswith("celery_workflows.")]
+    found = [
+        m
+        for m in run_checks(include_deployment_checks=True)
+        if m.id.startswith("celery_workflows.")
+    ]
     # a warning, not an error: nothing waits on the queue, but the dead letter is stuck
     assert [m.id for m in found] == ["celery_workflows.W003"]
     assert "ver.oldAudit" in found[0].msg and "cannot be re-driven" in found[0].msg
@@ -120,11 +98,11 @@ def test_a_gate_waiting_to_emit_a_renamed_event_is_reported_and_repointed(ver_wo
         },
     )
     messages = check_messages()
-    assert "celery_workflows.E004" in messages and "orderApprovedV1" in messages
+    assert "celery_workflows.W005" in messages and "orderApprovedV1" in messages
     assert "v-gate" in messages
     call_command("workflows", "rename-event", "orderApprovedV1", "verOrderApproved")
     assert "1 open approval gate(s) now emit verOrderApproved" in capsys.readouterr().out
-    assert "E004" not in check_messages()
+    assert "W005" not in check_messages()
     gate = get_workflow("v-gate").waiting_for
     assert gate is not None and gate["approve_event"] == "verOrderApproved"
     assert (

@@ -191,7 +191,7 @@ class Command(BaseCommand):
         self.stdout.write(f"resumed {options['queue']}" if done else "not paused")
 
     def do_stats(self, options: dict[str, Any]) -> None:
-        data = dashboard.figures()
+        data = dashboard.figures(cached=False)
         if options["json"]:
             self.stdout.write(json.dumps(data.to_json(), indent=2))
             return
@@ -209,6 +209,10 @@ class Command(BaseCommand):
                 f"{q.oldest_waiting_s:>10.1f}{q.per_minute:>8.1f}{100 * q.failure_rate:>7.1f}"
                 f"  {state}"
             )
+        if data.stranded:
+            w("runs in flight that this deploy no longer serves")
+        for need in data.stranded:
+            w(f"  {need.describe()}")
         w(f"{len(data.leases)} active lease(s) shown")
         for lease in data.leases:
             w(
