@@ -39,7 +39,6 @@ from .errors import ConfigurationError
 from .events import new_event, run_start_for, write_and_publish
 from .ids import new_id
 from .payloads import to_json
-from .records import RunStatus
 from .store import Store, get_store
 
 logger = logging.getLogger("celery_workflows.schedules")
@@ -276,13 +275,11 @@ def fire(name: str, fired_at: str | None = None, catch_up: bool = False) -> list
 
 def start(store: Store, spec: ScheduleSpec, slot: datetime, note: str) -> bool:
     """Start the schedule's target for ``slot`` once, honouring its concurrency policy."""
-    previous = store.last_fire(spec.qualified_name)
-    running = (
-        previous is not None
-        and previous[1] != "skipped"
-        and bool(previous[2])
-        and store.run_status(previous[2]) in (RunStatus.RUNNING, RunStatus.WAITING)
-    )
+    # "still running" is about the run of the last firing that started one: firings skipped
+    # since then started nothing, so they must not hide it
+    previous = store.last_fire(spec.qualified_name, started=True)
+    status = store.run_status(previous[2]) if previous is not None and previous[2] else None
+    running = status is not None and not status.is_final
     actor = f"schedule:{spec.qualified_name}"
     if running and spec.concurrency == "forbid":
         store.record_fire(spec.qualified_name, slot, "skipped", "previous run still unfinished", "")

@@ -168,8 +168,11 @@ class Runs(Protocol):
     ) -> bool:
         """Record one firing of a schedule; False if this (schedule, slot) fired already."""
 
-    def last_fire(self, schedule: str) -> tuple[datetime, str, str] | None:
-        """The latest firing of a schedule: (slot, outcome, correlation id of its run)."""
+    def last_fire(
+        self, schedule: str, started: bool = False
+    ) -> tuple[datetime, str, str] | None:
+        """The latest firing of a schedule: (slot, outcome, correlation id of its run); with
+        ``started``, the latest that started a run (a skipped firing started none)."""
 
     def get_state(self, key: str) -> StateValue | None: ...
 

@@ -82,10 +82,14 @@ class Runs:
             return False
         return True
 
-    def last_fire(self, schedule: str) -> tuple[datetime, str, str] | None:
+    def last_fire(
+        self, schedule: str, started: bool = False
+    ) -> tuple[datetime, str, str] | None:
+        fires = ScheduleFire.objects.filter(schedule=schedule)
+        if started:
+            fires = fires.exclude(outcome=ScheduleFire.Outcome.SKIPPED)
         row = (
-            ScheduleFire.objects.filter(schedule=schedule)
-            .order_by("-slot")
+            fires.order_by("-slot")
             .values_list("slot", "outcome", "correlation_id")
             .first()
         )

@@ -95,6 +95,56 @@ def test_forbid_skips_a_firing_while_the_previous_run_is_unfinished():
     assert second.reason == "previous run still unfinished" and not second.correlation_id
 
 
+def test_forbid_holds_over_many_firings_and_a_beat_restart_until_the_started_run_ends(
+    start_worker,
+):
+    # the schedules queue on a real worker, fired as beat fires it (the firing time stamped
+    # when it is sent), hour after hour on the test clock; the run of the first firing stays
+    # open (its first job waits: no worker here consumes the saga's queues)
+    from types import SimpleNamespace
+
+    from celery_workflows import cancel_workflow
+    from celery_workflows.celery_integration import _catch_up_schedules
+    from celery_workflows.schedules import FIRE_TASK
+    from celery_workflows.testing import TestClock
+    from tests.proj.celery_app import app
+
+    clock = TestClock().install()
+    worker = start_worker(
+        [SCHEDULES_QUEUE], concurrency=1, name="beatless", extra_env=clock.environment
+    )
+    try:
+        now = clock.now()
+        clock.advance(now.replace(minute=0, second=5, microsecond=0) + timedelta(hours=1) - now)
+
+        def firing(expected: int) -> list[str]:
+            app.tasks[FIRE_TASK].apply_async(args=["saga.forbidden"], queue=SCHEDULES_QUEUE)
+            wait_for(lambda: len(fires("saga.forbidden")) == expected, timeout=20)
+            return [f.outcome for f in fires("saga.forbidden")]
+
+        assert firing(1) == ["started"]
+        first = fires("saga.forbidden")[0].correlation_id
+        for n in (2, 3):
+            clock.advance(timedelta(hours=1))
+            assert firing(n)[-1] == "skipped"
+        clock.advance(timedelta(minutes=30))
+        _catch_up_schedules(sender=SimpleNamespace(app=app))  # beat restarts
+        clock.advance(timedelta(minutes=30))
+        assert firing(4)[-1] == "skipped"  # the catch-up found no missed slot to add
+        assert get_workflow(first).status == "running"
+        cancel_workflow(first, actor="ops")
+        wait_for(lambda: get_workflow(first).status in ("cancelled", "compensated"))
+        clock.advance(timedelta(hours=1))
+        assert firing(5)[-1] == "started"
+        clock.advance(timedelta(hours=1))
+        assert firing(6) == ["started", "skipped", "skipped", "skipped", "started", "skipped"]
+        second = fires("saga.forbidden")[4].correlation_id
+        assert second != first and get_workflow(second).status == "running"
+    finally:
+        worker.stop()
+        clock.uninstall()
+
+
 def test_replace_stops_the_previous_run_and_starts_a_new_one():
     base = utcnow().replace(minute=0, second=0, microsecond=0)
     fire("saga.replacing", fired_at=base.isoformat())
