@@ -74,9 +74,18 @@ class ConsumeDeclaredQueues(bootsteps.Step):
         super().__init__(parent, **kwargs)
         queues = parent.app.amqp.queues
         # Celery keeps the -Q selection in _consume_from; None means "no -Q given"
-        if getattr(queues, "_consume_from", None) is None:
+        selected = getattr(queues, "_consume_from", None)
+        if selected is None:
             for name in [*registry.queues(), EVENTS_QUEUE, SCHEDULES_QUEUE]:
                 queues.select_add(name)
+        elif registry.schedules() and SCHEDULES_QUEUE not in selected:
+            logger.warning(
+                "schedules are declared (%s) and this worker does not consume %s, where beat "
+                "sends their firings: make sure one worker does (add it to its -Q, or start "
+                "it without -Q)",
+                ", ".join(sorted(registry.schedules())),
+                SCHEDULES_QUEUE,
+            )
 
 
 def positive_seconds(conf: Any, name: str, default: float) -> float:

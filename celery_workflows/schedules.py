@@ -29,11 +29,11 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery import Task
-from celery.schedules import crontab
 
-from . import registry, telemetry
+from . import cron, registry, telemetry
 from .clock import utcnow
 from .compensation import stop_workflow
+from .cron import ZonedCrontab
 from .enqueueing import enqueue
 from .errors import ConfigurationError
 from .events import new_event, run_start_for, write_and_publish
@@ -50,38 +50,11 @@ CONCURRENCY = ("allow", "forbid", "replace")
 MISSED = ("skip", "once", "backfill")
 #: a firing later than this after its slot counts as missed (beat was down)
 GRACE = timedelta(seconds=60)
-#: how far back a cron schedule's slots are searched
-HORIZON = timedelta(days=366)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class zoned_crontab(crontab):
-    """Celery's crontab, evaluated in a timezone of its own rather than the app's."""
-
-    def __init__(
-        self,
-        minute: Any = "*",
-        hour: Any = "*",
-        day_of_week: Any = "*",
-        day_of_month: Any = "*",
-        month_of_year: Any = "*",
-        zone: str = "UTC",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(minute, hour, day_of_week, day_of_month, month_of_year, **kwargs)
-        self.zone = zone
-        self._orig_kwargs = {**kwargs, "zone": zone}
-
-    @property
-    def tz(self) -> ZoneInfo:  # type: ignore[override]
-        return ZoneInfo(self.zone)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        zone = state.pop("zone", "UTC")
-        super().__setstate__(state)  # type: ignore[misc]
-        self.zone = zone
-        self._orig_kwargs = {**state, "zone": zone}
+#: the name beat's schedule files written by earlier versions pickled the crontab under
+zoned_crontab = ZonedCrontab
 
 
 @dataclass(frozen=True)
@@ -104,12 +77,12 @@ class ScheduleSpec:
     def qualified_name(self) -> str:
         return f"{self.service}.{self.name}"
 
-    def beat_schedule(self) -> zoned_crontab | timedelta:
+    def beat_schedule(self) -> ZonedCrontab | timedelta:
         if self.every is not None:
             return self.every
         assert self.cron is not None
         minute, hour, day_of_month, month_of_year, day_of_week = self.cron.split()
-        return zoned_crontab(
+        return ZonedCrontab(
             minute=minute,
             hour=hour,
             day_of_week=day_of_week,
@@ -123,23 +96,10 @@ class ScheduleSpec:
         if self.every is not None:
             steps = (moment - EPOCH) // self.every
             return EPOCH + steps * self.every
-        # the crontab's expanded field sets (sets of ints), typed loosely by the stubs
-        schedule: Any = self.beat_schedule()
-        zone = ZoneInfo(self.timezone)
-        at = moment.astimezone(UTC).replace(second=0, microsecond=0)
-        oldest = at - HORIZON
-        while at > oldest:
-            local = at.astimezone(zone)
-            if (
-                local.minute in schedule.minute
-                and local.hour in schedule.hour
-                and local.day in schedule.day_of_month
-                and local.month in schedule.month_of_year
-                and local.isoweekday() % 7 in schedule.day_of_week
-            ):
-                return at
-            at -= timedelta(minutes=1)
-        raise ConfigurationError(f"schedule {self.qualified_name}: no slot in the past year")
+        found = cron.slot_at(self.beat_schedule(), ZoneInfo(self.timezone), moment)
+        if found is None:
+            raise ConfigurationError(f"schedule {self.qualified_name}: no slot in the past year")
+        return found
 
     def slots_after(self, start: datetime, end: datetime, limit: int = 1000) -> list[datetime]:
         """The slots after ``start`` up to and including ``end``, oldest first (at most
@@ -249,7 +209,13 @@ def fire(name: str, fired_at: str | None = None, catch_up: bool = False) -> list
     last = store.last_fire(name)
     late = catch_up or at - slot > spec.grace()
     if last is None:
-        missed: list[datetime] = [slot] if late else []
+        if late:
+            # never fired before: slots from before the schedule was first seen are not
+            # missed (a new nightly job must not run at once on its first deploy); from now
+            # on, slots after this moment are
+            store.record_fire(name, at, "seen", "first seen; earlier slots are not missed", "")
+            return []
+        missed: list[datetime] = []
     else:
         missed = spec.slots_after(last[0], slot)
         if not late:

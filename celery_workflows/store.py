@@ -168,11 +168,10 @@ class Runs(Protocol):
     ) -> bool:
         """Record one firing of a schedule; False if this (schedule, slot) fired already."""
 
-    def last_fire(
-        self, schedule: str, started: bool = False
-    ) -> tuple[datetime, str, str] | None:
+    def last_fire(self, schedule: str, started: bool = False) -> tuple[datetime, str, str] | None:
         """The latest firing of a schedule: (slot, outcome, correlation id of its run); with
-        ``started``, the latest that started a run (a skipped firing started none)."""
+        ``started``, the latest that started a run (a skipped firing started none, and the
+        ``seen`` mark of a schedule noticed late for the first time is no firing)."""
 
     def get_state(self, key: str) -> StateValue | None: ...
 

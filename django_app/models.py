@@ -245,6 +245,9 @@ class ScheduleFire(models.Model):
         STARTED = "started"
         SKIPPED = "skipped"
         REPLACED = "replaced"
+        #: not a firing: the first time the schedule was noticed late (slots before it are
+        #: not missed)
+        SEEN = "seen"
 
     schedule = models.CharField(max_length=201, help_text="service.schedule")
     slot = models.DateTimeField(help_text="the schedule time this firing stands for")

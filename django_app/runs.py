@@ -82,17 +82,13 @@ class Runs:
             return False
         return True
 
-    def last_fire(
-        self, schedule: str, started: bool = False
-    ) -> tuple[datetime, str, str] | None:
+    def last_fire(self, schedule: str, started: bool = False) -> tuple[datetime, str, str] | None:
         fires = ScheduleFire.objects.filter(schedule=schedule)
         if started:
-            fires = fires.exclude(outcome=ScheduleFire.Outcome.SKIPPED)
-        row = (
-            fires.order_by("-slot")
-            .values_list("slot", "outcome", "correlation_id")
-            .first()
-        )
+            fires = fires.filter(
+                outcome__in=[ScheduleFire.Outcome.STARTED, ScheduleFire.Outcome.REPLACED]
+            )
+        row = fires.order_by("-slot").values_list("slot", "outcome", "correlation_id").first()
         return None if row is None else (row[0], row[1], row[2])
 
     def get_state(self, key: str) -> StateValue | None:

@@ -7,7 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +184,73 @@ def test_declared_schedules_appear_in_django_celery_beat():
     assert json.loads(nightly.args) == ["t.nightly"]
     assert str(nightly.crontab.timezone) == "Europe/Berlin" and nightly.crontab.hour == "3"
     assert PeriodicTask.objects.get(name="celery_workflows:t.tick").interval.every == 1
+
+
+def beat_through(clock, name: str, until: datetime) -> None:
+    """Celery beat's loop for one entry, on the test kit's clock: ask the entry's schedule
+    whether it is due (beat's own ``is_due``), send the firing when it is - stamped with the
+    time it is sent, as beat sends it - and sleep as long as it says (at most beat's
+    ``max_interval`` of 5 minutes)."""
+    from celery_workflows import registry
+    from celery_workflows.schedules import FIRE_TASK
+    from tests.proj.celery_app import app
+
+    schedule = registry.schedules()[name].beat_schedule()
+    last_run = clock.now()
+    while clock.now() < until:
+        due, wait = schedule.is_due(last_run)
+        if due:
+            app.tasks[FIRE_TASK].apply_async(args=[name], queue=SCHEDULES_QUEUE)
+            last_run = clock.now()
+        clock.advance(min(max(float(wait), 1.0), 300.0))
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [
+        # spring 2027: 02:30 does not exist on March 28; it runs when the clocks jump
+        ("2027-03-27", ["2027-03-27 01:30", "2027-03-28 01:00", "2027-03-29 00:30"]),
+        # autumn 2027: 02:30 happens twice on October 31; it runs at the first one only
+        ("2027-10-30", ["2027-10-30 00:30", "2027-10-31 00:30", "2027-11-01 01:30"]),
+    ],
+    ids=["spring", "autumn"],
+)
+def test_a_daily_cron_runs_once_a_day_across_a_daylight_saving_change(start_worker, days, expected):
+    from celery_workflows.testing import TestClock
+
+    clock = TestClock().install()
+    worker = start_worker([SCHEDULES_QUEUE], concurrency=1, name="dst", extra_env=clock.environment)
+    try:
+        first = datetime.fromisoformat(days).replace(tzinfo=UTC)
+        clock.advance(first - clock.now())
+        beat_through(clock, "t.berlinHalfPastTwo", first + timedelta(days=3))
+        wait_for(lambda: len(fires("t.berlinHalfPastTwo")) >= 3, timeout=30)
+        worker.stop()  # every firing sent is recorded: nothing more will come
+        done = fires("t.berlinHalfPastTwo")
+        assert [f.slot.astimezone(UTC).strftime("%Y-%m-%d %H:%M") for f in done] == expected
+        assert {f.outcome for f in done} == {"started"}
+    finally:
+        worker.stop()
+        clock.uninstall()
+
+
+def test_missed_once_does_not_run_a_new_schedule_for_a_slot_from_before_it_was_deployed():
+    # beat starts for the first time with this schedule an hour and a quarter past a slot:
+    # that slot was never owed, so nothing runs until the next one
+    first_seen = utcnow().replace(minute=15, second=0, microsecond=0) + timedelta(days=40)
+    assert fire("t.hourlyOnce", fired_at=first_seen.isoformat(), catch_up=True) == []
+    (seen,) = fires("t.hourlyOnce")
+    assert seen.outcome == "seen" and not seen.correlation_id
+    # beat restarts after being down over two slots: those were owed, and run once
+    later = first_seen + timedelta(hours=2, minutes=30)
+    started = fire("t.hourlyOnce", fired_at=later.isoformat(), catch_up=True)
+    assert started == [later.replace(minute=0)]
+
+
+def test_a_worker_started_with_q_without_the_schedules_queue_says_so(start_worker):
+    worker = start_worker(["t.tock"], concurrency=1, name="noschedules")
+    worker.wait_ready()
+    log = Path(worker.log_path).read_text()
+    assert f"does not consume {SCHEDULES_QUEUE}, where beat sends their firings" in log
+    assert "t.berlinHalfPastTwo" in log
+    worker.stop()

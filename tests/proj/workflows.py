@@ -261,6 +261,8 @@ t.schedule("hourlySkip", every=timedelta(hours=1), emit="tickDue")
 t.schedule(
     "nightly", cron="0 3 * * *", timezone="Europe/Berlin", enqueue="tock", payload={"from": "cron"}
 )
+#: driven through daylight saving changes on the test clock
+t.schedule("berlinHalfPastTwo", cron="30 2 * * *", timezone="Europe/Berlin", emit="tickDue")
 
 
 class HookRecorder(Middleware):

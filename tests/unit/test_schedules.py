@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from celery import Celery
@@ -44,6 +45,59 @@ def test_a_cron_slot_is_read_in_the_schedules_own_timezone():
     assert nightly.slot_at(datetime(2026, 7, 15, 12, tzinfo=UTC)) == datetime(
         2026, 7, 15, 1, tzinfo=UTC
     )
+
+
+BERLIN_HALF_PAST_TWO = {"cron": "30 2 * * *", "timezone": "Europe/Berlin"}
+
+
+def daily_slots(schedule: ScheduleSpec, first: datetime, days: int) -> list[datetime]:
+    return schedule.slots_after(first, first + timedelta(days=days))
+
+
+def test_a_time_in_the_spring_gap_runs_once_when_the_clocks_jump():
+    # 2027-03-28: at 02:00 CET clocks jump to 03:00 CEST; 02:30 never happens that day
+    slots = daily_slots(spec(**BERLIN_HALF_PAST_TWO), datetime(2027, 3, 26, 12, tzinfo=UTC), 3)
+    assert slots == [
+        datetime(2027, 3, 27, 1, 30, tzinfo=UTC),  # 02:30 CET
+        datetime(2027, 3, 28, 1, 0, tzinfo=UTC),  # 03:00 CEST: the moment of the jump
+        datetime(2027, 3, 29, 0, 30, tzinfo=UTC),  # 02:30 CEST
+    ]
+
+
+def test_a_time_in_the_repeated_autumn_hour_runs_at_its_first_occurrence_only():
+    # 2027-10-31: at 03:00 CEST clocks go back to 02:00 CET; 02:30 happens twice that day
+    slots = daily_slots(spec(**BERLIN_HALF_PAST_TWO), datetime(2027, 10, 29, 12, tzinfo=UTC), 3)
+    assert slots == [
+        datetime(2027, 10, 30, 0, 30, tzinfo=UTC),
+        datetime(2027, 10, 31, 0, 30, tzinfo=UTC),  # 02:30 CEST, not 02:30 CET as well
+        datetime(2027, 11, 1, 1, 30, tzinfo=UTC),
+    ]
+
+
+def test_a_daily_schedule_runs_once_every_day_of_a_year_with_two_changes():
+    slots = daily_slots(spec(**BERLIN_HALF_PAST_TWO), datetime(2027, 1, 1, tzinfo=UTC), 365)
+    assert len(slots) == 365
+    assert len({s.astimezone(ZoneInfo("Europe/Berlin")).date() for s in slots}) == 365
+
+
+def test_an_every_hour_schedule_keeps_running_through_the_repeated_hour():
+    hourly = spec(cron="15 * * * *", timezone="Europe/Berlin")
+    slots = hourly.slots_after(
+        datetime(2027, 10, 30, 23, tzinfo=UTC), datetime(2027, 10, 31, 3, tzinfo=UTC)
+    )
+    # 01:15 CEST, 02:15 CEST, 02:15 CET, 03:15 CET: one an hour, as the wall clock goes
+    assert [s.hour for s in slots] == [23, 0, 1, 2]
+
+
+def test_beat_is_told_to_send_at_the_slots():
+    schedule = spec(**BERLIN_HALF_PAST_TWO).beat_schedule()
+    assert isinstance(schedule, zoned_crontab)
+    from celery_workflows.cron import next_slot_after
+
+    before_gap = datetime(2027, 3, 27, 1, 30, tzinfo=UTC)
+    assert next_slot_after(schedule, before_gap) == datetime(2027, 3, 28, 1, 0, tzinfo=UTC)
+    in_repeat = datetime(2027, 10, 31, 0, 30, tzinfo=UTC)
+    assert next_slot_after(schedule, in_repeat) == datetime(2027, 11, 1, 1, 30, tzinfo=UTC)
 
 
 def test_slots_after_lists_the_missed_ones_oldest_first():
