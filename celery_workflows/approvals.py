@@ -1,9 +1,11 @@
 """Human approval gates: a workflow waits until a person approves or rejects.
 
-A step calls ``ctx.wait_for_human(...)``: the run's status becomes ``waiting`` and remembers
-which event an approval emits and which a rejection emits. The step then finishes normally;
-nothing runs until someone decides - in the admin (Approve / Reject buttons) or in code with
-:func:`decide` (a link in an email, a Slack action). The decision emits the chosen event in the
+A step calls ``ctx.wait_for_human(...)`` and finishes normally; with its successful outcome -
+in the same fenced write - the run's status becomes ``waiting`` and remembers which event an
+approval emits and which a rejection emits (a step that fails after asking, or an attempt
+whose lease was taken over, opens no gate). Nothing runs until someone decides - in the
+admin (Approve / Reject buttons) or in code with :func:`decide` (a link in an email, a Slack
+action). The decision emits the chosen event in the
 run's workflow, so subscriptions continue it like any other step. A gate is decided once: a
 second click finds it closed.
 """
@@ -21,7 +23,7 @@ from .errors import ConfigurationError, GateClosedError
 from .events import new_event, write_and_publish
 from .payloads import to_json
 from .records import Event
-from .store import Runs, get_store
+from .store import get_store
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,7 @@ class Gate:
         return cls(**values)
 
 
-def open_gate(
-    runs: Runs,
+def new_gate(
     correlation_id: str,
     job_id: str,
     prompt: str,
@@ -58,6 +59,9 @@ def open_gate(
     expires_in: timedelta | None = None,
     timeout_event: str | None = None,
 ) -> Gate:
+    """The gate a step opens (validated now: a bad event name or expiry raises in the
+    handler). It is written with the step's successful outcome, behind its fence: a step that
+    fails, or a zombie attempt, opens nothing."""
     for name in (approve_event, reject_event, *([timeout_event] if timeout_event else [])):
         registry.check_name("event", name)
     if expires_in is not None and (
@@ -67,7 +71,7 @@ def open_gate(
             f"approval gate {prompt!r}: expires_in must be a positive timedelta, got {expires_in!r}"
         )
     now = utcnow()
-    gate = Gate(
+    return Gate(
         prompt=prompt,
         approve_event=approve_event,
         reject_event=reject_event,
@@ -78,8 +82,6 @@ def open_gate(
         timeout_event=(timeout_event or reject_event) if expires_in else None,
         traceparent=telemetry.current_traceparent(),
     )
-    runs.open_gate(correlation_id, gate.to_json())
-    return gate
 
 
 def decide(correlation_id: str, approve: bool, actor: str, comment: str = "") -> Event:

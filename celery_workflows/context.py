@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
-from .approvals import open_gate
+from .approvals import Gate, new_gate
 from .coroutines import to_async
 from .errors import (
     DeadLetterRequested,
@@ -61,6 +61,7 @@ class JobContext(Generic[R]):
         on_lease_extended: Callable[[float], None],
         visibility_timeout: float,
         emit: Callable[[str, Any], Event],
+        open_gate: Callable[[Gate], None],
     ) -> None:
         self.job = job
         self.resources = resources
@@ -70,6 +71,7 @@ class JobContext(Generic[R]):
         self._on_lease_extended = on_lease_extended
         self._visibility_timeout = visibility_timeout
         self._emit = emit
+        self._open_gate = open_gate
         #: the state store, with writes attributed to this job's workflow
         self.states = States(job.correlation_id, store)
 
@@ -118,12 +120,12 @@ class JobContext(Generic[R]):
         """Park the workflow until a person approves (emits ``approve_event``) or rejects
         (emits ``reject_event``), in the admin or with :func:`celery_workflows.decide`.
 
-        The run shows as ``waiting`` with ``prompt``; this step itself finishes normally. With
-        ``expires_in``, a gate nobody answered in time closes by itself and emits
+        The run shows as ``waiting`` with ``prompt`` once this step's success is recorded (a
+        step that then fails or loses its lease opens nothing; its next attempt asks again).
+        With ``expires_in``, a gate nobody answered in time closes by itself and emits
         ``timeout_event`` (default: ``reject_event``) - once, audited as ``expire``.
         """
-        open_gate(
-            self._store,
+        gate = new_gate(
             self.job.correlation_id,
             self.job.id,
             prompt,
@@ -133,6 +135,7 @@ class JobContext(Generic[R]):
             expires_in,
             timeout_event,
         )
+        self._open_gate(gate)
 
     def extend_lease(self, seconds: float | None = None) -> datetime:
         """Keep owning the job for ``seconds`` more (default: the queue's visibility timeout).

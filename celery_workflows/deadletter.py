@@ -6,9 +6,10 @@ traceback, timestamps and worker. Re-driving creates a *fresh* job (new id, atte
 linked to the old one through ``redriven_from``) and marks the old one ``redriven`` in the same
 transaction, so one dead letter is re-driven at most once. A step of a workflow whose
 compensation has started cannot be re-driven (the work it would continue was undone); a failed
-compensation job can (re-driving it finishes the undo). Every action is audited with its
-``actor``, in the transaction that performs it, whichever door (Python, admin, command) it came
-through.
+compensation job can: the new job undoes the same step (``ctx.compensating_for``), the run is
+compensating again, and once it succeeds the undo carries on to the earlier steps. Every
+action is audited with its ``actor``, in the transaction that performs it, whichever door
+(Python, admin, command) it came through.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def redrive(
         available_at=utcnow(),
         correlation_id=dead.correlation_id,
         redriven_from=dead.id,
+        # a re-driven undo still undoes the same step, and the workflow stays one trace
+        compensates=dead.compensates,
+        trace_id=dead.trace_id,
+        priority=dead.priority,
     )
     detail: dict[str, Any] = {"new_job_id": job.id}
     if edited:

@@ -224,10 +224,11 @@ class Outbox:
     jobs: list[NewJob] = field(default_factory=list)
     #: set when these events start a workflow (emitted from outside any job)
     starts: RunStart | None = None
-    #: the jobs include a compensation: the run is compensating from now on
-    compensating: bool = False
     #: the events stop their run (a timeout): their subscriptions' jobs run on a stopped run
     stopping: bool = False
+    #: an approval gate the step opened: the run waits on it once the step's success is
+    #: written (and only then: a failed or fenced attempt opens nothing)
+    gate: dict[str, Any] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.events or self.jobs)
@@ -241,6 +242,8 @@ class Recorded:
     created: list[NewJob]
     #: the run's final status when this write settled it (exactly one writer gets it)
     run_status: RunStatus | None = None
+    #: the attempt failed in a run that was stopped: instead of a retry the job was cancelled
+    retry_cancelled: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,18 +279,6 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True)
-class StepRecord:
-    """A job of a run that succeeded - a step that compensation may have to undo."""
-
-    job_id: str
-    queue: str
-    payload: Any
-    finished_at: datetime
-    #: set when this job is itself a compensation (of that job)
-    compensates: str | None = None
-
-
-@dataclass(frozen=True)
 class JobRecord:
     """A read-only view of one ledger row."""
 
@@ -312,6 +303,9 @@ class JobRecord:
     attempt_log: list[dict[str, Any]] = field(default_factory=list)
     #: for a compensation job: the job whose work it undoes
     compensates: str | None = None
+    #: the W3C traceparent the job was written under (its workflow's trace)
+    trace_id: str = ""
+    priority: int | None = None
 
 
 @dataclass(frozen=True)

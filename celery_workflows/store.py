@@ -16,7 +16,7 @@ only the public entry points look the store up with :func:`get_store`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
@@ -37,9 +37,14 @@ from .records import (
     Recorded,
     RunStatus,
     StateValue,
-    StepRecord,
     WorkflowStatus,
 )
+from .rules import RunJob
+
+#: given a stopped run's jobs (read under the run's lock), the compensation job to write now
+#: (see :func:`celery_workflows.rules.next_undo`); passed by the Celery side, which knows the
+#: declarations, to the ledger, which knows the rows
+UndoPlanner = Callable[[Sequence[RunJob]], NewJob | None]
 
 
 class Ledger(Protocol):
@@ -62,9 +67,15 @@ class Ledger(Protocol):
         self, job_id: str, lease_token: str, lease_seconds: float
     ) -> datetime | None: ...
 
-    def record_outcome(self, job: ClaimedJob, outcome: Outcome, outbox: Outbox) -> Recorded | None:
+    def record_outcome(
+        self, job: ClaimedJob, outcome: Outcome, outbox: Outbox, undo: UndoPlanner | None = None
+    ) -> Recorded | None:
         """Write the attempt's outcome and its outbox in one transaction; settle the run if
-        nothing of it is pending any more. None when the fence rejects the write."""
+        nothing of it is pending any more. None when the fence rejects the write.
+
+        With ``undo`` (the job's service compensates failed runs), a dead letter of a forward
+        step stops the run (:mod:`celery_workflows.rules`), and the outcome of any job of a
+        stopped run writes the next compensation when one is due."""
 
     def write_outbox(self, outbox: Outbox) -> list[NewJob]:
         """Write events and jobs (skipping ones already written); return the jobs created."""
@@ -73,9 +84,6 @@ class Ledger(Protocol):
 
     def knows_job(self, job_id: str) -> bool:
         """Whether the ledger has a job with this id (in any status)."""
-
-    def completed_steps(self, correlation_id: str) -> list[StepRecord]:
-        """The run's succeeded jobs, most recently finished first."""
 
     def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
         """Dead-letter a message no job could be read from; return the new row's id."""
@@ -87,10 +95,11 @@ class Maintenance(Protocol):
     def expire_leases(self, queues: list[str], now: datetime, limit: int) -> list[ExpiredLease]: ...
 
     def settle_expired(
-        self, lease: ExpiredLease, outcome: Outcome, outbox: Outbox | None = None
+        self, lease: ExpiredLease, outcome: Outcome, undo: UndoPlanner | None = None
     ) -> Recorded | None:
-        """Record an expired lease's outcome (with ``outbox``: a compensation to start), once;
-        None if another sweeper did."""
+        """Record an expired lease's outcome once (the same write as a worker's, fenced by
+        the lease token alone; ``undo`` as for :meth:`Ledger.record_outcome`); None if another
+        sweeper did."""
 
     def due_jobs(
         self, queues: list[str], now: datetime, stale_before: datetime, limit: int
@@ -127,9 +136,18 @@ class Operations(Protocol):
     def release_lease(self, job_id: str, actor: str) -> bool:
         """End a running job's lease now (audited); False if it is not running."""
 
-    def stop_run(self, correlation_id: str, reason: str, actor: str) -> bool:
-        """Stop an open run once: cancel its queued jobs, ask its running ones to stop, note
-        ``reason``, audit it. False if the run is not open or was stopped already."""
+    def stop_run(
+        self,
+        correlation_id: str,
+        reason: str,
+        actor: str,
+        outbox: Outbox,
+        undo: UndoPlanner | None,
+    ) -> list[NewJob] | None:
+        """Stop an open run once, in one transaction: note ``reason``, cancel its queued
+        forward jobs, ask its running ones to stop, write ``outbox`` (a timeout event) and -
+        with ``undo`` - the first compensation if one is due now; audit it. Returns the jobs
+        written (to publish), or None if the run is not open or was stopped already."""
 
     def rename_queue(self, old: str, new: str, actor: str) -> dict[str, int]:
         """Move what runs in flight still need of queue ``old`` to ``new`` - waiting jobs (to
@@ -152,8 +170,9 @@ class Runs(Protocol):
 
     def get_workflow(self, id_or_business_key: str) -> WorkflowStatus: ...
 
-    def open_gate(self, correlation_id: str, gate: dict[str, Any]) -> None:
-        """Mark the run ``waiting`` on ``gate``."""
+    def run_trace(self, correlation_id: str) -> str:
+        """The traceparent the run's first job was written under ("" if none): what a
+        write on the run's behalf from outside any attempt (a stop, a timeout) continues."""
 
     def close_gate(
         self, correlation_id: str, actor: str, action: str, comment: str, expired: bool = False

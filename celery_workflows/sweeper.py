@@ -26,12 +26,12 @@ from datetime import datetime, timedelta
 from . import control, registry
 from .approvals import expire_gate
 from .clock import utcnow
-from .compensation import stop_workflow, with_compensation
+from .compensation import stop_workflow, undo_planner
 from .control import running_queues
 from .lifecycle import after_failure
 from .middleware import AttemptInfo
 from .queues import QueueSpec
-from .records import AttemptOutcome, AttemptRecord, DueJob, ExpiredLease, JobStatus, Outbox
+from .records import AttemptOutcome, AttemptRecord, DueJob, ExpiredLease
 from .store import Store, get_store
 from .worker import follow_up
 
@@ -139,10 +139,7 @@ def settle_expired(store: Store, lease: ExpiredLease) -> bool:
         ),
     )
     outcome = after_failure(record, lease.max_attempts, spec.lifecycle.retry, seed=lease.job_id)
-    outbox = Outbox()
-    if outcome.status == JobStatus.DEAD and lease.compensates is None:
-        outbox = with_compensation(store, outbox, lease.correlation_id, "")
-    recorded = store.settle_expired(lease, outcome, outbox)
+    recorded = store.settle_expired(lease, outcome, undo_planner(spec.service))
     if recorded is None:
         return False
     info = AttemptInfo(

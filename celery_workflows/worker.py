@@ -20,8 +20,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import control, coroutines, registry, signals, telemetry
+from .approvals import Gate
 from .clock import utcnow
-from .compensation import compensates_on_failure, compensation_of, with_compensation
+from .compensation import undo_planner
 from .context import Job, JobContext
 from .continuation import claimed, lease_one, max_continuations
 from .errors import (
@@ -55,7 +56,7 @@ from .records import (
     Outcome,
     Recorded,
 )
-from .store import Store, get_store
+from .store import Store, UndoPlanner, get_store
 
 logger = logging.getLogger("celery_workflows.worker")
 
@@ -151,7 +152,14 @@ def follow_up(
     publish_created(recorded.created)
     control.note_outcome(store, spec, outcome, save_later=not in_sweeper)
     telemetry.record_outcome(spec.qualified_name, outcome)
-    if outcome.status == JobStatus.QUEUED:
+    if recorded.retry_cancelled:
+        log.warning(
+            "job %s attempt %s failed (%s); not retried: its run was stopped",
+            info.job_id,
+            info.attempt,
+            outcome.attempt.error,
+        )
+    elif outcome.status == JobStatus.QUEUED:
         log.warning(
             "job %s attempt %s failed (%s); retrying in %.2fs",
             info.job_id,
@@ -201,6 +209,8 @@ class Attempt:
         self.depth = depth
         #: events the handler emitted whose enclosing transaction (if any) committed
         self.emitted: list[Event] = []
+        #: the approval gate the handler asked for (opened with a successful outcome)
+        self.gate: Gate | None = None
         self.info = AttemptInfo(
             job_id=claimed.id,
             queue=spec.qualified_name,
@@ -252,6 +262,7 @@ class Attempt:
             on_lease_extended=alarm.reset,
             visibility_timeout=self.spec.lifecycle.visibility_timeout,
             emit=self._emit,
+            open_gate=self._open_gate,
         )
         try:
             result = self.spec.handler(ctx, ctx.job)
@@ -299,6 +310,8 @@ class Attempt:
         except (SubscriptionError, PayloadError) as exc:
             return self._failure(AttemptOutcome.FAILED, str(exc), exc)
         record = self._record(AttemptOutcome.SUCCEEDED, "", None)
+        if self.gate is not None:
+            outbox = dataclasses.replace(outbox, gate=self.gate.to_json())
         return Outcome(JobStatus.SUCCEEDED, record, result=result), outbox
 
     def _failure(
@@ -336,11 +349,11 @@ class Attempt:
         outcome, outbox = judged
         c = self.claimed
         assert self.spec.task is not None
-        outbox = self._compensation(outcome, outbox)
         limit = max_continuations(self.spec.task.app.conf)
         outbox, leased = lease_one(outbox, self.depth, limit, control.paused_queues(self.store))
+        undo = undo_planner(self.spec.service)
         try:
-            recorded = self._record_outcome(outcome, outbox)
+            recorded = self._record_outcome(outcome, outbox, undo)
         except LedgerWriteError as exc:
             # the database refused this outcome (not a lost connection): record that instead,
             # so the job does not look like a lost worker and run again
@@ -348,7 +361,7 @@ class Attempt:
             record = self._record(AttemptOutcome.FATAL, error, None)
             outcome = after_failure(record, c.max_attempts, self.spec.lifecycle.retry, give_up=True)
             outbox, leased = Outbox(), None
-            recorded = self.store.record_outcome(c, outcome, outbox)
+            recorded = self.store.record_outcome(c, outcome, outbox, undo)
         if recorded is None:
             self.log.warning(
                 "late result of job %s attempt %s rejected: its lease expired and the job was "
@@ -370,37 +383,14 @@ class Attempt:
             self.depth + 1,
         )
 
-    def _compensation(self, outcome: Outcome, outbox: Outbox) -> Outbox:
-        """A step that dead-letters starts its run's compensation; a compensation that
-        succeeds hands over to the next one (:mod:`celery_workflows.compensation`)."""
-        c = self.claimed
-        if outcome.status == JobStatus.DEAD and c.compensates is None:
-            trace = telemetry.current_traceparent() or c.trace_id
-            return with_compensation(self.store, outbox, c.correlation_id, trace)
-        if outcome.status != JobStatus.SUCCEEDED:
-            return outbox
-        if c.compensates is not None:
-            trace = telemetry.current_traceparent() or c.trace_id
-            return with_compensation(
-                self.store, outbox, c.correlation_id, trace, undone_now=c.compensates
-            )
-        if (
-            self.spec.compensate_with
-            and compensates_on_failure(self.spec.service)
-            and self.store.is_cancel_requested(c.id)
-        ):
-            # its run was stopped while it ran: it completed anyway, so it is undone too
-            trace = telemetry.current_traceparent() or c.trace_id
-            undo = compensation_of(self.spec, c.id, c.payload, c.correlation_id, trace)
-            return dataclasses.replace(outbox, jobs=[*outbox.jobs, undo], compensating=True)
-        return outbox
-
-    def _record_outcome(self, outcome: Outcome, outbox: Outbox) -> Recorded | None:
+    def _record_outcome(
+        self, outcome: Outcome, outbox: Outbox, undo: UndoPlanner | None
+    ) -> Recorded | None:
         """Write the outcome, waiting out a database outage while the lease lasts; past it the
         sweeper records the attempt as a lost lease."""
         while True:
             try:
-                return self.store.record_outcome(self.claimed, outcome, outbox)
+                return self.store.record_outcome(self.claimed, outcome, outbox, undo)
             except LedgerUnavailableError:
                 if utcnow() >= self.claimed.lease_expires_at:
                     raise
@@ -449,6 +439,9 @@ class Attempt:
                 causation_id=c.id,
                 trace_id=traceparent or c.trace_id,
             )
+
+    def _open_gate(self, gate: Gate) -> None:
+        self.gate = gate
 
     def _emit(self, name: str, payload: Any) -> Event:
         check_emits(self.spec.qualified_name, self.spec.emits, name)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db import transaction
 from django.db.models import F, Q
 
-from celery_workflows.clock import utcnow
 from celery_workflows.records import (
     DueJob,
     ExpiredLease,
@@ -21,9 +19,10 @@ from celery_workflows.records import (
     Recorded,
     RunStatus,
 )
+from celery_workflows.store import UndoPlanner
 
-from . import rows, sql
 from .models import Job, WorkflowRun
+from .outcomes import Attempted, write_outcome
 
 
 class Maintenance:
@@ -61,35 +60,17 @@ class Maintenance:
         ]
 
     def settle_expired(
-        self, lease: ExpiredLease, outcome: Outcome, outbox: Outbox | None = None
+        self, lease: ExpiredLease, outcome: Outcome, undo: UndoPlanner | None = None
     ) -> Recorded | None:
-        outbox = outbox or Outbox()
-        changes = rows.outcome_changes(outcome)
-        assignments = ", ".join(f"{column} = %s" for column in changes)
-        append = sql.dialect().json_append("attempt_log")
-        now = utcnow()
-        with transaction.atomic():
-            changed = sql.update(
-                f"UPDATE {sql.JOB} SET {assignments}, lease_token = NULL, "
-                f"lease_expires_at = NULL, attempt_log = {append} WHERE id = %s "
-                f"AND status = '{JobStatus.RUNNING}' AND lease_token = %s",
-                [
-                    *changes.values(),
-                    rows.js(outcome.attempt.to_json()),
-                    lease.job_id,
-                    lease.lease_token,
-                ],
-            )
-            if not changed:
-                return None
-            created = sql.SqlLedger().write_outbox(outbox, count_on_run=False) if outbox else []
-            deltas = sql.run_deltas(lease.compensates, outcome, outbox, len(created))
-            settled = (
-                sql.change_run(lease.correlation_id, lease.job_id, now, **deltas)
-                if deltas
-                else None
-            )
-        return Recorded(created, settled)
+        attempted = Attempted(
+            lease.job_id,
+            lease.correlation_id,
+            lease.attempt,
+            lease.lease_token,
+            lease.compensates,
+            held=False,
+        )
+        return write_outcome(attempted, outcome, Outbox(), undo)
 
     def runs_past_deadline(self, now: datetime, limit: int) -> list[str]:
         return list(

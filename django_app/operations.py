@@ -18,11 +18,15 @@ from celery_workflows.records import (
     JobRecord,
     JobStatus,
     NewJob,
+    Outbox,
     RunStatus,
 )
+from celery_workflows.store import UndoPlanner
 
-from . import sql
+from .ledger import SqlLedger
 from .models import AuditEntry, Event, Job, State, WorkflowRun
+from .outcomes import lock_run, stop
+from .runcounters import RunDelta, change_run
 
 
 class Operations:
@@ -44,17 +48,25 @@ class Operations:
         self, job_id: str, new_job: NewJob, actor: str, detail: dict[str, Any]
     ) -> EnqueueResult:
         with transaction.atomic():
+            lock_run(new_job.correlation_id)
             if not Job.objects.filter(id=job_id, status=JobStatus.DEAD).update(
                 status=JobStatus.REDRIVEN
             ):
                 raise NotDeadLetteredError(f"job {job_id} is no longer dead-lettered")
-            # the new job replaces the dead letter: counted pending by insert_job
+            # the new job replaces the dead letter: counted pending by insert_job. A
+            # re-driven compensation carries on undoing: its run is compensating again
+            undoing = new_job.compensates is not None
             WorkflowRun.objects.filter(correlation_id=new_job.correlation_id).update(
-                status=RunStatus.RUNNING,
+                status=RunStatus.COMPENSATING if undoing else RunStatus.RUNNING,
                 finished_at=None,
                 dead_jobs=Greatest(F("dead_jobs") - 1, 0),
+                failed_compensations=(
+                    Greatest(F("failed_compensations") - 1, 0)
+                    if undoing
+                    else F("failed_compensations")
+                ),
             )
-            sql.SqlLedger().insert_job(new_job)
+            SqlLedger().insert_job(new_job)
             AuditEntry.record(new_job.correlation_id, job_id, "redrive", actor, **detail)
         return EnqueueResult(new_job.id, True, new_job.correlation_id)
 
@@ -77,7 +89,10 @@ class Operations:
 
     def request_cancel(self, job_id: str, actor: str) -> JobStatus:
         now = utcnow()
+        correlation_id = Job.objects.filter(id=job_id).values_list("correlation_id", flat=True)
         with transaction.atomic():
+            if correlation_id:
+                lock_run(correlation_id[0])  # the run first, as every write of a run
             job = Job.objects.select_for_update().filter(id=job_id).first()
             if job is None:
                 raise JobNotFoundError(f"no job with id {job_id!r}")
@@ -91,7 +106,7 @@ class Operations:
                 return JobStatus(job.status)
             AuditEntry.record(job.correlation_id, job_id, "cancel", actor, was=job.status)
             if job.status == JobStatus.QUEUED:
-                sql.change_run(job.correlation_id, job_id, now, pending=-1, cancelled=1)
+                change_run(job.correlation_id, job_id, now, RunDelta(pending=-1, cancelled=1))
                 return JobStatus.CANCELLED
         return JobStatus.RUNNING
 
@@ -105,42 +120,15 @@ class Operations:
             AuditEntry.record(job.correlation_id, job_id, "release_lease", actor, worker=job.worker)
         return True
 
-    def stop_run(self, correlation_id: str, reason: str, actor: str) -> bool:
-        now = utcnow()
-        with transaction.atomic():
-            # lock as an outcome write does - the job first, then its run - or the two can
-            # deadlock: an outcome holding its job and waiting for the run, this holding the
-            # run and waiting for that job. Locked, their statuses hold until the commit.
-            open_jobs = list(
-                Job.objects.select_for_update()
-                .filter(
-                    correlation_id=correlation_id,
-                    status__in=[JobStatus.QUEUED, JobStatus.RUNNING],
-                )
-                .order_by("id")
-                .values_list("id", "status")
-            )
-            stopped = WorkflowRun.objects.filter(
-                correlation_id=correlation_id, status__in=OPEN_RUN_STATUSES, ended_by=""
-            ).update(ended_by=reason[:200])
-            if not stopped:
-                return False
-            queued = [job_id for job_id, status in open_jobs if status == JobStatus.QUEUED]
-            Job.objects.filter(id__in=queued, status=JobStatus.QUEUED).update(
-                status=JobStatus.CANCELLED, finished_at=now, cancel_requested=True
-            )
-            Job.objects.filter(correlation_id=correlation_id, status=JobStatus.RUNNING).update(
-                cancel_requested=True
-            )
-            # a run waiting for a decision is running again: its stop is under way
-            WorkflowRun.objects.filter(
-                correlation_id=correlation_id, status=RunStatus.WAITING
-            ).update(status=RunStatus.RUNNING, waiting_for=None, gate_expires_at=None)
-            AuditEntry.record(
-                correlation_id, "", "stop", actor, reason=reason, cancelled_jobs=queued
-            )
-            sql.change_run(correlation_id, "", now, pending=-len(queued), cancelled=len(queued))
-        return True
+    def stop_run(
+        self,
+        correlation_id: str,
+        reason: str,
+        actor: str,
+        outbox: Outbox,
+        undo: UndoPlanner | None,
+    ) -> list[NewJob] | None:
+        return stop(correlation_id, reason, actor, outbox, undo)
 
     def rename_queue(self, old: str, new: str, actor: str) -> dict[str, int]:
         jobs = Job.objects.filter(queue=old)
@@ -234,4 +222,6 @@ def job_record(row: Job) -> JobRecord:
         caused_by=row.caused_by,
         attempt_log=list(row.attempt_log or []),
         compensates=row.compensates,
+        trace_id=row.trace_id,
+        priority=row.priority,
     )

@@ -11,7 +11,7 @@ from django.db.models import F
 from celery_workflows.clock import utcnow
 from celery_workflows.records import RunStatus, StateValue, WorkflowStatus
 
-from .models import AuditEntry, ScheduleFire, State, WorkflowRun
+from .models import AuditEntry, Job, ScheduleFire, State, WorkflowRun
 from .queries import find_run, workflow_status
 
 
@@ -24,13 +24,14 @@ class Runs:
     def get_workflow(self, id_or_business_key: str) -> WorkflowStatus:
         return workflow_status(find_run(id_or_business_key))
 
-    def open_gate(self, correlation_id: str, gate: dict[str, Any]) -> None:
-        expires = gate.get("expires_at")
-        WorkflowRun.objects.filter(correlation_id=correlation_id, status=RunStatus.RUNNING).update(
-            status=RunStatus.WAITING,
-            waiting_for=gate,
-            gate_expires_at=datetime.fromisoformat(expires) if expires else None,
+    def run_trace(self, correlation_id: str) -> str:
+        first = (
+            Job.objects.filter(correlation_id=correlation_id)
+            .order_by("created_at")
+            .values_list("trace_id", flat=True)
+            .first()
         )
+        return first or ""
 
     def close_gate(
         self, correlation_id: str, actor: str, action: str, comment: str, expired: bool = False

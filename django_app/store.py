@@ -1,16 +1,16 @@
 """The Django implementation of :class:`celery_workflows.store.Store`, assembled from its roles:
-the hot-path ledger (:mod:`.sql`), the sweeper's queries (:mod:`.maintenance`), operator
+the hot-path ledger (:mod:`.ledger`), the sweeper's queries (:mod:`.maintenance`), operator
 actions (:mod:`.operations`), runs, gates and states (:mod:`.runs`) and queue controls
 (:mod:`.controls`)."""
 
 from __future__ import annotations
 
 from .controls import Controls
+from .ledger import SqlLedger
 from .maintenance import Maintenance
 from .operations import Operations
 from .reconnect import reconnecting
 from .runs import Runs
-from .sql import SqlLedger
 
 
 @reconnecting

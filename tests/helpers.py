@@ -38,11 +38,18 @@ def manage(
     (the ``worker_env`` fixture)."""
     return subprocess.run(
         [sys.executable, str(MANAGE), *args],
-        env={**os.environ, **env},
+        env=shell_environment(env),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def shell_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """An operator's shell environment with ``env`` added: without what the browser tests set
+    in this process for Playwright (an async-unsafe switch ``check --deploy`` rightly refuses)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    return {**inherited, **env}
 
 
 def postgres_only(reason: str) -> pytest.MarkDecorator:

@@ -118,3 +118,28 @@ def test_an_approval_nobody_answers_expires_once_with_its_timeout_event(session_
     assert refused.result == "refused o-expiring: no decision before the gate expired"
     with pytest.raises(GateClosedError):
         decide(job.correlation_id, approve=True, actor="late-manager")
+
+
+def test_a_step_that_asks_and_then_dead_letters_opens_no_gate():
+    job = t.enqueue("asksThenFails", {"orderId": "o-asks-fails"})
+    run = wait_for(
+        lambda: (r := get_workflow(job.correlation_id)).status != "running" and r, timeout=15
+    )
+    assert run.status == "dead_lettered" and run.waiting_for is None
+    with pytest.raises(GateClosedError):
+        decide(job.correlation_id, approve=True, actor="manager")
+    assert not Job.objects.filter(correlation_id=job.correlation_id, queue="t.fulfil").exists()
+
+
+def test_an_attempt_that_lost_its_lease_cannot_open_a_gate(recorder):
+    from celery_workflows.testing import Faults
+
+    job = t.enqueue("asksThenFails", {"orderId": "o-zombie-gate", "hold": 2})
+    wait_for(lambda: recorder.runs(job.job_id), timeout=15)
+    assert Faults().expire_lease(job.job_id)  # an operator ends the lease mid-handler
+    wait_for(lambda: Job.objects.get(id=job.job_id).status == "dead", timeout=15)
+    time.sleep(3)  # asserting an absence: the zombie has returned by now, and was fenced
+    run = get_workflow(job.correlation_id)
+    assert run.status == "dead_lettered" and run.waiting_for is None
+    (attempt,) = Job.objects.get(id=job.job_id).attempt_log
+    assert attempt["outcome"] == "lease_expired"

@@ -5,7 +5,6 @@ checks that ``call_command`` skips)."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 
 from celery_workflows.testing import wait_for
 from django_app.models import Job
-from tests.helpers import MANAGE, manage, staff, started_by_the_old_deploy
+from tests.helpers import MANAGE, manage, shell_environment, staff, started_by_the_old_deploy
 
 pytestmark = [pytest.mark.usefixtures("transactional_db")]
 
@@ -95,7 +94,7 @@ def test_runserver_serves_requests_with_a_stranded_run(stranded_run, worker_env)
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, str(MANAGE), "runserver", f"127.0.0.1:{port}", "--noreload"],
-        env={**os.environ, **worker_env},
+        env=shell_environment(worker_env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

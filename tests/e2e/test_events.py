@@ -38,7 +38,7 @@ def wait_jobs_done(correlation_id: str, queues: set[str], timeout: float = 20) -
     def done():
         jobs = jobs_of(correlation_id)
         if queues <= set(jobs) and all(
-            j.status in ("succeeded", "dead") for js in jobs.values() for j in js
+            j.status in ("succeeded", "dead", "cancelled") for js in jobs.values() for j in js
         ):
             return jobs
         return None

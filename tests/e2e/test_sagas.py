@@ -163,3 +163,117 @@ def test_an_operator_cancels_a_run_in_the_admin_and_it_is_compensated(saga_worke
     assert run.status == "compensated" and run.ended_by == "duplicate order"
     assert [(a.action, a.actor) for a in run.audit] == [("stop", "ops")]
     assert b"cw-cancel-button" not in ops.get(f"{url}change/").content
+
+
+def undone(redis_client, order: str) -> list[str]:
+    """Which steps' jobs were undone, in the order their undos ran (each undo notes the job
+    it undoes)."""
+    return [s["compensates"] for s in steps(redis_client, order) if s["compensates"]]
+
+
+#: the saga's steps that declare an undo
+UNDOABLE = ("saga.reserve", "saga.charge")
+
+
+def completed_forward(run) -> list[str]:
+    """The run's completed steps that declare an undo, most recently finished first."""
+    done = [h for h in run.history if h.kind == "job" and h.status == "succeeded"]
+    done = [h for h in done if h.name in UNDOABLE and not h.compensates]
+    return [h.id for h in sorted(done, key=lambda h: h.at, reverse=True)]
+
+
+def test_a_cancelled_run_is_compensating_until_its_last_undo_has_run(saga_worker, redis_client):
+    from celery_workflows import pause_queue, resume_queue
+
+    saga.emit("sagaStarted", {"orderId": "s-paused-undo", "slow": 30})
+    wait_for(
+        lambda: [s["step"] for s in steps(redis_client, "s-paused-undo")] == ["reserve", "charge"]
+    )
+    pause_queue("saga.refund", actor="ops")
+    try:
+        assert cancel_workflow("s-paused-undo", actor="ops")
+        # charge stops on the request and completes: it is undone first, on a paused queue
+        wait_for(
+            lambda: any(
+                h.name == "saga.refund" and h.status == "queued"
+                for h in get_workflow("s-paused-undo").history
+            )
+        )
+        run = get_workflow("s-paused-undo")
+        assert run.status == "compensating" and run.finished_at is None
+    finally:
+        resume_queue("saga.refund", actor="ops")
+    run = finished("s-paused-undo")
+    assert run.status == "compensated"
+    last_undo = max(h.at for h in run.history if h.kind == "job" and h.compensates)
+    assert run.finished_at is not None and run.finished_at >= last_undo
+    assert [s["step"] for s in steps(redis_client, "s-paused-undo")][2:] == ["refund", "release"]
+
+
+@pytest.mark.parametrize("stop", ["cancel", "deadline"])
+def test_stopping_a_run_that_is_compensating_still_undoes_every_step_once(
+    saga_worker, redis_client, stop
+):
+    from celery_workflows import pause_queue, resume_queue
+
+    order = f"s-stop-{stop}"
+    pause_queue("saga.refund", actor="ops")
+    try:
+        options = {"deadline": timedelta(seconds=4)} if stop == "deadline" else {}
+        saga.emit("sagaStarted", {"orderId": order, "shipFails": True}, **options)
+        wait_for(lambda: get_workflow(order).status == "compensating", timeout=20)
+        if stop == "cancel":
+            assert cancel_workflow(order, actor="ops", reason="customer called")
+        else:
+            wait_for(lambda: get_workflow(order).ended_by == "deadline exceeded", timeout=20)
+        assert get_workflow(order).status == "compensating"
+    finally:
+        resume_queue("saga.refund", actor="ops")
+    run = finished(order)
+    assert run.status == "compensated"
+    assert undone(redis_client, order) == completed_forward(run)  # each once, newest first
+    assert [s["step"] for s in steps(redis_client, order)] == [
+        "reserve",
+        "charge",
+        "ship",
+        "refund",
+        "release",
+    ]
+
+
+def test_cancelling_while_an_undo_waits_for_its_retry_still_undoes_every_step_once(
+    saga_worker, redis_client
+):
+    order = "s-undo-retry"
+    saga.emit("sagaStarted", {"orderId": order, "shipFails": True, "refundRetries": True})
+    wait_for(
+        lambda: any(
+            h.name == "saga.refund" and h.attempts and h.status == "queued"
+            for h in get_workflow(order).history
+        ),
+        timeout=20,
+    )
+    assert cancel_workflow(order, actor="ops")
+    run = finished(order)
+    assert run.status == "compensated"
+    assert undone(redis_client, order) == completed_forward(run)
+
+
+def test_redriving_a_dead_lettered_undo_finishes_the_compensation(saga_worker, redis_client):
+    order = "s-undo-dead"
+    saga.emit("sagaStarted", {"orderId": order, "shipFails": True, "refundFails": True})
+    run = finished(order)
+    assert run.status == "dead_lettered"  # the refund failed: an operator's turn
+    refund = jobs(run)["refund"]
+    assert refund.status == "dead" and refund.compensates == jobs(run)["charge"].id
+    assert undone(redis_client, order) == []
+    redrive(refund.id, payload={"orderId": order}, actor="ops-lee")
+    run = wait_for(
+        lambda: (r := get_workflow(order)).status in ("compensated", "dead_lettered") and r,
+        timeout=20,
+        message="the re-driven undo never finished",
+    )
+    assert run.status == "compensated"
+    # the re-driven refund knew what it undid, and the undo went on to the earlier step
+    assert undone(redis_client, order) == completed_forward(run)
+    assert [(a.action, a.actor) for a in run.audit] == [("redrive", "ops-lee")]

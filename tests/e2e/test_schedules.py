@@ -132,7 +132,9 @@ def test_forbid_holds_over_many_firings_and_a_beat_restart_until_the_started_run
         _catch_up_schedules(sender=SimpleNamespace(app=app))  # beat restarts
         clock.advance(timedelta(minutes=30))
         assert firing(4)[-1] == "skipped"  # the catch-up found no missed slot to add
-        assert get_workflow(first).status == "running"
+        # still unfinished (a saga worker of another module may be undoing it by now: the
+        # clock moved hours past its steps' leases)
+        assert get_workflow(first).status in ("running", "compensating")
         cancel_workflow(first, actor="ops")
         wait_for(lambda: get_workflow(first).status in ("cancelled", "compensated"))
         clock.advance(timedelta(hours=1))

@@ -89,13 +89,15 @@ def waiting_for_a_lock(other_than: int) -> bool:
 
 @postgres_only("row locks (SQLite locks the whole database)")
 def test_stopping_a_run_takes_its_locks_in_the_order_an_outcome_write_does():
-    # an outcome write locks its job, then its run; stopping the run must not hold the run
-    # while it waits for that job, or the two deadlock
+    # every write of a run locks the run first, then jobs: an outcome write holding the run
+    # and about to update its job must find the job free, and stopping the run must wait for
+    # the run without holding any of its jobs, or the two deadlock
     import threading
 
     import psycopg
     from django.db import connection
 
+    from celery_workflows.records import Outbox
     from celery_workflows.store import get_store
     from django_app.models import Job
 
@@ -106,17 +108,18 @@ def test_stopping_a_run_takes_its_locks_in_the_order_an_outcome_write_does():
     params = connection.get_connection_params()
     params.pop("cursor_factory", None)
     params.pop("context", None)
-    outcome = psycopg.connect(**params)
+    outcome, probe = psycopg.connect(**params), psycopg.connect(**params)
     outcome.execute("SELECT set_config('lock_timeout', '5s', false)")
-    # the outcome write has updated its job and is about to update the run
+    # the outcome write has locked its run and is about to update its job
     outcome.execute(
-        "UPDATE celery_workflows_job SET attempt_log = attempt_log WHERE id = %s", [job_id]
+        "SELECT 1 FROM celery_workflows_workflowrun WHERE correlation_id = %s FOR UPDATE",
+        [placed.correlation_id],
     )
     stopped = []
 
     def stop():
         try:
-            stopped.append(get_store().stop_run(placed.correlation_id, "test", "t"))
+            stopped.append(get_store().stop_run(placed.correlation_id, "test", "t", Outbox(), None))
         except BaseException as exc:
             stopped.append(exc)
             raise
@@ -128,16 +131,19 @@ def test_stopping_a_run_takes_its_locks_in_the_order_an_outcome_write_does():
     try:
         deadline = time.monotonic() + 10
         while not waiting_for_a_lock(outcome.info.backend_pid):
-            assert time.monotonic() < deadline, f"stop_run did not wait for the job: {stopped}"
+            assert time.monotonic() < deadline, f"stop_run did not wait for the run: {stopped}"
             time.sleep(0.01)
-        # the run is free: stop_run waits for the job without holding its run
+        # the job is free: stop_run waits for the run without holding any job
+        probe.execute(
+            "SELECT 1 FROM celery_workflows_job WHERE id = %s FOR UPDATE NOWAIT", [job_id]
+        )
+        probe.rollback()
         outcome.execute(
-            "SELECT 1 FROM celery_workflows_workflowrun WHERE correlation_id = %s "
-            "FOR UPDATE NOWAIT",
-            [placed.correlation_id],
+            "UPDATE celery_workflows_job SET attempt_log = attempt_log WHERE id = %s", [job_id]
         )
         outcome.commit()
     finally:
         outcome.close()
+        probe.close()
         stopper.join(timeout=20)
-    assert stopped == [True]
+    assert stopped == [[]]

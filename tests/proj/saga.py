@@ -4,8 +4,9 @@
     reserve is undone by release, charge by refund (declared with compensate_with).
 
 The payload steers it: ``card: "declined"`` dead-letters charge, ``shipFails`` dead-letters
-ship, ``slow: seconds`` makes charge take that long. Every step and every undo is appended to
-``saga:<orderId>`` in the test Redis, in the order they ran.
+ship, ``slow: seconds`` makes charge take that long, ``refundFails`` dead-letters refund and
+``refundRetries`` makes refund's first attempt ask for a retry in 2 seconds. Every step and
+every undo is appended to ``saga:<orderId>`` in the test Redis, in the order they ran.
 """
 
 from __future__ import annotations
@@ -62,8 +63,12 @@ def release(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     note(ctx, job, "release")
 
 
-@saga.queue_worker("refund", "Refund the charge")
+@saga.queue_worker("refund", "Refund the charge", lifecycle=Lifecycle(max_attempts=3))
 def refund(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    if job.payload.get("refundRetries") and job.attempt == 1:
+        ctx.retry(delay_seconds=2, reason="the payment provider asks to come back")
+    if job.payload.get("refundFails"):
+        raise NonRetryableError("the payment provider refused the refund")
     note(ctx, job, "refund")
 
 

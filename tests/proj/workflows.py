@@ -25,6 +25,7 @@ from celery_workflows import (
     LeaseLostError,
     Lifecycle,
     Middleware,
+    NonRetryableError,
     Outcome,
     WorkflowService,
     add_middleware,
@@ -210,6 +211,26 @@ def needs_approval(ctx: JobContext[Recorder], job: Job[Any]) -> str:
         payload={"orderId": job.payload["orderId"]},
     )
     return "waiting for a manager"
+
+
+@t.queue_worker(
+    "asksThenFails",
+    "Asks for approval, then fails - or, with hold, outlives its lease first",
+    emits=["orderApproved", "orderRejected"],
+    lifecycle=Lifecycle(max_attempts=1, visibility_timeout=30),
+)
+def asks_then_fails(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job)
+    ctx.wait_for_human(
+        f"Approve order {job.payload['orderId']}?",
+        approve_event="orderApproved",
+        reject_event="orderRejected",
+        payload={"orderId": job.payload["orderId"]},
+    )
+    if "hold" not in job.payload:
+        raise NonRetryableError("broken after asking")
+    time.sleep(float(job.payload["hold"]))  # an operator takes the lease away meanwhile
+    return "finished late"
 
 
 @t.queue_worker("fulfil", "Ship an approved order")

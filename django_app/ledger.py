@@ -1,0 +1,319 @@
+"""The ledger's hot path: the writes every job makes - insert, claim, outcome with its outbox.
+
+:class:`SqlLedger` implements :class:`celery_workflows.store.Ledger` on hand-written statements
+(:mod:`.statements` says why, and holds what differs between databases); the outcome write is
+:mod:`.outcomes`, the run's counters :mod:`.runcounters`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+
+from celery_workflows.clock import utcnow
+from celery_workflows.ids import new_id
+from celery_workflows.records import (
+    AttemptOutcome,
+    ClaimedJob,
+    EnqueueResult,
+    JobStatus,
+    NewJob,
+    Outbox,
+    Outcome,
+    Recorded,
+    RunStatus,
+)
+from celery_workflows.store import UndoPlanner
+
+from .models import Job, WorkflowRun
+from .outcomes import Attempted, write_outcome, write_rows
+from .rows import dt, from_dt, from_json, job_values, js, run_values
+from .runcounters import RunDelta, change_run
+from .statements import (
+    CONTROL,
+    JOB,
+    JOB_COLUMNS,
+    RUN,
+    RUN_COLUMNS,
+    batches,
+    dialect,
+    execute,
+    existing,
+    insert_rows,
+    update,
+)
+
+#: what a worker needs to know about the job it claimed
+CLAIM_FIELDS = [
+    "queue",
+    "payload",
+    "max_attempts",
+    "correlation_id",
+    "attempt_log",
+    "created_at",
+    "priority",
+    "trace_id",
+    "compensates",
+]
+
+
+def forward_allowed(outbox: Outbox) -> Outbox:
+    """``outbox`` without the forward jobs of runs that were stopped or are compensating."""
+    forward = {j.correlation_id for j in outbox.jobs if j.compensates is None}
+    if not forward:
+        return outbox
+    blocked = set(
+        WorkflowRun.objects.filter(correlation_id__in=forward)
+        .filter(Q(status=RunStatus.COMPENSATING) | ~Q(ended_by=""))
+        .values_list("correlation_id", flat=True)
+    )
+    if not blocked:
+        return outbox
+    jobs = [j for j in outbox.jobs if j.compensates is not None or j.correlation_id not in blocked]
+    return dataclasses.replace(outbox, jobs=jobs)
+
+
+class SqlLedger:
+    """:class:`celery_workflows.store.Ledger` on the statements above."""
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        transaction.on_commit(callback)
+
+    def insert_job(self, job: NewJob) -> EnqueueResult:
+        now = utcnow()
+        if job.idempotency_key is None:
+            try:
+                self._insert(job, now)
+            except IntegrityError:
+                # only this insert, run again after its reply was lost, can collide here
+                if connection.in_atomic_block or not self.knows_job(job.id):
+                    raise
+            return EnqueueResult(job.id, True, job.correlation_id)
+        try:
+            with transaction.atomic():
+                self._insert(job, now)
+        except IntegrityError:
+            if self.knows_job(job.id):  # this insert, run again after a lost reply
+                return EnqueueResult(job.id, True, job.correlation_id)
+            first = (
+                Job.objects.filter(queue=job.queue, idempotency_key=job.idempotency_key)
+                .values_list("id", "correlation_id")
+                .first()
+            )
+            if first is None:
+                raise
+            return EnqueueResult(first[0], False, first[1])
+        return EnqueueResult(job.id, True, job.correlation_id)
+
+    def insert_jobs(self, jobs: list[NewJob]) -> list[EnqueueResult]:
+        if not jobs:
+            return []
+        now = utcnow()
+        with transaction.atomic():
+            created = insert_rows(JOB, JOB_COLUMNS, [job_values(j, now) for j in jobs])
+            counts = Counter(j.correlation_id for j in jobs if j.id in created)
+            starts = {j.correlation_id: j.starts for j in jobs if j.starts is not None}
+            runs = [
+                run_values(cid, starts[cid], now, pending_jobs=n)
+                for cid, n in counts.items()
+                if cid in starts
+            ]
+            for batch in batches(runs, len(RUN_COLUMNS)):
+                sql = dialect().upsert_counting(
+                    RUN, RUN_COLUMNS, "correlation_id", "pending_jobs", rows=len(batch)
+                )
+                execute(sql, [run[c] for run in batch for c in RUN_COLUMNS])
+        results = []
+        for job in jobs:
+            first = None
+            if job.id not in created and job.idempotency_key is not None:
+                first = (
+                    Job.objects.filter(queue=job.queue, idempotency_key=job.idempotency_key)
+                    .exclude(id=job.id)
+                    .values_list("id", "correlation_id")
+                    .first()
+                )
+            # not created and no other job with its key: this very row, written by an
+            # earlier try whose reply was lost
+            results.append(
+                EnqueueResult(job.id, True, job.correlation_id)
+                if first is None
+                else EnqueueResult(first[0], False, first[1])
+            )
+        return results
+
+    def _insert(self, job: NewJob, now: datetime) -> None:
+        """INSERT the job row and count it on its run (creating the run if ``job.starts``
+        and the run does not exist yet), atomically."""
+        d = dialect()
+        values = job_values(job, now)
+        job_sql = d.insert(JOB, JOB_COLUMNS, 1, ignore=False)
+        job_params = [values[c] for c in JOB_COLUMNS]
+        if job.starts is None:
+            with transaction.atomic():
+                execute(job_sql, job_params)
+                update(
+                    f"UPDATE {RUN} SET pending_jobs = pending_jobs + 1 WHERE correlation_id = %s",
+                    [job.correlation_id],
+                )
+            return
+        run = run_values(job.correlation_id, job.starts, now, pending_jobs=1)
+        run_sql = d.upsert_counting(RUN, RUN_COLUMNS, "correlation_id", "pending_jobs")
+        run_params = [run[c] for c in RUN_COLUMNS]
+        if d.one_statement_outbox:
+            execute(f"WITH run AS ({run_sql}) {job_sql}", [*run_params, *job_params])
+            return
+        with transaction.atomic():
+            execute(run_sql, run_params)
+            execute(job_sql, job_params)
+
+    def claim(
+        self, job_id: str, attempt: int, lease_token: str, worker: str, lease_seconds: float
+    ) -> ClaimedJob | None:
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_seconds)
+        # the second branch matches only this claim's own token: running the same claim again
+        # (its reply was lost with the connection) wins it again instead of losing the job.
+        # The claim commits without waiting for its WAL flush (PostgreSQL): a claim lost in a
+        # database crash only means the attempt's outcome is fenced and the job runs again -
+        # outcomes are always durable
+        sql = (
+            f"UPDATE {JOB} SET status = '{JobStatus.RUNNING}', attempts = %s, lease_token = %s, "
+            "lease_expires_at = %s, worker = %s, started_at = %s "
+            f"WHERE id = %s AND ((status = '{JobStatus.QUEUED}' AND attempts = %s "
+            f"AND NOT EXISTS (SELECT 1 FROM {CONTROL} c WHERE c.queue = {JOB}.queue "
+            "AND c.paused)) "
+            f"OR (status = '{JobStatus.RUNNING}' AND attempts = %s AND lease_token = %s))"
+        )
+        params = [
+            attempt,
+            lease_token,
+            dt(expires),
+            worker,
+            dt(now),
+            job_id,
+            attempt - 1,
+            attempt,
+            lease_token,
+        ]
+        # the run's business key comes along for the attempt's log lines (one index lookup)
+        key = f"(SELECT r.business_key FROM {RUN} r WHERE r.correlation_id = {JOB}.correlation_id)"
+        fields = ", ".join([*CLAIM_FIELDS, key])
+        if not connection.in_atomic_block:
+            sql = dialect().relaxed_commit(sql)
+        if dialect().returning:
+            rows = execute(f"{sql} RETURNING {fields}", params)
+        elif update(sql, params):
+            rows = execute(f"SELECT {fields} FROM {JOB} WHERE id = %s", [job_id])
+        else:
+            rows = []
+        if not rows:
+            return None
+        row = dict(zip([*CLAIM_FIELDS, "business_key"], rows[0], strict=True))
+        return ClaimedJob(
+            id=job_id,
+            attempt=attempt,
+            lease_token=lease_token,
+            lease_expires_at=expires,
+            started_at=now,
+            queue=row["queue"],
+            payload=from_json(row["payload"]),
+            max_attempts=row["max_attempts"],
+            correlation_id=row["correlation_id"],
+            attempt_log=from_json(row["attempt_log"]) or [],
+            created_at=from_dt(row["created_at"]),
+            priority=row["priority"],
+            trace_id=row["trace_id"],
+            compensates=row["compensates"],
+            business_key=row["business_key"] or "",
+        )
+
+    def extend_lease(self, job_id: str, lease_token: str, lease_seconds: float) -> datetime | None:
+        now = utcnow()
+        expires = now + timedelta(seconds=lease_seconds)
+        fenced = update(
+            f"UPDATE {JOB} SET lease_expires_at = %s WHERE id = %s "
+            f"AND status = '{JobStatus.RUNNING}' AND lease_token = %s AND lease_expires_at > %s",
+            [dt(expires), job_id, lease_token, dt(now)],
+        )
+        return expires if fenced else None
+
+    def record_outcome(
+        self, job: ClaimedJob, outcome: Outcome, outbox: Outbox, undo: UndoPlanner | None = None
+    ) -> Recorded | None:
+        attempted = Attempted(
+            job.id, job.correlation_id, job.attempt, job.lease_token, job.compensates
+        )
+        return write_outcome(attempted, outcome, outbox, undo)
+
+    def write_outbox(self, outbox: Outbox) -> list[NewJob]:
+        """Insert ``outbox`` (events from outside any attempt: ``emit()``, a decision, an
+        event from another service) and count its jobs on their runs. A run it touches that
+        is left with nothing pending settles here (an event nothing subscribes to, say)."""
+        outbox = outbox if outbox.stopping else forward_allowed(outbox)
+        now = utcnow()
+        with transaction.atomic(savepoint=False):
+            if outbox.starts is not None:
+                insert_rows(
+                    RUN,
+                    RUN_COLUMNS,
+                    [run_values(e.correlation_id, outbox.starts, now) for e in outbox.events],
+                    key="correlation_id",
+                )
+            created = write_rows(outbox, now)
+            per_run = Counter(j.correlation_id for j in created)
+            for correlation_id in sorted({e.correlation_id for e in outbox.events} | set(per_run)):
+                change_run(correlation_id, "", now, RunDelta(pending=per_run[correlation_id]))
+        if len(created) < len(outbox.jobs):
+            # skipped rows are duplicates of earlier writes - or this write, run again after
+            # a lost reply: ids are fresh uuids, so a row with one of ours is ours
+            return existing(outbox.jobs)
+        return created
+
+    def knows_job(self, job_id: str) -> bool:
+        return bool(execute(f"SELECT 1 FROM {JOB} WHERE id = %s", [job_id]))
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        rows = execute(f"SELECT cancel_requested FROM {JOB} WHERE id = %s", [job_id])
+        return bool(rows and rows[0][0])
+
+    def record_unroutable(self, queue: str, body: Any, reason: str) -> str:
+        now = utcnow()
+        job = NewJob(
+            id=new_id(),
+            service=queue.split(".", 1)[0],
+            queue=queue,
+            payload=body,
+            max_attempts=1,
+            available_at=now,
+            correlation_id=new_id(),
+            published=False,
+        )
+        entry = {
+            "attempt": 1,
+            "outcome": AttemptOutcome.INVALID_PAYLOAD.value,
+            "error": reason,
+            "started_at": now.isoformat(),
+            "finished_at": now.isoformat(),
+            "worker": "",
+            "traceback": "",
+            "duration_ms": 0,
+        }
+        values = {
+            **job_values(job, now),
+            "status": JobStatus.DEAD.value,
+            "attempts": 1,
+            "finished_at": dt(now),
+            "dead_reason": reason,
+            "attempt_log": js([entry]),
+        }
+        execute(
+            dialect().insert(JOB, JOB_COLUMNS, 1, ignore=False), [values[c] for c in JOB_COLUMNS]
+        )
+        return job.id

@@ -1,0 +1,419 @@
+"""The one outcome write: an attempt's outcome, the events it emitted, the jobs they start, the
+approval gate it opened and its run's counters - all or nothing, behind the attempt's fence.
+
+Every writer uses it: a worker for its own attempt (the fence is the lease token *and* an
+unexpired lease), the sweeper for an expired lease (the token alone), and :func:`stop` for an
+operator's cancel, a deadline or a schedule's ``replace`` (the run's own lock). Two forms:
+
+- **one statement** (PostgreSQL; the hot path of a forward step): the run's row is locked first
+  and the write only happens while the run is moving forward - not stopped, not compensating;
+- **one locked transaction** (every other case, and the fallback when the run turned out to be
+  stopping): the run's row is locked first, and the saga's rules of
+  :mod:`celery_workflows.rules` are applied to a snapshot of its jobs read under that lock - a
+  dead letter stops the run, a forward step of a stopped run is not retried and starts
+  nothing, and the next compensation is written when it is due.
+
+Locks are always taken run first, then jobs, by every writer here and by the operator actions
+of :mod:`.operations`, so no two writes of one run can deadlock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from django.db import DataError, IntegrityError, ProgrammingError, transaction
+
+from celery_workflows import rules
+from celery_workflows.clock import utcnow
+from celery_workflows.errors import LedgerWriteError
+from celery_workflows.records import (
+    OPEN_RUN_STATUSES,
+    JobStatus,
+    NewJob,
+    Outbox,
+    Outcome,
+    Recorded,
+    RunStatus,
+)
+from celery_workflows.rules import RunJob
+from celery_workflows.store import UndoPlanner
+
+from .models import AuditEntry, Job
+from .models import Event as EventRow
+from .rows import dt, event_values, from_dt, from_json, job_values, js, outcome_changes
+from .runcounters import RunDelta, change_run, run_change, settled_status
+from .statements import (
+    EVENT,
+    EVENT_COLUMNS,
+    JOB,
+    JOB_COLUMNS,
+    RUN,
+    cast_row,
+    dialect,
+    execute,
+    existing,
+    insert_rows,
+    marks,
+    max_params,
+    update,
+)
+
+_STOPPING = f"(ended_by <> '' OR status = '{RunStatus.COMPENSATING}')"
+
+
+@dataclass(frozen=True)
+class Attempted:
+    """The attempt an outcome belongs to, and how its write is fenced."""
+
+    job_id: str
+    correlation_id: str
+    attempt: int
+    token: str
+    #: set for a compensation: the job whose work it undoes
+    compensates: str | None = None
+    #: the worker's own write, allowed only while its lease is unexpired; False: the sweeper
+    #: settling a lease that expired (the token alone fences it)
+    held: bool = True
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run's row as read under its lock."""
+
+    status: RunStatus | None
+    ended_by: str = ""
+
+    @property
+    def open(self) -> bool:
+        return self.status in OPEN_RUN_STATUSES
+
+    @property
+    def stopping(self) -> bool:
+        """No forward step may start: stopped by someone, or failing and being undone."""
+        return bool(self.ended_by) or self.status == RunStatus.COMPENSATING
+
+
+def write_outcome(
+    attempted: Attempted, outcome: Outcome, outbox: Outbox, undo: UndoPlanner | None
+) -> Recorded | None:
+    """Write an attempt's outcome (see the module docstring); None when the fence refuses it
+    - the lease was lost and the job taken over, or another sweeper settled it."""
+    now = utcnow()
+    try:
+        if _one_statement_applies(attempted, outcome, outbox, undo):
+            recorded = _in_one_statement(attempted, outcome, outbox, now)
+            if recorded is not None:
+                return recorded
+            before = _written_before(attempted, outcome, outbox)
+            if before is not None:
+                return before
+            # the fence refused it: a lost lease - or a run that is stopping, which the
+            # locked write below handles (it refuses a lost lease the same way)
+        return _locked(attempted, outcome, outbox, undo, now)
+    except (DataError, IntegrityError, ProgrammingError) as exc:
+        raise LedgerWriteError(str(exc)) from exc
+
+
+def _one_statement_applies(
+    attempted: Attempted, outcome: Outcome, outbox: Outbox, undo: UndoPlanner | None
+) -> bool:
+    return (
+        dialect().one_statement_outbox
+        and attempted.held
+        and attempted.compensates is None
+        and outbox.starts is None
+        and outbox.gate is None
+        and not (undo is not None and outcome.status == JobStatus.DEAD)
+        and _fits_one_statement(outbox)
+    )
+
+
+def _fits_one_statement(outbox: Outbox) -> bool:
+    """Whether an outcome and its outbox fit the parameter limit of one statement."""
+    params = 16 + len(outbox.events) * len(EVENT_COLUMNS) + len(outbox.jobs) * len(JOB_COLUMNS)
+    return params <= max_params()
+
+
+def _changes(attempted: Attempted, outcome: Outcome) -> dict[str, Any]:
+    """The job row's new values (column -> adapted value), attempt log aside."""
+    changes = outcome_changes(outcome)
+    # a job written claimed by local continuation counts its attempt from its outcome on
+    changes.update(attempts=attempted.attempt, lease_expires_at=None)
+    if not attempted.held:
+        changes["lease_token"] = None  # the sweeper's write leaves no receipt
+    return changes
+
+
+def _fence(attempted: Attempted, now: datetime) -> tuple[str, list[Any]]:
+    sql = f"id = %s AND status = '{JobStatus.RUNNING}' AND lease_token = %s"
+    params: list[Any] = [attempted.job_id, attempted.token]
+    if attempted.held:
+        sql += " AND lease_expires_at > %s"
+        params.append(dt(now))
+    return sql, params
+
+
+def _in_one_statement(
+    attempted: Attempted, outcome: Outcome, outbox: Outbox, now: datetime
+) -> Recorded | None:
+    """PostgreSQL: lock the run; if it is moving forward, the fenced outcome, its events, the
+    jobs they start and the run's counters (settling it when nothing is pending any more),
+    in ONE statement. Every part selects from the job's UPDATE, so a refused write writes
+    nothing; the run counts the jobs the statement really inserted (duplicates skipped)."""
+    changes = _changes(attempted, outcome)
+    assignments = ", ".join(f"{column} = %s" for column in changes)
+    fence, fence_params = _fence(attempted, now)
+    append = dialect().json_append("attempt_log")
+    params: list[Any] = [
+        attempted.correlation_id,
+        *changes.values(),
+        js(outcome.attempt.to_json()),
+        *fence_params,
+    ]
+    parts = [
+        f"WITH lock AS MATERIALIZED (SELECT ended_by, status FROM {RUN} "
+        "WHERE correlation_id = %s FOR UPDATE), "
+        f"done AS (UPDATE {JOB} SET {assignments}, attempt_log = {append} WHERE {fence} "
+        f"AND NOT EXISTS (SELECT 1 FROM lock WHERE {_STOPPING}) RETURNING 1)"
+    ]
+    for name, model, columns, rows in (
+        ("ev", EventRow, EVENT_COLUMNS, [event_values(e) for e in outbox.events]),
+        ("jb", Job, JOB_COLUMNS, [job_values(j, now) for j in outbox.jobs]),
+    ):
+        if not rows:
+            continue
+        row = cast_row(model, tuple(columns))
+        parts.append(
+            f", {name} AS (INSERT INTO {model._meta.db_table} ({', '.join(columns)}) "
+            f"SELECT * FROM (VALUES {', '.join([row] * len(rows))}) v ({', '.join(columns)}) "
+            "WHERE EXISTS (SELECT 1 FROM done) ON CONFLICT DO NOTHING RETURNING id)"
+        )
+        params += [r[c] for r in rows for c in columns]
+    final = outcome.status != JobStatus.QUEUED
+    inserted = "(SELECT count(*) FROM jb)" if outbox.jobs else "0"
+    settle = "NULL, NULL"
+    if final or outbox.jobs:
+        delta = RunDelta(
+            pending=f"{inserted} - {int(final)}", dead=int(outcome.status == JobStatus.DEAD)
+        )
+        run_sql, run_params = run_change(attempted.correlation_id, attempted.job_id, now, delta)
+        parts.append(
+            f", run AS ({run_sql} AND EXISTS (SELECT 1 FROM done) RETURNING status, last_job_id)"
+        )
+        params += run_params
+        settle = "(SELECT status FROM run), (SELECT last_job_id FROM run)"
+    created = "(SELECT array_agg(id) FROM jb)" if outbox.jobs else "NULL"
+    parts.append(f" SELECT (SELECT count(*) FROM done), {created}, {settle}")
+    ((won, ids, *run_row),) = execute("".join(parts), params)
+    if not won:
+        return None
+    created_ids = set(ids or ())
+    return Recorded(
+        [j for j in outbox.jobs if j.id in created_ids], settled_status([run_row], attempted.job_id)
+    )
+
+
+def _written_before(attempted: Attempted, outcome: Outcome, outbox: Outbox) -> Recorded | None:
+    """The fence refused the write: was it this very outcome, written by an earlier try
+    whose reply was lost? Only this attempt's outcome leaves its token on a finished row."""
+    if not attempted.held:
+        return None  # the sweeper's write leaves no token; another sweeper did it
+    rows = execute(
+        f"SELECT status, attempts FROM {JOB} WHERE id = %s AND lease_token = %s",
+        [attempted.job_id, attempted.token],
+    )
+    expected = {outcome.status.value, JobStatus.CANCELLED.value}
+    if not rows or rows[0][0] not in expected or rows[0][1] != attempted.attempt:
+        return None
+    run = execute(
+        f"SELECT status, last_job_id FROM {RUN} WHERE correlation_id = %s",
+        [attempted.correlation_id],
+    )
+    return Recorded(
+        existing(outbox.jobs),
+        settled_status(run, attempted.job_id),
+        retry_cancelled=rows[0][0] == JobStatus.CANCELLED and outcome.status == JobStatus.QUEUED,
+    )
+
+
+def lock_run(correlation_id: str) -> RunState:
+    """Lock the run's row until the transaction ends (the first lock any write of a run
+    takes) and read its state."""
+    rows = execute(
+        f"SELECT status, ended_by FROM {RUN} WHERE correlation_id = %s{dialect().lock_rows}",
+        [correlation_id],
+    )
+    if not rows:
+        return RunState(None)
+    return RunState(RunStatus(rows[0][0]), rows[0][1] or "")
+
+
+def run_jobs(correlation_id: str) -> list[RunJob]:
+    """The run's jobs, as the saga rules see them (read under the run's lock)."""
+    rows = execute(
+        "SELECT id, queue, status, finished_at, compensates, payload, priority, trace_id "
+        f"FROM {JOB} WHERE correlation_id = %s",
+        [correlation_id],
+    )
+    return [
+        RunJob(
+            id=job_id,
+            correlation_id=correlation_id,
+            queue=queue,
+            status=JobStatus(status),
+            finished_at=from_dt(finished) if finished is not None else None,
+            compensates=compensates,
+            payload=from_json(payload),
+            priority=priority,
+            trace_id=trace_id or "",
+        )
+        for job_id, queue, status, finished, compensates, payload, priority, trace_id in rows
+    ]
+
+
+def stop_forward_jobs(jobs: list[RunJob], keep: str, now: datetime) -> int:
+    """Cancel the run's queued forward jobs and ask its running ones to stop (but ``keep``);
+    return how many were cancelled."""
+    cancel, ask = rules.stop_effects(jobs, keep)
+    cancelled = 0
+    if cancel:
+        cancelled = update(
+            f"UPDATE {JOB} SET status = '{JobStatus.CANCELLED}', finished_at = %s, "
+            f"cancel_requested = %s WHERE id IN ({marks(len(cancel))}) "
+            f"AND status = '{JobStatus.QUEUED}'",
+            [dt(now), True, *cancel],
+        )
+    if ask:
+        update(
+            f"UPDATE {JOB} SET cancel_requested = %s WHERE id IN ({marks(len(ask))})",
+            [True, *ask],
+        )
+    return cancelled
+
+
+def write_rows(outbox: Outbox, now: datetime) -> list[NewJob]:
+    """Insert an outbox's events and jobs (skipping ones written before, by an earlier try or
+    a duplicate delivery); return the jobs this call created. Counts nothing on runs."""
+    insert_rows(EVENT, EVENT_COLUMNS, [event_values(e) for e in outbox.events])
+    created = insert_rows(JOB, JOB_COLUMNS, [job_values(j, now) for j in outbox.jobs])
+    return [j for j in outbox.jobs if j.id in created]
+
+
+def plan_undo(correlation_id: str, undo: UndoPlanner | None, now: datetime) -> list[NewJob]:
+    """Write the run's next compensation if one is due now (under the run's lock)."""
+    if undo is None:
+        return []
+    job = undo(run_jobs(correlation_id))
+    return write_rows(Outbox(jobs=[job]), now) if job is not None else []
+
+
+def _locked(
+    attempted: Attempted,
+    outcome: Outcome,
+    outbox: Outbox,
+    undo: UndoPlanner | None,
+    now: datetime,
+) -> Recorded | None:
+    """The outcome write in one transaction that holds the run's lock throughout."""
+    forward = attempted.compensates is None
+    dead = outcome.status == JobStatus.DEAD
+    with transaction.atomic():
+        run = lock_run(attempted.correlation_id)
+        # a forward step of a stopped run is not tried again: it is cancelled instead
+        cancelled_retry = outcome.status == JobStatus.QUEUED and not rules.retries_allowed(
+            run.stopping, attempted.compensates
+        )
+        changes = _changes(attempted, outcome)
+        if cancelled_retry:
+            changes.update(
+                status=JobStatus.CANCELLED.value,
+                finished_at=dt(outcome.attempt.finished_at),
+                published_at=None,
+            )
+        fence, fence_params = _fence(attempted, now)
+        assignments = ", ".join(f"{column} = %s" for column in changes)
+        append = dialect().json_append("attempt_log")
+        if not update(
+            f"UPDATE {JOB} SET {assignments}, attempt_log = {append} WHERE {fence}",
+            [*changes.values(), js(outcome.attempt.to_json()), *fence_params],
+        ):
+            return _written_before(attempted, outcome, outbox)
+        # in a service that compensates, a dead forward step stops its run
+        fails = undo is not None and forward and dead and run.open and not run.stopping
+        stopped = 0
+        if fails:
+            _leave_gate(attempted.correlation_id)
+            stopped = stop_forward_jobs(run_jobs(attempted.correlation_id), attempted.job_id, now)
+        if run.stopping and not outbox.stopping:
+            # what the step emitted is recorded; the forward steps it would start are not
+            outbox = replace(outbox, jobs=[j for j in outbox.jobs if j.compensates is not None])
+        created = write_rows(outbox, now) if outbox else []
+        undone = plan_undo(attempted.correlation_id, undo, now) if fails or run.stopping else []
+        if outbox.gate is not None and outcome.status == JobStatus.SUCCEEDED:
+            _open_gate(attempted.correlation_id, outbox.gate)
+        final = outcome.status != JobStatus.QUEUED or cancelled_retry
+        delta = RunDelta(
+            pending=len(created) + len(undone) - int(final) - stopped,
+            dead=int(dead),
+            cancelled=stopped + int(cancelled_retry),
+            compensation=len(undone),
+            failed_compensation=int(dead and not forward),
+            compensating=fails or bool(undone),
+        )
+        settled = change_run(attempted.correlation_id, attempted.job_id, now, delta)
+    return Recorded([*created, *undone], settled, retry_cancelled=cancelled_retry)
+
+
+def _open_gate(correlation_id: str, gate: dict[str, Any]) -> None:
+    """The run waits on ``gate`` - if it is still running (not stopped meanwhile)."""
+    expires = gate.get("expires_at")
+    update(
+        f"UPDATE {RUN} SET status = '{RunStatus.WAITING}', waiting_for = %s, "
+        f"gate_expires_at = %s WHERE correlation_id = %s AND status = '{RunStatus.RUNNING}' "
+        "AND ended_by = ''",
+        [js(gate), dt(datetime.fromisoformat(expires)) if expires else None, correlation_id],
+    )
+
+
+def _leave_gate(correlation_id: str) -> None:
+    """A run waiting for a decision that is stopped (or fails) is running again - its stop is
+    under way - and its gate is closed unanswered."""
+    update(
+        f"UPDATE {RUN} SET status = '{RunStatus.RUNNING}', waiting_for = NULL, "
+        f"gate_expires_at = NULL WHERE correlation_id = %s AND status = '{RunStatus.WAITING}'",
+        [correlation_id],
+    )
+
+
+def stop(
+    correlation_id: str, reason: str, actor: str, outbox: Outbox, undo: UndoPlanner | None
+) -> list[NewJob] | None:
+    """Stop an open run once (see :meth:`celery_workflows.store.Operations.stop_run`)."""
+    now = utcnow()
+    with transaction.atomic():
+        run = lock_run(correlation_id)
+        if not run.open or run.ended_by:
+            return None
+        _leave_gate(correlation_id)
+        update(
+            f"UPDATE {RUN} SET ended_by = %s WHERE correlation_id = %s",
+            [(reason or f"stopped by {actor}")[:200], correlation_id],
+        )
+        jobs = run_jobs(correlation_id)
+        cancelled_ids = rules.stop_effects(jobs)[0]
+        cancelled = stop_forward_jobs(jobs, "", now)
+        AuditEntry.record(
+            correlation_id, "", "stop", actor, reason=reason, cancelled_jobs=cancelled_ids
+        )
+        created = write_rows(outbox, now) if outbox else []
+        undone = plan_undo(correlation_id, undo, now)
+        delta = RunDelta(
+            pending=len(created) + len(undone) - cancelled,
+            cancelled=cancelled,
+            compensation=len(undone),
+            compensating=bool(undone),
+        )
+        change_run(correlation_id, "", now, delta)
+    return [*created, *undone]

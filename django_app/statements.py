@@ -1,0 +1,264 @@
+"""How the ledger's raw SQL runs: the tables, the one object that knows the database's dialect,
+the cursor and prepared statements, and statements sized for the parameter limit.
+
+The ORM costs ~0.2 ms of Python per statement to compile; on a busy worker that is most of the
+ledger's overhead, so the writes every job makes - insert, claim, outcome with its outbox - are
+written by hand (:mod:`.ledger`, :mod:`.outcomes`). What differs between PostgreSQL, SQLite and
+MariaDB/MySQL (``RETURNING``, ``ON CONFLICT`` or ``INSERT IGNORE``, appending to a JSON list,
+locking a row, the outcome and its outbox in one statement) is decided by a :class:`Dialect`,
+chosen from the connection's vendor; no other module branches on the vendor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    IntegrityError,
+    connection,
+    connections,
+    models,
+    transaction,
+)
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from celery_workflows.records import NewJob
+
+from .models import Event as EventRow
+from .models import Job, QueueControl, WorkflowRun
+
+
+def _columns(model: type[models.Model]) -> list[str]:
+    return [str(f.column) for f in model._meta.concrete_fields]
+
+
+T = TypeVar("T")
+
+JOB = Job._meta.db_table
+JOB_COLUMNS = _columns(Job)
+EVENT = EventRow._meta.db_table
+EVENT_COLUMNS = _columns(EventRow)
+RUN = WorkflowRun._meta.db_table
+CONTROL = QueueControl._meta.db_table
+RUN_COLUMNS = _columns(WorkflowRun)
+
+
+def marks(n: int) -> str:
+    return ", ".join(["%s"] * n)
+
+
+class Dialect:
+    """SQL that differs between databases. The base class speaks MariaDB/MySQL."""
+
+    #: ``UPDATE/INSERT ... RETURNING``
+    returning = False
+    #: the outcome, its events, its jobs and the run's settling in ONE statement
+    one_statement_outbox = False
+    #: statements run as server-side prepared statements (psycopg 3)
+    server_prepared = False
+    #: what makes a SELECT lock the rows it reads until the transaction ends (SQLite has no
+    #: row locks: its writers take turns on the whole database)
+    lock_rows = " FOR UPDATE"
+
+    def relaxed_commit(self, update_sql: str) -> str:
+        """``update_sql`` (an ``UPDATE ... SET ... WHERE``), committed without waiting for its
+        WAL flush where the database allows it for one statement; unchanged elsewhere."""
+        return update_sql
+
+    def insert(self, table: str, columns: Sequence[str], rows: int, ignore: bool) -> str:
+        """``INSERT`` of ``rows`` rows; ``ignore`` skips rows that hit a unique key."""
+        values = ", ".join([f"({marks(len(columns))})"] * rows)
+        verb = "INSERT IGNORE" if ignore else "INSERT"
+        return f"{verb} INTO {table} ({', '.join(columns)}) VALUES {values}"
+
+    def json_append(self, column: str) -> str:
+        """An expression: the JSON list in ``column`` with one JSON value (a parameter) added."""
+        return f"JSON_ARRAY_APPEND({column}, '$', CAST(%s AS JSON))"
+
+    def upsert_counting(
+        self, table: str, columns: Sequence[str], key: str, counter: str, rows: int = 1
+    ) -> str:
+        """INSERT ``rows`` rows; where ``key`` exists, add the new ``counter`` to the old one."""
+        sql = self.insert(table, columns, rows, ignore=False)
+        return f"{sql} ON DUPLICATE KEY UPDATE {counter} = {counter} + VALUES({counter})"
+
+
+class SQLite(Dialect):
+    returning = True
+    lock_rows = ""
+
+    def insert(self, table: str, columns: Sequence[str], rows: int, ignore: bool) -> str:
+        sql = super().insert(table, columns, rows, ignore=False)
+        return f"{sql} ON CONFLICT DO NOTHING" if ignore else sql
+
+    def json_append(self, column: str) -> str:
+        return f"json_insert({column}, '$[#]', json(%s))"
+
+    def upsert_counting(
+        self, table: str, columns: Sequence[str], key: str, counter: str, rows: int = 1
+    ) -> str:
+        sql = self.insert(table, columns, rows, ignore=False)
+        return (
+            f"{sql} ON CONFLICT ({key}) DO UPDATE SET {counter} = {table}.{counter} + "
+            f"excluded.{counter}"
+        )
+
+
+class PostgreSQL(SQLite):
+    one_statement_outbox = True
+    server_prepared = True
+    lock_rows = " FOR UPDATE"
+
+    def relaxed_commit(self, update_sql: str) -> str:
+        # set_config(..., is_local => true) lasts for this statement's own transaction only;
+        # the UPDATE joins the one-row CTE so that it is evaluated
+        head, where = update_sql.split(" WHERE ", 1)
+        return (
+            "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) "
+            f"{head} FROM relaxed WHERE {where}"
+        )
+
+    def json_append(self, column: str) -> str:
+        return f"{column} || jsonb_build_array(%s::jsonb)"
+
+
+_DIALECTS: dict[str, Dialect] = {
+    "postgresql": PostgreSQL(),
+    "sqlite": SQLite(),
+    "mysql": Dialect(),
+}
+
+
+def dialect() -> Dialect:
+    """The dialect of the default database connection."""
+    return _dialect_of(connections[DEFAULT_DB_ALIAS])
+
+
+def _dialect_of(db: BaseDatabaseWrapper) -> Dialect:
+    return _DIALECTS.get(db.vendor, _DIALECTS["mysql"])
+
+
+def execute(sql: str, params: Sequence[Any]) -> Any:
+    """Run one statement; return the cursor's rows (empty when it returns none)."""
+    with _cursor() as (cursor, options):
+        cursor.execute(sql, params, **options)
+        return cursor.fetchall() if _returns_rows(cursor) else []
+
+
+def _returns_rows(cursor: Any) -> bool:
+    """Whether the statement just run returned rows (possibly none). psycopg's ``pgresult``
+    says so without building ``description`` (a column object per column, on every call)."""
+    result = getattr(cursor, "pgresult", None)
+    if result is not None:
+        return bool(result.nfields)
+    return cursor.description is not None
+
+
+def update(sql: str, params: Sequence[Any]) -> int:
+    """Run one UPDATE; return how many rows it changed."""
+    with _cursor() as (cursor, options):
+        cursor.execute(sql, params, **options)
+        return int(cursor.rowcount)
+
+
+@contextlib.contextmanager
+def _cursor() -> Iterator[tuple[Any, dict[str, bool]]]:
+    """A cursor for the ledger's statements and the options to execute them with.
+
+    On PostgreSQL a server-binding psycopg cursor, so that with prepared statements on each
+    statement is parsed and planned once per connection: that halves the database's CPU per
+    job (planning the outcome statement costs more than running it). Errors are Django's, as
+    from any Django cursor. Elsewhere Django's cursor.
+
+    The thread's connection is looked up once here: each attribute read through Django's
+    ``connection`` proxy is a thread-local lookup, and the hot path makes many.
+    """
+    db = connections[DEFAULT_DB_ALIAS]
+    if not _dialect_of(db).server_prepared:
+        with db.cursor() as cursor:
+            yield cursor, {}
+        return
+    import psycopg  # the PostgreSQL backend's driver (psycopg 3)
+
+    db.ensure_connection()
+    raw = db.connection
+    with db.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+        yield cursor, _prepare(raw)
+
+
+def _prepare(raw: Any) -> dict[str, bool]:
+    """Prepare the ledger's statements on first use when the connection ``raw`` has prepared
+    statements on. Django turns them off unless ``OPTIONS["prepare_threshold"]`` is set (so that
+    PgBouncer < 1.21 in transaction mode, which cannot keep them, works); the configuration
+    reference recommends setting it without such a pooler."""
+    return {"prepare": raw.prepare_threshold is not None}
+
+
+def insert_rows(
+    table: str, columns: list[str], rows: list[dict[str, Any]], key: str = "id"
+) -> set[str]:
+    """INSERT rows, skipping any that collide with a unique key; return the keys inserted.
+
+    One statement where the dialect has ``RETURNING``; a savepoint per row elsewhere (which
+    reports duplicates as errors). Must run inside a transaction.
+    """
+    if not rows:
+        return set()
+    d = dialect()
+    if d.returning:
+        inserted: set[str] = set()
+        for batch in batches(rows, len(columns)):
+            sql = d.insert(table, columns, len(batch), ignore=True) + f" RETURNING {key}"
+            inserted.update(r[0] for r in execute(sql, [row[c] for row in batch for c in columns]))
+        return inserted
+    inserted = set()
+    single = d.insert(table, columns, 1, ignore=False)
+    for row in rows:
+        try:
+            with transaction.atomic():
+                execute(single, [row[c] for c in columns])
+        except IntegrityError:
+            continue
+        inserted.add(row[key])
+    return inserted
+
+
+def existing(jobs: list[NewJob]) -> list[NewJob]:
+    """The jobs of ``jobs`` whose rows exist."""
+    found: set[str] = set()
+    for batch in batches(jobs, 1):
+        rows = execute(
+            f"SELECT id FROM {JOB} WHERE id IN ({marks(len(batch))})", [j.id for j in batch]
+        )
+        found.update(r[0] for r in rows)
+    return [j for j in jobs if j.id in found]
+
+
+def max_params() -> int:
+    """How many parameters one statement may carry on the default database."""
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor == "sqlite":  # the library's own limit (Django assumes the oldest, 999)
+        db.ensure_connection()
+        return int(db.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    return int(db.features.max_query_params or 65535)  # PostgreSQL's and MySQL's protocol
+
+
+def batches(items: Sequence[T], per_item: int) -> Iterator[Sequence[T]]:
+    """``items`` in slices small enough for one statement each, at ``per_item`` parameters
+    per item: ``enqueue_many()`` of ten thousand jobs, or a step that starts thousands of
+    jobs, must not hit the parameter limit."""
+    size = max(1, max_params() // per_item)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@functools.cache
+def cast_row(model: type[models.Model], columns: tuple[str, ...]) -> str:
+    """``(CAST(%s AS type), ...)``: VALUES rows in an INSERT ... SELECT lose column types."""
+    types = {f.column: f.db_type(connection) for f in model._meta.concrete_fields}
+    return "(" + ", ".join(f"CAST(%s AS {types[c]})" for c in columns) + ")"
