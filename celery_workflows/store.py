@@ -116,6 +116,12 @@ class Maintenance(Protocol):
     def expired_gates(self, now: datetime, limit: int) -> list[str]:
         """Runs waiting on an approval gate whose expiry has passed."""
 
+    def settle_idle_runs(self, now: datetime, limit: int) -> list[tuple[str, RunStatus]]:
+        """The backstop: runs still open (running or compensating) with nothing pending for
+        longer than a grace period - which a correct write never leaves - are settled (a run
+        whose counter drifted from its rows is corrected instead). Returns the settled runs
+        and their final statuses."""
+
 
 class Operations(Protocol):
     """What operators do. Each action writes its audit entry in the same transaction."""

@@ -8,7 +8,10 @@ It is what makes the ledger, not the broker, the source of truth. Each pass:
    kills its worker every time still ends in the DLQ after ``max_attempts``;
 2. publishes jobs that are due but have no live notice in the broker: delayed jobs whose time
    has come, and jobs whose notice was lost (publish failed after commit, broker lost it) -
-   only as many as the broker's queue cannot still be holding.
+   only as many as the broker's queue cannot still be holding;
+3. stops runs past their deadline and closes approval gates past their expiry;
+4. the backstop: settles runs left open with nothing pending - which no correct write leaves,
+   so each is logged and counted as a bug.
 
 Every write is conditional, so any number of sweepers (one per worker) may run at once. Celery
 workers run it on their consumer's timer, in the main thread (see
@@ -23,7 +26,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from . import control, registry
+from . import control, registry, signals, telemetry
 from .approvals import expire_gate
 from .clock import utcnow
 from .compensation import stop_workflow, undo_planner
@@ -49,6 +52,8 @@ BATCH_SIZE = 500
 class SweepReport:
     expired: int
     published: int
+    #: runs the backstop settled: open with nothing pending (each means a bug; logged)
+    settled_idle: int = 0
 
 
 class Sweeper:
@@ -67,6 +72,7 @@ class Sweeper:
             settle_expired(store, lease) for lease in store.expire_leases(names, now, BATCH_SIZE)
         )
         self._stop_overdue(store, now)
+        settled = self._settle_idle(store, now)
         stale_before = now - timedelta(seconds=self.republish_after)
         # a paused queue's jobs wait in the ledger until it is resumed
         due = store.due_jobs(running_queues(names, store), now, stale_before, BATCH_SIZE)
@@ -77,7 +83,7 @@ class Sweeper:
                 published += 1
         if expired:
             control.flush(store)  # what the expired leases counted (no timer thread here)
-        return SweepReport(expired, published)
+        return SweepReport(expired, published, settled)
 
     @staticmethod
     def _stop_overdue(store: Store, now: datetime) -> None:
@@ -91,6 +97,25 @@ class Sweeper:
         for correlation_id in store.expired_gates(now, BATCH_SIZE):
             if expire_gate(correlation_id) is not None:
                 logger.info("approval gate of workflow %s expired unanswered", correlation_id)
+
+    @staticmethod
+    def _settle_idle(store: Store, now: datetime) -> int:
+        """The backstop for a run left open with nothing pending (see
+        :meth:`~celery_workflows.store.Maintenance.settle_idle_runs`): settled, logged,
+        counted in ``celery_workflows.runs.settled_by_sweeper`` - it means a bug."""
+        settled = store.settle_idle_runs(now, BATCH_SIZE)
+        for correlation_id, status in settled:
+            logger.warning(
+                "workflow %s was left open with nothing pending (a bug; please report it): "
+                "settled %s by the sweeper",
+                correlation_id,
+                status,
+            )
+            telemetry.count_settled_by_sweeper(status)
+            signals.workflow_finished.send(
+                sender="sweeper", correlation_id=correlation_id, status=str(status), last_job_id=""
+            )
+        return len(settled)
 
     @staticmethod
     def _lost(due: list[DueJob], known: dict[str, QueueSpec]) -> list[DueJob]:

@@ -15,7 +15,8 @@ duplicate each other.
 Metrics (through whichever ``MeterProvider`` you configure): ``celery_workflows.attempts``
 (counter; queue, outcome = succeeded / retried / dead), ``celery_workflows.attempt.duration``
 (histogram, ms; queue), ``celery_workflows.hop.latency`` (histogram, ms, from a job's creation
-to its first attempt's start; queue). Ledger-wide gauges (backlog, DLQ depth, oldest waiting
+to its first attempt's start; queue), ``celery_workflows.runs.settled_by_sweeper`` (counter;
+status: runs the sweeper's backstop had to settle - each a bug). Ledger-wide gauges (backlog, DLQ depth, oldest waiting
 job, runs by status) are registered by :func:`django_app.telemetry.register_ledger_gauges`
 in the process you choose - they query the database when collected.
 
@@ -156,6 +157,11 @@ class _Instruments:
             unit="ms",
             description="from a job's creation to the start of its first attempt",
         )
+        self.settled_by_sweeper = meter.create_counter(
+            "celery_workflows.runs.settled_by_sweeper",
+            unit="{run}",
+            description="runs left open with nothing pending, settled by the backstop (bugs)",
+        )
 
 
 _instruments: _Instruments | None = None
@@ -175,6 +181,12 @@ def record_start(claimed: ClaimedJob) -> None:
     if instruments is not None and claimed.attempt == 1:
         hop = (claimed.started_at - claimed.created_at).total_seconds() * 1000
         instruments.hop.record(max(0.0, hop), {"queue": claimed.queue})
+
+
+def count_settled_by_sweeper(status: str) -> None:
+    instruments = _metrics()
+    if instruments is not None:
+        instruments.settled_by_sweeper.add(1, {"status": str(status)})
 
 
 def record_outcome(queue: str, outcome: Outcome) -> None:

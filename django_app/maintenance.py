@@ -6,11 +6,14 @@ may run them at once and each row is handled once.
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta
 
+from django.db import transaction
 from django.db.models import F, Q
 
 from celery_workflows.records import (
+    PENDING_JOB_STATUSES,
     DueJob,
     ExpiredLease,
     JobStatus,
@@ -22,7 +25,15 @@ from celery_workflows.records import (
 from celery_workflows.store import UndoPlanner
 
 from .models import Job, WorkflowRun
-from .outcomes import Attempted, write_outcome
+from .outcomes import Attempted, lock_run, write_outcome
+from .runcounters import RunDelta, change_run
+
+logger = logging.getLogger("celery_workflows.sweeper")
+
+#: how long a run may look idle (open, nothing pending) before the backstop settles it: no
+#: correct write leaves one so, but an idle run is only settled well after anything that
+#: could still be writing it
+IDLE_GRACE_SECONDS = 10.0
 
 
 class Maintenance:
@@ -85,6 +96,36 @@ class Maintenance:
                 status=RunStatus.WAITING, gate_expires_at__lte=now
             ).values_list("correlation_id", flat=True)[:limit]
         )
+
+    def settle_idle_runs(self, now: datetime, limit: int) -> list[tuple[str, RunStatus]]:
+        idle = WorkflowRun.objects.filter(
+            status__in=[RunStatus.RUNNING, RunStatus.COMPENSATING],
+            pending_jobs=0,
+            started_at__lt=now - timedelta(seconds=IDLE_GRACE_SECONDS),
+        ).values_list("correlation_id", flat=True)[:limit]
+        settled = []
+        for correlation_id in idle:
+            with transaction.atomic():
+                run = lock_run(correlation_id)
+                if run.status not in (RunStatus.RUNNING, RunStatus.COMPENSATING):
+                    continue
+                pending = Job.objects.filter(
+                    correlation_id=correlation_id, status__in=PENDING_JOB_STATUSES
+                ).count()
+                if pending:
+                    logger.error(
+                        "run %s counted no pending job but has %d: counter corrected",
+                        correlation_id,
+                        pending,
+                    )
+                    WorkflowRun.objects.filter(correlation_id=correlation_id).update(
+                        pending_jobs=pending
+                    )
+                    continue
+                status = change_run(correlation_id, "", now, RunDelta())
+            if status is not None:
+                settled.append((correlation_id, status))
+        return settled
 
     def due_jobs(
         self, queues: list[str], now: datetime, stale_before: datetime, limit: int

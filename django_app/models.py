@@ -206,6 +206,15 @@ class WorkflowRun(models.Model):
                 condition=models.Q(gate_expires_at__isnull=False),
                 name="cw_run_gate_expiry",
             ),
+            # the sweeper's backstop: open runs with nothing pending - normally none, so its
+            # search each second reads an empty index
+            models.Index(
+                fields=["started_at"],
+                condition=models.Q(
+                    pending_jobs=0, status__in=[RunStatus.RUNNING, RunStatus.COMPENSATING]
+                ),
+                name="cw_run_idle",
+            ),
         ]
 
     def __str__(self) -> str:

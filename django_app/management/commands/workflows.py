@@ -94,7 +94,9 @@ class Command(BaseCommand):
         prune = sub.add_parser("prune", help="delete finished runs older than N days")
         prune.add_argument("--days", type=int, required=True)
         prune.add_argument("--batch-size", type=int, default=PRUNE_BATCH)
-        sweep = sub.add_parser("sweep", help="settle expired leases and publish due jobs")
+        sweep = sub.add_parser(
+            "sweep", help="settle expired leases, publish due jobs, settle runs left open"
+        )
         sweep.add_argument("--loop", action="store_true", help="keep sweeping every second")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -233,7 +235,10 @@ class Command(BaseCommand):
         sweeper = Sweeper()
         while True:
             report = sweeper.sweep()
-            self.stdout.write(f"expired {report.expired}, published {report.published}")
+            self.stdout.write(
+                f"expired {report.expired}, published {report.published}, "
+                f"settled {report.settled_idle} run(s) left open"
+            )
             if not options["loop"]:
                 return
             time.sleep(1)
