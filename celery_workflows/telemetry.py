@@ -16,9 +16,10 @@ Metrics (through whichever ``MeterProvider`` you configure): ``celery_workflows.
 (counter; queue, outcome = succeeded / retried / dead), ``celery_workflows.attempt.duration``
 (histogram, ms; queue), ``celery_workflows.hop.latency`` (histogram, ms, from a job's creation
 to its first attempt's start; queue), ``celery_workflows.runs.settled_by_sweeper`` (counter;
-status: runs the sweeper's backstop had to settle - each a bug). Ledger-wide gauges (backlog, DLQ depth, oldest waiting
-job, runs by status) are registered by :func:`django_app.telemetry.register_ledger_gauges`
-in the process you choose - they query the database when collected.
+status: runs the sweeper's backstop had to settle - each a bug). Ledger-wide gauges
+(backlog, DLQ depth, oldest waiting job, runs by status) are registered by
+:func:`django_app.telemetry.register_ledger_gauges` in the process you choose - they query the
+database when collected.
 
 An SDK is yours to configure, as with any OpenTelemetry library; this module only uses the
 API.
