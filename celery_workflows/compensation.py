@@ -29,6 +29,7 @@ undone first.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from . import registry, telemetry
 from .clock import utcnow
@@ -38,6 +39,8 @@ from .records import NewJob, Outbox
 from .rules import RunJob, next_undo
 from .store import UndoPlanner, get_store
 
+#: orders a job not finished yet after every finished one
+_LATEST = datetime.max.replace(tzinfo=UTC)
 #: what a service does when one of its runs fails
 ON_FAILURE = ("compensate", "stop")
 
@@ -59,7 +62,19 @@ def plan_next_undo(jobs: Sequence[RunJob]) -> NewJob | None:
     step = next_undo(jobs, undoable)
     if step is None:
         return None
-    return compensation_of(registry.get_queue(step.queue), step)
+    return compensation_of(registry.get_queue(step.queue), step, run_trace(jobs, step))
+
+
+def run_trace(jobs: Sequence[RunJob], step: RunJob | None = None) -> str:
+    """The traceparent a write on the run's behalf continues: ``step``'s own, or the newest
+    one a job of the run was written under ("" if none was traced). A run's first job, started
+    from untraced code, stores no traceparent - its attempt began the workflow's trace, which
+    every later job carries."""
+    if step is not None and telemetry.is_traceparent(step.trace_id):
+        return step.trace_id
+    traced = [j for j in jobs if telemetry.is_traceparent(j.trace_id)]
+    newest = max(traced, key=lambda j: (j.finished_at or _LATEST, j.id), default=None)
+    return newest.trace_id if newest is not None else ""
 
 
 def undo_planner(service: str) -> UndoPlanner | None:
@@ -68,9 +83,9 @@ def undo_planner(service: str) -> UndoPlanner | None:
     return plan_next_undo if compensates_on_failure(service) else None
 
 
-def compensation_of(spec: QueueSpec, step: RunJob) -> NewJob:
+def compensation_of(spec: QueueSpec, step: RunJob, trace: str) -> NewJob:
     """The job that undoes ``step`` of queue ``spec`` (which declares ``compensate_with``): it
-    gets the step's payload, says which job it undoes and continues the step's trace (so a
+    gets the step's payload, says which job it undoes and continues the run's ``trace`` (so a
     workflow stays one trace whatever stops it)."""
     assert spec.compensate_with is not None
     undo = registry.get_queue(spec.compensate_with)
@@ -81,7 +96,7 @@ def compensation_of(spec: QueueSpec, step: RunJob) -> NewJob:
         published=True,
         idempotency_key=f"compensate:{step.id}",
         compensates=step.id,
-        trace_id=step.trace_id,
+        trace_id=trace,
         priority=step.priority,
     )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import registry
+from . import registry, telemetry
 from .clock import utcnow
 from .enqueueing import after_insert, prepare
 from .errors import NotDeadLetteredError, NotRedrivableError, WorkflowNotFoundError
@@ -62,7 +62,11 @@ def redrive(
         redriven_from=dead.id,
         # a re-driven undo still undoes the same step, and the workflow stays one trace
         compensates=dead.compensates,
-        trace_id=dead.trace_id,
+        trace_id=(
+            dead.trace_id
+            if telemetry.is_traceparent(dead.trace_id)
+            else store.run_trace(dead.correlation_id)
+        ),
         priority=dead.priority,
     )
     detail: dict[str, Any] = {"new_job_id": job.id}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .records import PENDING_JOB_STATUSES, JobStatus, RunStatus
@@ -36,6 +36,8 @@ FINAL_STATUS: tuple[tuple[str, RunStatus], ...] = (
     ("dead_jobs", RunStatus.DEAD_LETTERED),
     ("cancelled_jobs", RunStatus.CANCELLED),
 )
+#: orders a step without a finishing time (never expected of a completed one) first
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 #: statuses a run settles from when nothing of it is pending (a waiting run waits for its
 #: decision, whatever is pending)
 SETTLES_FROM = (RunStatus.RUNNING, RunStatus.COMPENSATING)
@@ -116,7 +118,7 @@ def next_undo(jobs: Sequence[RunJob], undoable: Callable[[str], bool]) -> RunJob
     ]
     if not done:
         return None
-    return max(done, key=lambda job: (job.finished_at or datetime.min, job.id))
+    return max(done, key=lambda job: (job.finished_at or _EARLIEST, job.id))
 
 
 def stop_effects(jobs: Sequence[RunJob], keep: str = "") -> tuple[list[str], list[str]]:

@@ -177,8 +177,8 @@ class Runs(Protocol):
     def get_workflow(self, id_or_business_key: str) -> WorkflowStatus: ...
 
     def run_trace(self, correlation_id: str) -> str:
-        """The traceparent the run's first job was written under ("" if none): what a
-        write on the run's behalf from outside any attempt (a stop, a timeout) continues."""
+        """The newest traceparent a job of the run was written under ("" if none): what a
+        write on the run's behalf from outside any attempt (a stop, a redrive) continues."""
 
     def close_gate(
         self, correlation_id: str, actor: str, action: str, comment: str, expired: bool = False

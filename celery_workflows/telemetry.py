@@ -77,9 +77,16 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
+def is_traceparent(value: str | None) -> bool:
+    """Whether a stored trace id is a W3C traceparent (a job written outside any recording
+    span stores its workflow's correlation id instead)."""
+    return bool(value) and str(value).startswith("00-")
+
+
 def _parent(traceparent: str | None) -> Any:
     """The context a span continues: ``traceparent`` if it is one, else the current one."""
-    if traceparent and traceparent.startswith("00-"):
+    if is_traceparent(traceparent):
+        assert traceparent is not None
         extracted = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
         if otel_trace.get_current_span(extracted).get_span_context().is_valid:
             return extracted

@@ -25,13 +25,13 @@ class Runs:
         return workflow_status(find_run(id_or_business_key))
 
     def run_trace(self, correlation_id: str) -> str:
-        first = (
-            Job.objects.filter(correlation_id=correlation_id)
-            .order_by("created_at")
+        newest = (
+            Job.objects.filter(correlation_id=correlation_id, trace_id__startswith="00-")
+            .order_by("-created_at")
             .values_list("trace_id", flat=True)
             .first()
         )
-        return first or ""
+        return newest or ""
 
     def close_gate(
         self, correlation_id: str, actor: str, action: str, comment: str, expired: bool = False

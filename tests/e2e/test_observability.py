@@ -153,3 +153,89 @@ def test_grep_for_a_business_key_finds_the_orders_whole_story_in_json_logs(worke
         assert entry["workflow_id"] == run.correlation_id
         assert entry["business_key"] == "o-4711"
         assert entry["job_id"] == jobs[entry["queue"]]
+
+
+@pytest.fixture(scope="module")
+def traced_saga(start_worker, spans_dir):
+    """The saga's queues (and the held service's) on a worker that records spans."""
+    from tests.proj.saga import QUEUES
+
+    worker = start_worker(
+        QUEUES, concurrency=2, name="sagatrace", extra_env={"OTEL_TEST_DIR": str(spans_dir)}
+    )
+    yield worker
+    worker.stop()
+
+
+def settled(order: str, *statuses: str):
+    return wait_for(
+        lambda: (run := get_workflow(order)).status in statuses and run,
+        timeout=40,
+        message=f"{order} did not end {statuses}",
+    )
+
+
+def traces_of(spans_dir: Path, run, expected: set[str]) -> set[str]:
+    """The trace ids of the run's attempt spans, once one of each queue in ``expected`` is
+    there."""
+
+    def attempts() -> list[dict]:
+        return [
+            s
+            for s in spans(spans_dir)
+            if s["kind"] == "CONSUMER"
+            and s["attributes"].get("celery_workflows.workflow_id") == run.correlation_id
+        ]
+
+    wait_for(lambda: expected <= {s["name"] for s in attempts()}, timeout=15)
+    return {s["trace_id"] for s in attempts()}
+
+
+def test_a_cancelled_runs_compensation_stays_in_its_trace(traced_saga, spans_dir, redis_client):
+    from celery_workflows import cancel_workflow
+    from tests.proj.saga import saga
+
+    saga.emit("sagaStarted", {"orderId": "tr-cancel", "slow": 30})
+    wait_for(lambda: len(redis_client.lrange("saga:tr-cancel", 0, -1)) == 2, timeout=20)
+    cancel_workflow("tr-cancel", actor="ops")
+    run = settled("tr-cancel", "compensated")
+    queues = {"saga.reserve", "saga.charge", "saga.refund", "saga.release"}
+    assert len(traces_of(spans_dir, run, queues)) == 1
+
+
+def test_a_deadlines_timeout_and_compensation_stay_in_the_runs_trace(traced_saga, spans_dir):
+    from datetime import timedelta
+
+    from tests.proj.saga import saga
+
+    saga.emit("sagaStarted", {"orderId": "tr-late", "slow": 30}, deadline=timedelta(seconds=2))
+    run = settled("tr-late", "compensated")
+    queues = {"saga.reserve", "saga.charge", "saga.onTimeout", "saga.refund", "saga.release"}
+    assert len(traces_of(spans_dir, run, queues)) == 1
+
+
+def test_a_lease_expiry_that_compensates_stays_in_the_runs_trace(
+    traced_saga, spans_dir, redis_client
+):
+    from celery_workflows.testing import Faults
+    from tests.proj.saga import saga
+
+    saga.emit("sagaStarted", {"orderId": "tr-lease", "slow": 30})
+    wait_for(lambda: len(redis_client.lrange("saga:tr-lease", 0, -1)) == 2, timeout=20)
+    charge = json.loads(redis_client.lrange("saga:tr-lease", 0, -1)[1])["job"]
+    Faults().expire_lease(charge)  # its worker is as good as gone: the sweeper takes over
+    run = settled("tr-lease", "compensated")
+    assert [h.attempts[-1]["outcome"] for h in run.history if h.id == charge] == ["lease_expired"]
+    assert len(traces_of(spans_dir, run, {"saga.reserve", "saga.release"})) == 1
+
+
+def test_a_redriven_step_stays_in_the_runs_trace(traced_saga, spans_dir):
+    from celery_workflows import redrive
+    from tests.proj.saga import held
+
+    first = held.enqueue("book", {"orderId": "tr-redrive", "card": "declined"})
+    run = settled(first.correlation_id, "dead_lettered")
+    (dead,) = [h for h in run.history if h.kind == "job" and h.status == "dead"]
+    redrive(dead.id, payload={"orderId": "tr-redrive", "card": "ok"}, actor="ops")
+    run = settled(first.correlation_id, "completed")
+    assert len(traces_of(spans_dir, run, {"held.book", "held.pay"})) == 1
