@@ -4,8 +4,12 @@ When a step's outcome creates a job that is due now, on a queue this worker cons
 outcome statement writes that job already claimed by this process - lease token, expiry,
 attempt 1 - and the process runs it right after the commit (the idea behind Temporal's eager
 activity dispatch). No notice is published and no claim is made for it. Its ledger row,
-attempt record, events, signals, middleware hooks and lease alarm are those of any attempt; if
-the process dies, the lease expires and the sweeper retries the job as it would any other.
+attempt record, events, signals, middleware hooks and lease alarm are those of any attempt.
+Its row counts no attempt until its outcome is written (``attempts`` 0): if the process dies
+first - right after the previous step's outcome, before the handler ran - the main process ends
+its leases (:mod:`celery_workflows.lost`) and the sweeper queues the job again for attempt 1,
+uncharged, within a sweep interval. (A process that dies *during* such a handler costs it no
+attempt either; its next attempt, claimed the usual way, is charged.)
 
 Bounded: after ``workflows_local_continuations`` consecutive continuations (default 8) the next
 job is published normally, so one long workflow cannot hold a process and other queues get

@@ -39,7 +39,12 @@ _HOST = socket.gethostname()
 
 def worker_name() -> str:
     """``host:pid`` of this process, recorded on every attempt."""
-    return f"{_HOST}:{os.getpid()}"
+    return worker_name_of(os.getpid())
+
+
+def worker_name_of(pid: int) -> str:
+    """``host:pid`` of process ``pid`` of this host."""
+    return f"{_HOST}:{pid}"
 
 
 def _in_greenlet() -> bool:

@@ -394,6 +394,7 @@ class WorkflowService(Generic[R]):
             acks_late=False,
             typing=False,
             shared=False,
+            Request="celery_workflows.lost:LeaseReleasingRequest",
         )(run_job)
 
     def queue(self, name: str) -> QueueSpec:

@@ -101,6 +101,15 @@ class Maintenance(Protocol):
         the lease token alone; ``undo`` as for :meth:`Ledger.record_outcome`); None if another
         sweeper did."""
 
+    def release_unstarted(self, lease: ExpiredLease) -> bool:
+        """An expired lease of a job written claimed by local continuation whose attempt was
+        never recorded (attempt 0): the job is queued again for attempt 1 and published at
+        once, charged nothing. False if another sweeper did it."""
+
+    def expire_held_by(self, worker: str, now: datetime) -> int:
+        """End now every lease held by ``worker`` (``host:pid``), a process known to be dead;
+        the next sweeper pass settles them. Returns how many."""
+
     def due_jobs(
         self, queues: list[str], now: datetime, stale_before: datetime, limit: int
     ) -> list[DueJob]:

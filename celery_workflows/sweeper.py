@@ -149,7 +149,21 @@ def sweep_once(
 
 
 def settle_expired(store: Store, lease: ExpiredLease) -> bool:
-    """Record an expired lease as a failed attempt, once; False if another sweeper did."""
+    """Record an expired lease as a failed attempt, once; False if another sweeper did. A job
+    written claimed by local continuation whose attempt never got as far as its outcome (the
+    process died first - most likely right after the previous step's outcome) is not charged:
+    it is queued for attempt 1 again."""
+    if lease.attempt == 0:
+        released = store.release_unstarted(lease)
+        if released:
+            logger.warning(
+                "job %s (%s) was handed to %s by the step before it, which stopped before "
+                "recording it: queued again, no attempt charged",
+                lease.job_id,
+                lease.queue,
+                lease.worker,
+            )
+        return released
     spec = registry.get_queue(lease.queue)
     now = utcnow()
     record = AttemptRecord(

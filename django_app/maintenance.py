@@ -97,6 +97,28 @@ class Maintenance:
             ).values_list("correlation_id", flat=True)[:limit]
         )
 
+    def release_unstarted(self, lease: ExpiredLease) -> bool:
+        return bool(
+            Job.objects.filter(
+                id=lease.job_id,
+                status=JobStatus.RUNNING,
+                lease_token=lease.lease_token,
+                attempts=0,
+            ).update(
+                status=JobStatus.QUEUED,
+                lease_token=None,
+                lease_expires_at=None,
+                worker="",
+                started_at=None,
+                published_at=None,
+            )
+        )
+
+    def expire_held_by(self, worker: str, now: datetime) -> int:
+        return Job.objects.filter(
+            status=JobStatus.RUNNING, worker=worker, lease_expires_at__gt=now
+        ).update(lease_expires_at=now)
+
     def settle_idle_runs(self, now: datetime, limit: int) -> list[tuple[str, RunStatus]]:
         idle = WorkflowRun.objects.filter(
             status__in=[RunStatus.RUNNING, RunStatus.COMPENSATING],

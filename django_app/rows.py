@@ -89,10 +89,13 @@ def job_values(job: NewJob, now: datetime) -> dict[str, Any]:
         "compensates": job.compensates,
         "created_at": dt(now),
     }
-    if job.lease is not None:  # written claimed: attempt 1 is running in the writing process
+    if job.lease is not None:
+        # written claimed: attempt 1 runs next in the writing process; it counts from its
+        # outcome on (attempts 0 until then), so a process that dies before it ran costs the
+        # job no attempt (see celery_workflows.continuation)
         values.update(
             status=JobStatus.RUNNING.value,
-            attempts=1,
+            attempts=0,
             published_at=None,
             lease_token=job.lease.token,
             lease_expires_at=dt(job.lease.expires_at),

@@ -81,7 +81,31 @@ def test_a_worker_killed_in_the_middle_of_a_chain_loses_nothing(
     rescuer = start_worker(QUEUES, concurrency=1, name="chain-rescuer")
     settled(started.correlation_id, timeout=40)  # after step 2's 3 s lease expires
     jobs = chain(started.correlation_id)
-    assert [a["outcome"] for a in jobs[1].attempt_log] == ["lease_expired", "succeeded"]
+    # a step handed over by local continuation counts its attempt from its outcome on: its
+    # process died first, so it ran again uncharged (once: the next attempt is charged)
+    assert [a["outcome"] for a in jobs[1].attempt_log] == ["succeeded"]
     assert all(j.status == "succeeded" for j in jobs) and len(jobs) == 4
     assert redis_client.get(f"chaos:effect:{step2.id}") is not None
     rescuer.stop()
+
+
+def test_a_step_handed_to_a_process_that_died_first_is_not_charged_and_runs_soon(start_worker):
+    # the process dies right after the first step's outcome commits - with the second step
+    # written claimed by it, never started; that step allows one attempt and has a 60 s lease
+    from pathlib import Path
+
+    from celery_workflows.testing import FINAL
+    from tests.proj.workflows import handoff
+
+    worker = start_worker(["handoff.first", "handoff.second"], concurrency=1, name="handoff")
+    handoff.enqueue("first", {"n": 1}, correlation_id="die-after-outcome-handoff-1")
+    run = wait_for(
+        lambda: (r := get_workflow("die-after-outcome-handoff-1")).status in FINAL and r,
+        timeout=20,  # a third of the lease: recovered at once, not when the lease runs out
+    )
+    assert run.status == "completed"
+    (second,) = [h for h in run.history if h.kind == "job" and h.name == "handoff.second"]
+    assert [a["outcome"] for a in second.attempts] == ["succeeded"]
+    log = Path(worker.log_path).read_text()
+    assert "signal 9" in log and "queued again, no attempt charged" in log
+    worker.stop()

@@ -323,7 +323,7 @@ class DieAfterOutcome(Middleware):
     """SIGKILLs its own process right after a workflow's last outcome is written, for
     workflows whose id starts with ``die-after-outcome`` - a crash at the worst instruction."""
 
-    LAST_STEPS = ("crash.slow", "chaos.step4")
+    LAST_STEPS = ("crash.slow", "chaos.step4", "handoff.first")
 
     def after_outcome(self, attempt: AttemptInfo, outcome: Outcome | None) -> None:
         if (
@@ -333,6 +333,28 @@ class DieAfterOutcome(Middleware):
         ):
             os.kill(os.getpid(), 9)
 
+
+#: consumed only by the continuation crash test's own worker
+handoff = WorkflowService("handoff", app, resources=recorder)
+
+
+@handoff.queue_worker("first", "Hands the next step to its own process", emits=["handedOver"])
+def handoff_first(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.record(job)
+    ctx.emit("handedOver", job.payload)
+
+
+@handoff.queue_worker(
+    "second",
+    "One attempt only, with a long lease",
+    lifecycle=Lifecycle(max_attempts=1, visibility_timeout=60),
+)
+def handoff_second(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.record(job)
+    return "ran"
+
+
+handoff.subscribe("handedOver", enqueue="second")
 
 add_middleware(HookRecorder())
 add_middleware(BrokenHooks())
