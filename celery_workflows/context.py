@@ -72,8 +72,10 @@ class JobContext(Generic[R]):
         self._visibility_timeout = visibility_timeout
         self._emit = emit
         self._open_gate = open_gate
-        #: the state store, with writes attributed to this job's workflow
+        #: this run's own documents (deleted with the run when it is pruned)
         self.states = States(job.correlation_id, store)
+        #: documents shared by every run (never pruned with a run); writes name this run
+        self.shared_states = States(None, store, writer=job.correlation_id)
 
     @property
     def payload(self) -> Any:

@@ -1,9 +1,13 @@
-"""The state store: small JSON documents that workflow steps share, with optimistic locking.
+"""The state store: small JSON documents that workflow steps keep, with optimistic locking.
 
-``ctx.states`` in a handler (or :func:`states` anywhere) reads and writes them. Every write
-bumps the document's version. :meth:`States.update_state` and :meth:`States.merge_state` are
-compare-and-set loops, so two steps writing the same document concurrently never lose each
-other's changes; :meth:`States.set_state` overwrites (last writer wins) and says so.
+Each document has a scope. A run's own documents (``ctx.states`` in a handler, or
+``states(correlation_id)`` anywhere) are seen only by that run's steps and are deleted with the
+run when it is pruned. Shared documents (``ctx.shared_states``, or ``states()``) are seen by
+every run - a rate table, a list of backorders a nightly run rechecks - and pruning never
+deletes them. Every write bumps the document's version. :meth:`States.update_state` and
+:meth:`States.merge_state` are compare-and-set loops, so two steps writing the same document
+concurrently never lose each other's changes; :meth:`States.set_state` overwrites (last writer
+wins) and says so.
 """
 
 from __future__ import annotations
@@ -22,10 +26,18 @@ MAX_UPDATE_ATTEMPTS = 50
 
 
 class States:
-    """Access to the state store, attributed to one workflow (``correlation_id``)."""
+    """Access to the documents of one scope: a run's own (``correlation_id``), or shared by
+    every run (``correlation_id=None``); ``writer`` is the run writing (for the audit)."""
 
-    def __init__(self, correlation_id: str | None = None, runs: Runs | None = None) -> None:
+    def __init__(
+        self,
+        correlation_id: str | None = None,
+        runs: Runs | None = None,
+        writer: str | None = None,
+    ) -> None:
         self.correlation_id = correlation_id
+        self.scope = correlation_id or ""
+        self.writer = writer or correlation_id
         self._runs = runs
 
     @property
@@ -34,7 +46,7 @@ class States:
 
     def get(self, key: str) -> StateValue | None:
         """The document and its version, or None if it was never written."""
-        return self.runs.get_state(_check_key(key))
+        return self.runs.get_state(self.scope, _check_key(key))
 
     def get_state(self, key: str, default: Any = None) -> Any:
         found = self.get(key)
@@ -42,7 +54,9 @@ class States:
 
     def set_state(self, key: str, value: Any) -> int:
         """Overwrite the document (last writer wins); return its new version."""
-        version = self.runs.put_state(_check_key(key), _json(key, value), None, self.correlation_id)
+        version = self.runs.put_state(
+            self.scope, _check_key(key), _json(key, value), None, self.writer
+        )
         assert version is not None  # an unconditional write cannot lose
         return version
 
@@ -54,7 +68,7 @@ class States:
         if expected_version < 0:
             raise ValueError("expected_version must be >= 0")
         version = self.runs.put_state(
-            _check_key(key), _json(key, value), expected_version, self.correlation_id
+            self.scope, _check_key(key), _json(key, value), expected_version, self.writer
         )
         if version is None:
             raise StateConflictError(
@@ -116,7 +130,8 @@ class States:
 
 
 def states(correlation_id: str | None = None) -> States:
-    """The state store outside a handler (views, commands, tests)."""
+    """The state store outside a handler (views, commands, tests): the documents of run
+    ``correlation_id``, or - without it - the documents shared by every run."""
     return States(correlation_id)
 
 

@@ -172,9 +172,10 @@ class Operations(Protocol):
     def rename_event(self, old: str, new: str, actor: str) -> int:
         """Point open approval gates waiting to emit ``old`` at ``new``; return how many."""
 
-    def prune_finished(self, finished_before: datetime, batch_size: int) -> int:
-        """Delete finished runs (and their jobs, events, state) older than ``finished_before``,
-        ``batch_size`` runs per transaction; return how many runs were deleted."""
+    def prune_finished(self, finished_before: datetime, batch_size: int, actor: str) -> int:
+        """Delete finished runs (and their jobs, events and own state documents) older than
+        ``finished_before``, ``batch_size`` runs per transaction; audit the prune with
+        ``actor`` (audit entries are kept); return how many runs were deleted."""
 
 
 class Runs(Protocol):
@@ -207,13 +208,20 @@ class Runs(Protocol):
         ``started``, the latest that started a run (a skipped firing started none, and the
         ``seen`` mark of a schedule noticed late for the first time is no firing)."""
 
-    def get_state(self, key: str) -> StateValue | None: ...
+    def get_state(self, scope: str, key: str) -> StateValue | None:
+        """Document ``key`` of ``scope`` (a run's correlation id, or "" for shared ones)."""
 
     def put_state(
-        self, key: str, value: Any, expected_version: int | None, correlation_id: str | None
+        self,
+        scope: str,
+        key: str,
+        value: Any,
+        expected_version: int | None,
+        writer: str | None,
     ) -> int | None:
-        """Write a state document; with ``expected_version``, only if it is still at that
-        version (0 = absent). Returns the new version, or None when the check failed."""
+        """Write document ``key`` of ``scope`` (``writer``: the run writing it); with
+        ``expected_version``, only if it is still at that version (0 = absent). Returns the
+        new version, or None when the check failed."""
 
 
 class Controls(Protocol):

@@ -49,7 +49,7 @@ from .models import (
     Job,
     QueueControl,
     ScheduleFire,
-    State,
+    StateDocument,
     WorkflowRun,
 )
 from .queries import workflow_status
@@ -506,10 +506,16 @@ class EventAdmin(ReadOnlyAdmin):
     exact_search_fields = ("id", "correlation_id")
 
 
-@admin.register(State)
-class StateAdmin(ReadOnlyAdmin):
-    list_display = ("key", "version", "correlation_id", "updated_at")
-    exact_search_fields = ("key", "correlation_id")
+@admin.register(StateDocument)
+class StateDocumentAdmin(ReadOnlyAdmin):
+    """Documents steps keep: a run's own (its correlation id as scope) or shared (no scope)."""
+
+    list_display = ("key", "scope_or_shared", "version", "written_by", "updated_at")
+    exact_search_fields = ("key", "scope", "written_by")
+
+    @admin.display(description="scope", ordering="scope")
+    def scope_or_shared(self, document: StateDocument) -> str:
+        return document.scope or "shared"
 
 
 @admin.register(ScheduleFire)

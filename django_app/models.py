@@ -221,26 +221,33 @@ class WorkflowRun(models.Model):
         return f"{self.name} {self.correlation_id} ({self.status})"
 
 
-class State(models.Model):
-    """A state document shared by workflow steps; ``version`` counts its writes."""
+class StateDocument(models.Model):
+    """A JSON document steps keep: a run's own (``scope`` is its correlation id), or shared by
+    every run (``scope`` empty). ``version`` counts its writes."""
 
-    key = models.CharField(primary_key=True, max_length=255)
-    value = models.JSONField(null=True)
-    version = models.PositiveIntegerField(default=1)
-    correlation_id = models.CharField(
+    scope = models.CharField(
         max_length=64,
         blank=True,
         default="",
-        db_index=True,
-        help_text="workflow of the last write",
+        help_text="the run whose document it is; empty: shared by every run",
+    )
+    key = models.CharField(max_length=255)
+    value = models.JSONField(null=True)
+    version = models.PositiveIntegerField(default=1)
+    written_by = models.CharField(
+        max_length=64, blank=True, default="", help_text="the run of the last write"
     )
     updated_at = models.DateTimeField()
 
     class Meta:
-        ordering = ["key"]
+        ordering = ["scope", "key"]
+        verbose_name = "state document"
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "key"], name="cw_state_once_per_scope")
+        ]
 
     def __str__(self) -> str:
-        return f"{self.key} (v{self.version})"
+        return f"{self.key} of {self.scope or 'every run'} (v{self.version})"
 
 
 class ScheduleFire(models.Model):

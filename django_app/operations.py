@@ -24,7 +24,7 @@ from celery_workflows.records import (
 from celery_workflows.store import UndoPlanner
 
 from .ledger import SqlLedger
-from .models import AuditEntry, Event, Job, State, WorkflowRun
+from .models import AuditEntry, Event, Job, StateDocument, WorkflowRun
 from .outcomes import lock_run, stop
 from .runcounters import RunDelta, change_run
 
@@ -182,7 +182,7 @@ class Operations:
                 moved += 1
         return moved
 
-    def prune_finished(self, finished_before: datetime, batch_size: int) -> int:
+    def prune_finished(self, finished_before: datetime, batch_size: int, actor: str) -> int:
         finished = WorkflowRun.objects.exclude(status__in=OPEN_RUN_STATUSES).filter(
             finished_at__lt=finished_before
         )
@@ -190,14 +190,19 @@ class Operations:
         while True:
             with transaction.atomic():
                 batch = list(finished.values_list("correlation_id", flat=True)[:batch_size])
-                if not batch:
-                    return total
-                Job.objects.filter(correlation_id__in=batch).delete()
-                Event.objects.filter(correlation_id__in=batch).delete()
-                State.objects.filter(correlation_id__in=batch).delete()
-                AuditEntry.objects.filter(correlation_id__in=batch).delete()
-                WorkflowRun.objects.filter(correlation_id__in=batch).delete()
-            total += len(batch)
+                if batch:
+                    Job.objects.filter(correlation_id__in=batch).delete()
+                    Event.objects.filter(correlation_id__in=batch).delete()
+                    # a run's own documents go with it; shared ones stay (other runs use them)
+                    StateDocument.objects.filter(scope__in=batch).delete()
+                    WorkflowRun.objects.filter(correlation_id__in=batch).delete()
+                    total += len(batch)
+            if not batch:
+                break
+        AuditEntry.record(
+            "", "", "prune", actor, runs=total, finished_before=finished_before.isoformat()
+        )
+        return total
 
 
 def job_record(row: Job) -> JobRecord:

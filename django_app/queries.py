@@ -13,7 +13,7 @@ from celery_workflows.records import (
     WorkflowStatus,
 )
 
-from .models import AuditEntry, Event, Job, State, WorkflowRun
+from .models import AuditEntry, Event, Job, StateDocument, WorkflowRun
 
 #: audit entries shown with a run (newest first)
 AUDIT_LIMIT = 50
@@ -89,7 +89,7 @@ def workflow_status(run: WorkflowRun) -> WorkflowStatus:
         finished_at=run.finished_at,
         history=entries,
         states=dict(
-            State.objects.filter(correlation_id=run.correlation_id).values_list("key", "value")
+            StateDocument.objects.filter(scope=run.correlation_id).values_list("key", "value")
         ),
         waiting_for=run.waiting_for if run.status == RunStatus.WAITING else None,
         audit=[AuditRecord(a.action, a.actor, a.at, a.job_id, dict(a.detail or {})) for a in audit],

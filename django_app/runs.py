@@ -11,7 +11,7 @@ from django.db.models import F
 from celery_workflows.clock import utcnow
 from celery_workflows.records import RunStatus, StateValue, WorkflowStatus
 
-from .models import AuditEntry, Job, ScheduleFire, State, WorkflowRun
+from .models import AuditEntry, Job, ScheduleFire, StateDocument, WorkflowRun
 from .queries import find_run, workflow_status
 
 
@@ -92,29 +92,39 @@ class Runs:
         row = fires.order_by("-slot").values_list("slot", "outcome", "correlation_id").first()
         return None if row is None else (row[0], row[1], row[2])
 
-    def get_state(self, key: str) -> StateValue | None:
-        row = State.objects.filter(key=key).values_list("value", "version").first()
+    def get_state(self, scope: str, key: str) -> StateValue | None:
+        row = (
+            StateDocument.objects.filter(scope=scope, key=key)
+            .values_list("value", "version")
+            .first()
+        )
         return None if row is None else StateValue(row[0], row[1])
 
     def put_state(
-        self, key: str, value: Any, expected_version: int | None, correlation_id: str | None
+        self,
+        scope: str,
+        key: str,
+        value: Any,
+        expected_version: int | None,
+        writer: str | None,
     ) -> int | None:
         fields = {"value": value, "updated_at": utcnow()}
-        if correlation_id:
-            fields["correlation_id"] = correlation_id
+        if writer:
+            fields["written_by"] = writer
+        documents = StateDocument.objects.filter(scope=scope, key=key)
         while True:
             with transaction.atomic():
-                rows = State.objects.filter(key=key)
+                rows = documents
                 if expected_version is not None:
                     rows = rows.filter(version=expected_version)
                 if expected_version != 0 and rows.update(version=F("version") + 1, **fields):
                     # the UPDATE holds the row lock until commit: this read sees our version
-                    return State.objects.filter(key=key).values_list("version", flat=True).get()
+                    return documents.values_list("version", flat=True).get()
                 if expected_version not in (None, 0):
                     return None
                 try:
                     with transaction.atomic():
-                        State.objects.create(key=key, version=1, **fields)
+                        StateDocument.objects.create(scope=scope, key=key, version=1, **fields)
                     return 1
                 except IntegrityError:
                     if expected_version == 0:

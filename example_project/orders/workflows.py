@@ -199,7 +199,8 @@ def send_confirmation(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> s
 
 @orders.queue_worker("notifyBackorder", "Tell the customer the order waits for stock")
 def notify_backorder(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> str:
-    ctx.states.merge_state("backorders", {job.payload["orderId"]: job.payload})
+    # shared by every run: the nightly recheck (a run of its own) reads it
+    ctx.shared_states.merge_state("backorders", {job.payload["orderId"]: job.payload})
     return f"backorder notice sent for {job.payload['orderId']}"
 
 
@@ -217,7 +218,7 @@ def notify_timeout(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> str:
 
 @orders.queue_worker("recheckBackorders", "Re-place backordered orders now in stock")
 def recheck_backorders(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> int:
-    waiting = ctx.states.get_state("backorders", {}) or {}
+    waiting = ctx.shared_states.get_state("backorders", {}) or {}
     ready = {
         k: v
         for k, v in waiting.items()
@@ -225,7 +226,7 @@ def recheck_backorders(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> 
     }
     for order in ready.values():
         orders.emit("orderPlaced", order)
-    ctx.states.update_state(
+    ctx.shared_states.update_state(
         "backorders", lambda cur: {k: v for k, v in (cur or {}).items() if k not in ready}
     )
     return len(ready)

@@ -64,3 +64,54 @@ def test_non_json_value_is_refused_and_nothing_is_written():
     with pytest.raises(PayloadNotSerializableError, match="'doc'"):
         s.set_state("doc", {"when": object()})
     assert s.get("doc") is None
+
+
+@pytest.mark.worker
+def test_a_runs_documents_are_its_own_and_shared_ones_are_seen_by_every_run(
+    start_worker, worker_env
+):
+    from celery_workflows import get_workflow
+
+    worker = start_worker(["st.note"], concurrency=1, name="scopes")
+    shared = f"rates-{uuid.uuid4().hex[:6]}"
+    runs = [states_svc.enqueue("note", {"n": n, "shared": shared}).correlation_id for n in (1, 2)]
+    wait_for(lambda: len(states().get_state(shared) or {}) == 2, timeout=20)
+    assert states().get_state(shared) == {runs[0]: 1, runs[1]: 2}
+    # the same key, one document per run
+    assert [states(run).get_state("mine") for run in runs] == [1, 2]
+    assert states().get_state("mine") is None
+    wait_for(lambda: get_workflow(runs[1]).status == "completed", timeout=20)
+    assert get_workflow(runs[0]).states == {"mine": 1}
+    worker.stop()
+
+
+def test_pruning_deletes_a_runs_own_documents_and_never_shared_ones(worker_env):
+    from datetime import timedelta
+
+    from celery_workflows import cancel
+    from celery_workflows.clock import utcnow
+    from django_app.models import StateDocument, WorkflowRun
+    from tests.helpers import manage
+
+    first = states_svc.enqueue("note", {"n": 1, "shared": "pruned-rates"}, delay=600)
+    old = first.correlation_id
+    cancel(first.job_id, actor="ops-ann")  # an operator's action on the run, audited
+    states(old).set_state("mine", 1)
+    from celery_workflows.states import States
+
+    States(None, writer=old).set_state("pruned-rates", {"EUR": 1.08})
+    long_ago = utcnow() - timedelta(days=40)
+    WorkflowRun.objects.filter(correlation_id=old).update(
+        status="completed", finished_at=long_ago, pending_jobs=0
+    )
+    done = manage(worker_env, "workflows", "prune", "--days", "30", "--actor", "ops-bo")
+    assert done.returncode == 0, done.stderr
+    assert "pruned 1 finished run(s)" in done.stdout
+    assert not StateDocument.objects.filter(scope=old).exists()
+    assert states().get_state("pruned-rates") == {"EUR": 1.08}
+    # the audit trail stays, and says who pruned
+    from django_app.models import AuditEntry
+
+    assert AuditEntry.objects.filter(correlation_id=old, action="cancel", actor="ops-ann").exists()
+    prune = AuditEntry.objects.get(action="prune")
+    assert prune.actor == "ops-bo" and prune.detail["runs"] == 1

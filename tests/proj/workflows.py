@@ -213,6 +213,12 @@ def needs_approval(ctx: JobContext[Recorder], job: Job[Any]) -> str:
     return "waiting for a manager"
 
 
+@states_svc.queue_worker("note", "Keeps a document of its run and adds to a shared one")
+def note_state(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.states.set_state("mine", job.payload["n"])
+    ctx.shared_states.merge_state(job.payload["shared"], {ctx.correlation_id: job.payload["n"]})
+
+
 @t.queue_worker(
     "asksThenFails",
     "Asks for approval, then fails - or, with hold, outlives its lease first",

@@ -76,6 +76,9 @@ class Command(BaseCommand):
         stats.add_argument("--json", action="store_true", help="print JSON")
         graph_cmd = sub.add_parser("graph", help="print the declared workflow graph")
         graph_cmd.add_argument("--format", choices=graph.FORMATS, default="text")
+        prune = sub.add_parser("prune", help="delete finished runs older than N days")
+        prune.add_argument("--days", type=int, required=True)
+        prune.add_argument("--batch-size", type=int, default=PRUNE_BATCH)
         for action in (
             redrive_cmd,
             discard_cmd,
@@ -85,15 +88,13 @@ class Command(BaseCommand):
             rename_e,
             pause,
             resume,
+            prune,
         ):
             action.add_argument(
                 "--actor",
                 default=f"manage.py:{getpass.getuser()}",
                 help="who is acting, for the audit trail (default: manage.py:<os user>)",
             )
-        prune = sub.add_parser("prune", help="delete finished runs older than N days")
-        prune.add_argument("--days", type=int, required=True)
-        prune.add_argument("--batch-size", type=int, default=PRUNE_BATCH)
         sweep = sub.add_parser(
             "sweep", help="settle expired leases, publish due jobs, settle runs left open"
         )
@@ -228,7 +229,10 @@ class Command(BaseCommand):
         self.stdout.write(graph.render(options["format"]), ending="")
 
     def do_prune(self, options: dict[str, Any]) -> None:
-        total = prune_finished_runs(options["days"], options["batch_size"])
+        try:
+            total = prune_finished_runs(options["days"], options["batch_size"], options["actor"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         self.stdout.write(f"pruned {total} finished run(s) older than {options['days']} day(s)")
 
     def do_sweep(self, options: dict[str, Any]) -> None:
