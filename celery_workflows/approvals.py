@@ -39,6 +39,8 @@ class Gate:
     timeout_event: str | None = None
     #: the W3C traceparent of the attempt that opened the gate: the decision continues it
     traceparent: str | None = None
+    #: the priority of the step that opened it: the decision's jobs inherit it
+    priority: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -58,6 +60,7 @@ def new_gate(
     payload: Any,
     expires_in: timedelta | None = None,
     timeout_event: str | None = None,
+    priority: int | None = None,
 ) -> Gate:
     """The gate a step opens (validated now: a bad event name or expiry raises in the
     handler). It is written with the step's successful outcome, behind its fence: a step that
@@ -81,6 +84,7 @@ def new_gate(
         expires_at=(now + expires_in).isoformat() if expires_in else None,
         timeout_event=(timeout_event or reject_event) if expires_in else None,
         traceparent=telemetry.current_traceparent(),
+        priority=priority,
     )
 
 
@@ -124,5 +128,5 @@ def _close(correlation_id: str, action: str, actor: str, comment: str) -> Event 
             causation_id=gate.opened_by_job,
             trace_id=traceparent or None,
         )
-        write_and_publish(store, [event])
+        write_and_publish(store, [event], priority=gate.priority)
     return event

@@ -30,10 +30,11 @@ from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     beat_init,
+    celeryd_init,
     worker_process_shutdown,
 )
 
-from . import control, graph, logs, registry
+from . import control, graph, logs, priorities, registry
 from .consumer import DELIVER_EVENT_TASK
 from .continuation import max_continuations
 from .errors import ConfigurationError, WorkflowError
@@ -76,8 +77,9 @@ class ConsumeDeclaredQueues(bootsteps.Step):
         # Celery keeps the -Q selection in _consume_from; None means "no -Q given"
         selected = getattr(queues, "_consume_from", None)
         if selected is None:
+            priorities.declare(parent.app, list(registry.queues()))
             for name in [*registry.queues(), EVENTS_QUEUE, SCHEDULES_QUEUE]:
-                queues.select_add(name)
+                queues.select_add(queues[name])
         elif registry.schedules() and SCHEDULES_QUEUE not in selected:
             logger.warning(
                 "schedules are declared (%s) and this worker does not consume %s, where beat "
@@ -114,6 +116,7 @@ class SweeperStep(bootsteps.StartStopStep):
         )
         max_payload_bytes(conf)
         max_continuations(conf)
+        priorities.queue_max_priority(conf)
         logs.log_format(conf)
         self.sweeper = Sweeper(republish)
         self.tref: Any = None
@@ -190,6 +193,15 @@ def _catch_up_schedules(sender: Any = None, **kwargs: Any) -> None:
         app.tasks[FIRE_TASK].apply_async(
             args=[name], kwargs={"catch_up": True}, queue=SCHEDULES_QUEUE
         )
+
+
+@celeryd_init.connect
+def _declare_queues(sender: Any = None, instance: Any = None, **kwargs: Any) -> None:
+    """Before a worker selects its queues (``-Q``), the toolkit's queues are declared with
+    their priority argument (see :mod:`.priorities`)."""
+    app = getattr(instance, "app", None)
+    if app is not None and id(app) in _installed:
+        priorities.declare(app, list(registry.queues()))
 
 
 @worker_process_shutdown.connect

@@ -136,6 +136,7 @@ class JobContext(Generic[R]):
             payload,
             expires_in,
             timeout_event,
+            self._claimed.priority,
         )
         self._open_gate(gate)
 

@@ -15,7 +15,9 @@ Bounded: after ``workflows_local_continuations`` consecutive continuations (defa
 job is published normally, so one long workflow cannot hold a process and other queues get
 their turn. A fan-out continues one branch here and publishes the rest. ``-Q`` still decides
 who may run what: a job is only continued by a worker that consumes its queue, and a queue
-declared with ``continue_locally=False`` (or a service with it) is always published.
+declared with ``continue_locally=False`` (or a service with it) is always published. So is a
+job with a priority (:mod:`celery_workflows.priorities`): it takes its turn in the broker, by
+priority, among the queue's waiting jobs.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def lease_one(
         spec = queues.get(job.queue)
         if spec is None or not spec.continue_locally or job.available_at > now:
             continue
+        if job.priority is not None:
+            continue  # it waits its turn in the broker among the queue's other jobs
         if not consumed_here(spec) or job.queue in paused:
             continue
         lease = Lease(

@@ -61,13 +61,18 @@ def event_payload(name: str, payload: Any) -> Any:
 
 
 def plan(
-    events: list[Event], starts: RunStart | None = None, available_at: datetime | None = None
+    events: list[Event],
+    starts: RunStart | None = None,
+    available_at: datetime | None = None,
+    priority: int | None = None,
 ) -> Outbox:
     """The outbox for ``events``: the events themselves and one job per matching subscription.
 
     Each job's idempotency key is ``(event id, subscription)``, so writing the same event twice
     (a redelivered message, a retried emit) creates each job once. ``available_at`` holds the
-    jobs back until then (a start at a time or after a delay); they wait in the ledger.
+    jobs back until then (a start at a time or after a delay); they wait in the ledger. The
+    jobs inherit ``priority`` (that of the step or start that emitted the events) unless their
+    subscription sets one.
     """
     jobs: list[NewJob] = []
     now = utcnow()
@@ -87,6 +92,7 @@ def plan(
                 idempotency_key=f"event:{event.id}:{sub.name}",
                 caused_by=event.id,
                 trace_id=event.trace_id,
+                priority=sub.priority if sub.priority is not None else priority,
             )
             job = hooks.on_enqueue(job)
             jobs.append(job)
@@ -116,12 +122,13 @@ def write_and_publish(
     events: list[Event],
     starts: RunStart | None = None,
     available_at: datetime | None = None,
+    priority: int | None = None,
 ) -> list[NewJob]:
     """Write ``events`` and their subscriptions' jobs now (in the caller's transaction, if any);
     publish the jobs' notices and send ``event_emitted`` when that transaction commits.
     ``starts`` names the workflow run these events start, if their correlation id is new;
     ``available_at`` holds their jobs back until then."""
-    created = ledger.write_outbox(plan(events, starts, available_at))
+    created = ledger.write_outbox(plan(events, starts, available_at, priority))
 
     def after_commit() -> None:
         publish_created(created)

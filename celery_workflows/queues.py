@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from . import priorities
 from .ids import new_id
 from .payloads import DEFAULT_MAX_PAYLOAD_BYTES, to_json, validated
 from .records import Dispatch, NewJob
@@ -104,13 +105,17 @@ class QueueSpec:
         )
 
     def publish(self, dispatch: Dispatch, producer: Any = None) -> None:
-        """Send the "ready for attempt N" notice to this queue."""
+        """Send the "ready for attempt N" notice to this queue (with the broker's form of the
+        job's priority: see :mod:`celery_workflows.priorities`)."""
         assert self.task is not None
-        options: dict[str, Any] = {"queue": self.qualified_name}
+        app = self.task.app
+        priorities.declare(app, [self.qualified_name])
+        options: dict[str, Any] = {
+            "queue": self.qualified_name,
+            "priority": priorities.broker_priority(app, dispatch.priority),
+        }
         if dispatch.countdown > 0:
             options["countdown"] = dispatch.countdown
-        if dispatch.priority is not None:
-            options["priority"] = dispatch.priority
         if producer is not None:
             options["producer"] = producer
         self.task.apply_async(args=(dispatch.job_id, dispatch.attempt), **options)

@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 from celery import Celery
 from pydantic import BaseModel
 
-from . import registry, telemetry
+from . import priorities, registry, telemetry
 from .celery_integration import install
 from .clock import utcnow
 from .compensation import ON_FAILURE
@@ -32,9 +32,6 @@ from .worker import run_message
 
 R = TypeVar("R")
 H = TypeVar("H", bound=Handler)
-
-#: priorities accepted by enqueue (Celery's range for brokers that support priority)
-PRIORITY_RANGE = range(0, 10)
 
 
 class WorkflowService(Generic[R]):
@@ -298,10 +295,13 @@ class WorkflowService(Generic[R]):
         map: Callable[[Event], Any] | None = None,
         when: Callable[[Event], bool] | None = None,
         name: str | None = None,
+        priority: int | None = None,
     ) -> Subscription:
         """When ``event`` is emitted, enqueue a job on ``enqueue`` (a queue of this service, or
         ``service.queue``). ``map(event)`` builds the job's payload (default: the event's
         payload); ``when(event)`` filters. Each event starts each subscription's job once.
+        ``priority`` (0-9, higher first) sets its jobs' priority; by default they inherit that
+        of the step or start that emitted the event.
 
         The target queue may be declared later; :func:`celery_workflows.graph.validate` (run
         when a worker starts) fails naming both if it never is.
@@ -314,6 +314,7 @@ class WorkflowService(Generic[R]):
             queue=queue,
             map=map,
             when=when,
+            priority=priorities.check(f"subscription to {event} -> {queue}", priority),
         )
         registry.register_subscription(sub)
         return sub
@@ -365,12 +366,15 @@ class WorkflowService(Generic[R]):
         delay: float | timedelta | None = None,
         eta: datetime | None = None,
         deadline: timedelta | datetime | None = None,
+        priority: int | None = None,
     ) -> Event:
         """Emit ``name`` from ordinary code (a view, a signal handler) to start or advance a
         workflow. Written in the current transaction; subscribers' jobs are published only if
         it commits. ``correlation_id`` joins an existing workflow; omitted, a new one starts.
         ``delay``/``eta`` start it later: the event is recorded now, its jobs wait in the ledger
-        until then. ``deadline`` bounds the run it starts (default: the service's)."""
+        until then. ``deadline`` bounds the run it starts (default: the service's).
+        ``priority`` (0-9, higher first) is that of the jobs it starts, and of their later
+        steps (see :mod:`celery_workflows.priorities`)."""
         return emit(
             name,
             payload,
@@ -380,6 +384,7 @@ class WorkflowService(Generic[R]):
             delay=delay,
             eta=eta,
             deadline=deadline,
+            priority=priority,
         )
 
     def _make_task(self, spec: QueueSpec) -> Any:
@@ -420,7 +425,8 @@ class WorkflowService(Generic[R]):
         ``delay`` (seconds or timedelta) or ``eta`` (aware datetime) postpone it; jobs due more
         than a minute out wait in the ledger and are published when due. ``idempotency_key``
         makes enqueueing the same logical job twice return the first job (``created=False``).
-        ``priority`` (0-9, higher first on brokers that support it) orders waiting jobs.
+        ``priority`` (0-9, higher first; see :mod:`celery_workflows.priorities`) orders
+        waiting jobs, and the run's later steps inherit it.
         ``deadline`` (a duration, or an aware datetime) bounds the run this job starts,
         overriding the service's.
         """
@@ -502,14 +508,7 @@ def _check_deadline(what: str, deadline: Any) -> None:
 
 
 def _check_options(spec: QueueSpec, priority: int | None, *idempotency_keys: str | None) -> None:
-    if priority is not None and (
-        isinstance(priority, bool)
-        or not isinstance(priority, int)
-        or priority not in PRIORITY_RANGE
-    ):
-        raise ConfigurationError(
-            f"queue {spec.qualified_name}: priority must be an int 0-9, got {priority!r}"
-        )
+    priorities.check(f"queue {spec.qualified_name}", priority)
     for key in idempotency_keys:
         if key is not None and not (isinstance(key, str) and 0 < len(key) <= 200):
             raise ConfigurationError(
@@ -527,8 +526,10 @@ def emit(
     delay: float | timedelta | None = None,
     eta: datetime | None = None,
     deadline: timedelta | datetime | None = None,
+    priority: int | None = None,
 ) -> Event:
     """Module-level :meth:`WorkflowService.emit`, for code that has no service at hand."""
+    priorities.check(f"event {name!r}", priority)
     with telemetry.producer_span(f"emit {name}", event=name) as traceparent:
         event = new_event(
             name,
@@ -539,7 +540,7 @@ def emit(
             trace_id=trace_id or traceparent,
         )
     later = None if delay is None and eta is None else start_time(f"event {name!r}", delay, eta)
-    write_and_publish(get_store(), [event], run_start_for(event, deadline), later)
+    write_and_publish(get_store(), [event], run_start_for(event, deadline), later, priority)
     return event
 
 

@@ -27,6 +27,8 @@ class Subscription:
     when: Callable[[Event], bool] | None = None
     #: True for handler-style subscriptions: the job's payload is the whole envelope
     delivers_envelope: bool = False
+    #: the priority of the jobs it starts; None: the priority of what caused the event
+    priority: int | None = None
 
     def payload_for(self, event: Event) -> Any:
         if self.delivers_envelope:

@@ -306,7 +306,7 @@ class Attempt:
         try:
             if self.spec.result_event is not None:
                 events.append(self._new_event(self.spec.result_event, result))
-            outbox = plan(events)
+            outbox = plan(events, priority=self.claimed.priority)
         except (SubscriptionError, PayloadError) as exc:
             return self._failure(AttemptOutcome.FAILED, str(exc), exc)
         record = self._record(AttemptOutcome.SUCCEEDED, "", None)
@@ -339,7 +339,7 @@ class Attempt:
         """Events emitted before a failure still go out (compensation); a subscription whose
         map/when breaks must not hide the original failure, so it is logged and skipped."""
         try:
-            return plan(list(self.emitted))
+            return plan(list(self.emitted), priority=self.claimed.priority)
         except (SubscriptionError, PayloadError):
             self.log.exception("events of a failed attempt could not be planned; not emitted")
             return Outbox()

@@ -23,8 +23,9 @@ Semantics, as the API documents them:
   (what ``transaction.on_commit(lambda: task.enqueue(...))`` is for elsewhere; here a rolled
   back transaction enqueues nothing).
 - ``run_after`` delays the job (it waits in the ledger, not in the broker).
-- ``priority`` (-100 to 100, higher first) maps to the broker priority 0-9; the default (0)
-  sends none.
+- ``priority`` (-100 to 100, higher first) maps evenly to the toolkit's 0-9 (higher first on
+  every broker; see :mod:`celery_workflows.priorities`): -100 -> 0, 0 (the default) -> 5, 100
+  -> 9.
 - A task that raises is retried with the queue's backoff up to ``max_attempts``; the result
   is ``READY`` between attempts and ``FAILED`` once it is dead-lettered - where the admin
   shows it and an operator can re-drive it. ``errors`` lists every failed attempt.
@@ -37,6 +38,7 @@ Semantics, as the API documents them:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from datetime import datetime
@@ -157,7 +159,7 @@ class Backend(BaseTaskBackend):
             task.queue_name,
             payload,
             eta=task.run_after if task.run_after and task.run_after > utcnow() else None,
-            priority=_broker_priority(task.priority),
+            priority=job_priority(task.priority),
         )
         object.__setattr__(result, "id", job.job_id)
         object.__setattr__(result, "enqueued_at", utcnow())
@@ -189,11 +191,10 @@ def declare_configured_backends() -> None:
             task_backends[alias]  # creating it declares the queues
 
 
-def _broker_priority(priority: int) -> int | None:
-    """Tasks' -100..100 (higher first, 0 the default) as the broker's 0..9."""
-    if priority == 0:
-        return None
-    return max(0, min(9, round((priority + 100) * 9 / 200)))
+def job_priority(priority: int) -> int:
+    """Tasks' -100..100 as the toolkit's 0..9 - both higher first, evenly: -100 -> 0, the
+    default 0 -> 5, 100 -> 9 (see :mod:`celery_workflows.priorities`)."""
+    return max(0, min(9, math.floor((priority + 100) * 9 / 200 + 0.5)))
 
 
 def _run(ctx: Any, job: Any) -> Any:

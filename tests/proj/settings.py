@@ -79,6 +79,8 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     _db["OPTIONS"] = {"prepare_threshold": None if _threshold == "none" else int(_threshold)}
 
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/11")
+# Redis keeps ten priority levels instead of kombu's four (celery_workflows/priorities.py)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"priority_steps": list(range(10))}
 # the README's recommendation: keep connections between tasks (dropped ones are reconnected)
 CELERY_DB_REUSE_MAX = 1000
 LOGGING = {
@@ -94,7 +96,7 @@ if django.VERSION < (6, 0):
 TASKS = {
     "default": {
         "BACKEND": "celery_workflows.contrib.tasks.Backend",
-        "QUEUES": ["default", "emails"],
+        "QUEUES": ["default", "emails", "ranked"],
         "OPTIONS": {
             "CELERY_APP": "tests.proj.celery_app.app",
             "MAX_ATTEMPTS": 3,

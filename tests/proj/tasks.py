@@ -51,3 +51,9 @@ def which_attempt(context, key: str) -> int:  # type: ignore[no-untyped-def]
 async def fetch_async(n: int) -> int:
     await asyncio.sleep(0.01)
     return n * 2
+
+
+@task(queue_name="ranked")
+def ranked(label: int) -> None:
+    """Notes the order tasks of the ``ranked`` queue run in (tests/e2e/test_priorities.py)."""
+    recorder.redis.rpush("ranked:order", label)

@@ -340,6 +340,15 @@ class DieAfterOutcome(Middleware):
             os.kill(os.getpid(), 9)
 
 
+#: consumed only by the priority tests' own worker, started once the jobs wait
+prio = WorkflowService("prio", app, resources=recorder)
+
+
+@prio.queue_worker("ordered", "Notes the order it runs jobs in")
+def ordered(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.redis.rpush("prio:order", json.dumps(job.payload["label"]))
+
+
 #: consumed only by the continuation crash test's own worker
 handoff = WorkflowService("handoff", app, resources=recorder)
 
