@@ -35,7 +35,7 @@ from celery.signals import (
 )
 
 from . import control, graph, logs, priorities, registry
-from .consumer import DELIVER_EVENT_TASK
+from .consumer import DELIVER_EVENT_TASK, EVENTS_QUEUE
 from .continuation import max_continuations
 from .errors import ConfigurationError, WorkflowError
 from .events import event_payload, run_start_for, write_and_publish
@@ -47,9 +47,6 @@ from .schedules import FIRE_TASK, SCHEDULES_QUEUE, FireScheduleTask, fire
 from .store import get_store
 from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, Sweeper
 from .worker import dead_letter_message
-
-#: the queue external event envelopes arrive on; add it to a worker's ``-Q``
-EVENTS_QUEUE = "celery_workflows.events"
 
 DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
 logger = logging.getLogger("celery_workflows.celery_integration")

@@ -35,6 +35,7 @@ from .intake import (
     stored_body,
 )
 from .payloads import storable_text
+from .schedules import SCHEDULES_QUEUE
 from .store import get_store
 from .worker import dead_letter_message
 
@@ -43,6 +44,14 @@ logger = logging.getLogger("celery_workflows.consumer")
 #: the events task (other services publish envelopes to it); defined here so both the consumer
 #: and :mod:`celery_workflows.celery_integration` name it the same
 DELIVER_EVENT_TASK = "celery_workflows.deliver_event"
+#: the queue external event envelopes arrive on; add it to a worker's ``-Q``
+EVENTS_QUEUE = "celery_workflows.events"
+
+
+def toolkit_queue(queue: str) -> bool:
+    """Whether ``queue`` is one of the toolkit's: a declared step's, the events queue or the
+    schedules queue - whatever arrives on those and cannot run is dead-lettered."""
+    return queue in registry.queues() or queue in (EVENTS_QUEUE, SCHEDULES_QUEUE)
 
 
 def record(queue: str, body: Any, reason: str) -> None:
@@ -123,7 +132,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             message.ack()
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        if queue_of(message) in registry.queues():
+        if toolkit_queue(queue_of(message)):
             record(
                 queue_of(message),
                 message_record(message),
@@ -134,13 +143,13 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
 
 @task_unknown.connect
 def _on_unknown_task(sender: Any = None, message: Any = None, name: str = "", **kw: Any) -> None:
-    if queue_of(message) in registry.queues():
+    if toolkit_queue(queue_of(message)):
         reason = f"unknown task {storable_text(repr(name))}: no worker registers it"
         record(queue_of(message), message_record(message), reason)
 
 
 @task_rejected.connect
 def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **kw: Any) -> None:
-    if queue_of(message) in registry.queues():
+    if toolkit_queue(queue_of(message)):
         reason = f"message rejected as invalid: {exc or 'unknown message format'}"
         record(queue_of(message), message_record(message), storable_text(reason))

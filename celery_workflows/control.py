@@ -14,6 +14,8 @@ so such a next step may still start within a second of a pause.
 The poison threshold (``Lifecycle(pause_after_failures=N)``) counts failed attempts of a queue
 in a row, across every worker, and pauses the queue when the count reaches N - with the
 ``queue_paused`` signal and an audit entry by ``poison-threshold``. A success resets the count.
+Counted are exceptions, lost leases and fatal errors; a ``ctx.retry()``, a payload that fails
+its schema and a ``ctx.dead_letter()`` neither count nor reset.
 
 Each process also sums its attempts per queue and minute in memory and adds the sums to the
 ledger :data:`FLUSH_SECONDS` after the first unsaved attempt (one small write per queue, not
@@ -37,7 +39,7 @@ from datetime import datetime
 from . import registry, signals
 from .errors import ConfigurationError, LedgerUnavailableError
 from .queues import QueueSpec
-from .records import JobStatus, Outcome, QueueControl, QueueMinute
+from .records import AttemptOutcome, JobStatus, Outcome, QueueControl, QueueMinute
 from .store import Controls, get_store
 
 logger = logging.getLogger("celery_workflows.control")
@@ -47,6 +49,8 @@ REFRESH_SECONDS = 1.0
 #: seconds between two additions of a process's per-minute sums to the ledger
 FLUSH_SECONDS = 5.0
 POISON_ACTOR = "poison-threshold"
+#: attempt outcomes that count towards a queue's poison threshold
+POISON_OUTCOMES = (AttemptOutcome.FAILED, AttemptOutcome.LEASE_EXPIRED, AttemptOutcome.FATAL)
 
 
 class _Cache:
@@ -133,6 +137,16 @@ def note_outcome(
     queue's poison threshold."""
     failed = outcome.status != JobStatus.SUCCEEDED
     minute = outcome.attempt.finished_at.replace(second=0, microsecond=0)
+    # the poison threshold counts what says the queue's work is broken: an exception, a lost
+    # lease, a fatal error; a retry the handler asked for, a payload that fails its schema
+    # and a job parked on purpose say nothing about the queue (and reset nothing either)
+    streak = (
+        False
+        if outcome.status == JobStatus.SUCCEEDED
+        else True
+        if outcome.attempt.outcome in POISON_OUTCOMES
+        else None
+    )
     took = (outcome.attempt.finished_at - outcome.attempt.started_at).total_seconds() * 1000
     with _cache.lock:
         sums = _cache.minutes.setdefault((spec.qualified_name, minute), [0, 0, 0, 0.0])
@@ -140,9 +154,9 @@ def note_outcome(
         sums[2] += outcome.status == JobStatus.DEAD
         sums[3] += took
     threshold = spec.lifecycle.pause_after_failures
-    if threshold is not None:
+    if threshold is not None and streak is not None:
         try:
-            _count(store, spec.qualified_name, failed, threshold)
+            _count(store, spec.qualified_name, streak, threshold)
         except LedgerUnavailableError:
             # the outcome is recorded; only this attempt's part of the streak is lost
             logger.warning(
@@ -171,10 +185,9 @@ def _save_now(store: Controls) -> None:
 
 def _count(store: Controls, queue: str, failed: bool, threshold: int) -> None:
     if not failed:
-        control = _cache.fresh(store).get(queue)
-        if control is not None and control.failures:
-            store.reset_failures(queue)
-            _cache.forget()
+        # in the ledger, not from this process's copy: another worker's failures since the
+        # copy was read would otherwise survive this success
+        store.reset_failures(queue)
         return
     streak = store.count_failure(queue)
     if streak >= threshold and not is_paused(queue, store):

@@ -30,8 +30,9 @@ DEFAULT_ACTOR = "python"
 
 
 def list_dead_letters(queue: str | None = None, limit: int = 100) -> list[JobRecord]:
-    """Dead-lettered jobs, newest first; ``queue`` is a ``service.queue`` name."""
-    if queue is not None:
+    """Dead-lettered jobs, newest first; ``queue`` is a ``service.queue`` name, or one of the
+    toolkit's own queues (``celery_workflows.events``, ``celery_workflows.schedules``)."""
+    if queue is not None and not queue.startswith("celery_workflows."):
         registry.get_queue(queue)
     return get_store().list_dead_letters(queue, limit)
 

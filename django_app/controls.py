@@ -45,6 +45,8 @@ class Controls:
             return int(QueueControl.objects.filter(queue=queue).values_list("failures")[0][0])
 
     def reset_failures(self, queue: str) -> None:
+        # one indexed UPDATE that changes nothing unless a streak is on (queues with a
+        # poison threshold only)
         QueueControl.objects.filter(queue=queue, failures__gt=0).update(failures=0)
 
     def park(self, job_id: str, attempt: int) -> bool:

@@ -96,19 +96,31 @@ def push_raw(item: bytes) -> None:
         with app.connection_for_write() as conn:
             conn.default_channel.client.lpush(ECHO.qualified_name, item)
         return
-    queue = Queue(
-        ECHO.qualified_name, Exchange(ECHO.qualified_name), routing_key=ECHO.qualified_name
-    )
+    queue = declared(ECHO.qualified_name)
     with app.connection_for_write() as conn:
         conn.Producer().publish(
             item, exchange=queue.exchange, routing_key=queue.routing_key, declare=[queue]
         )
 
 
-def publish(body: bytes, content_type: str, case: str, task: str = ECHO.task_name) -> None:
-    queue = Queue(
-        ECHO.qualified_name, Exchange(ECHO.qualified_name), routing_key=ECHO.qualified_name
-    )
+def declared(name: str) -> Queue:
+    """The queue as the toolkit declares it (RabbitMQ refuses other arguments)."""
+    from celery_workflows import priorities
+
+    if name.startswith("celery_workflows."):
+        return Queue(name, Exchange(name), routing_key=name)
+    priorities.declare(app, [name])
+    return app.amqp.queues[name]
+
+
+def publish(
+    body: bytes,
+    content_type: str,
+    case: str,
+    task: str = ECHO.task_name,
+    queue_name: str = ECHO.qualified_name,
+) -> None:
+    queue = declared(queue_name)
     with app.connection_for_write() as conn:
         conn.Producer().publish(
             body,
@@ -121,9 +133,9 @@ def publish(body: bytes, content_type: str, case: str, task: str = ECHO.task_nam
         )
 
 
-def dead_letter_where(match) -> object:
+def dead_letter_where(match, queue: str = ECHO.qualified_name) -> object:
     return wait_for(
-        lambda: next((d for d in list_dead_letters(ECHO.qualified_name, 500) if match(d)), None),
+        lambda: next((d for d in list_dead_letters(queue, 500) if match(d)), None),
         timeout=15,
         message="no dead letter for the message",
     )
@@ -167,6 +179,22 @@ def test_a_message_for_an_unregistered_task_is_dead_lettered_with_the_reason(ses
     dead = dead_letter_where(lambda d: d.payload.get("headers", {}).get("case") == "renamed")
     assert "unknown task 'celery_workflows.t.old'" in dead.dead_reason
     assert dead.payload["headers"]["task"] == "celery_workflows.t.old"
+
+
+@pytest.mark.parametrize(
+    "queue", ["celery_workflows.events", "celery_workflows.schedules"], ids=["events", "schedules"]
+)
+def test_an_unknown_task_on_the_toolkits_own_queues_is_dead_lettered(start_worker, queue):
+    worker = start_worker([queue], concurrency=1, name="own-queues")
+    publish(
+        b"[[], {}, {}]", "application/json", f"odd-{queue}", task="someone.elses", queue_name=queue
+    )
+    dead = dead_letter_where(
+        lambda d: d.payload.get("headers", {}).get("case") == f"odd-{queue}", queue=queue
+    )
+    assert "unknown task 'someone.elses'" in dead.dead_reason
+    assert worker.alive()
+    worker.stop()
 
 
 def test_a_notice_for_a_job_the_ledger_does_not_know_is_dropped_with_a_warning(

@@ -107,6 +107,8 @@ def test_a_backlog_is_not_amplified_by_re_publishing(start_worker, worker_env, w
     attempts = sum(get_job(job_id).attempts for job_id in jobs)
     received = Path(worker.log_path).read_text().count(f"{crash.queue('slow').task_name}[")
     worker.stop()
-    # "received" and "succeeded" lines both name the task: two per message
+    # "received" and "succeeded" lines both name the task: two per message. A notice still in
+    # the broker is never sent twice; one the worker had prefetched (Celery's default
+    # multiplier 4 x 1 process) is not in the queue's depth and may be: at most that many
     assert attempts == len(jobs)
-    assert received / 2 <= 1.1 * attempts
+    assert received // 2 - attempts <= 4

@@ -19,19 +19,19 @@ from tests.proj.workflows import ops
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db")]
 
-STEADY, BRITTLE = "ops.steady", "ops.brittle"
+STEADY, BRITTLE, FUSSY = "ops.steady", "ops.brittle", "ops.fussy"
 
 
 @pytest.fixture(scope="module")
 def ops_worker(start_worker):
-    return start_worker([STEADY, BRITTLE], concurrency=2, name="ops")
+    return start_worker([STEADY, BRITTLE, FUSSY], concurrency=2, name="ops")
 
 
 @pytest.fixture(autouse=True)
 def running_queues(redis_client, transactional_db):
     redis_client.delete("brittle:down")
     yield
-    for queue in (STEADY, BRITTLE):
+    for queue in (STEADY, BRITTLE, FUSSY):
         resume_queue(queue, actor="test teardown")
 
 
@@ -181,3 +181,41 @@ def test_the_dashboard_in_a_browser_shows_the_ledgers_figures_and_resumes_a_queu
     assert f"Resumed {STEADY}." in page.inner_text(".messagelist")
     wait_for(lambda: statuses(waiting) == ["succeeded"] * 2, timeout=20)
     assert AuditEntry.objects.filter(action="resume_queue", actor="ops").exists()
+
+
+def test_retries_asked_for_and_bad_payloads_do_not_count_towards_the_poison_threshold(
+    ops_worker,
+):
+    import uuid
+
+    from tests.helpers import write_unvalidated
+
+    def run(payload: dict) -> None:
+        # one at a time, so the streak is read in order
+        if "do" in payload:
+            job = ops.enqueue("fussy", payload)
+        else:  # a payload that fails the queue's schema (written by an older deploy, say)
+            job = write_unvalidated(ops.queue("fussy"), payload, uuid.uuid4().hex)
+        wait_for(lambda: Job.objects.get(id=job.job_id).status == "dead", timeout=15)
+
+    for payload in ({"do": "fail"}, {"do": "fail"}, {"do": "retry"}, {"nothing": 1}):
+        run(payload)
+    assert QueueControl.objects.get(queue=FUSSY).failures == 2
+    assert not QueueControl.objects.get(queue=FUSSY).paused
+    run({"do": "fail"})  # the third failure in a row
+    wait_for(lambda: QueueControl.objects.get(queue=FUSSY).paused, timeout=10)
+
+
+def test_a_success_ends_the_failure_streak_whatever_this_process_read_before(transactional_db):
+    from celery_workflows import control
+    from celery_workflows.clock import utcnow
+    from celery_workflows.records import AttemptOutcome, AttemptRecord, JobStatus, Outcome
+    from celery_workflows.store import get_store
+
+    store = get_store()
+    control.queue_controls(store)  # this process's copy: no streak on ops.fussy
+    QueueControl.objects.update_or_create(queue=FUSSY, defaults={"failures": 2})  # others
+    now = utcnow()
+    record = AttemptRecord(1, "w", now, now, AttemptOutcome.SUCCEEDED)
+    control.note_outcome(store, ops.queue("fussy"), Outcome(JobStatus.SUCCEEDED, record), False)
+    assert QueueControl.objects.get(queue=FUSSY).failures == 0

@@ -394,6 +394,24 @@ def brittle(ctx: JobContext[Recorder], job: Job[Any]) -> str:
     return "done"
 
 
+class Chore(BaseModel):
+    do: str
+
+
+@ops.queue_worker(
+    "fussy",
+    "Fails, asks for a retry or succeeds as told; pauses after 3 failures in a row",
+    payload=Chore,
+    lifecycle=Lifecycle(max_attempts=1, retry=FAST_RETRY, pause_after_failures=3),
+)
+def fussy(ctx: JobContext[Recorder], job: Job[Chore]) -> str:
+    if job.payload.do == "fail":
+        raise ConnectionError("dependency down")
+    if job.payload.do == "retry":
+        ctx.retry(delay_seconds=0.1, reason="not yet")
+    return "done"
+
+
 @signals.queue_paused.connect
 def _note_pause(sender: Any = None, **kwargs: Any) -> None:
     """Wherever a queue is paused (a worker, for the poison threshold), the tests can see it."""
