@@ -82,6 +82,16 @@ class NonRetryableError(WorkflowError):
     """
 
 
+class RunAlreadyOpenError(WorkflowError):
+    """A service declared with ``on_duplicate_key="refuse"`` was asked to start a run for a
+    business key that has a run still open; ``correlation_id`` names that run."""
+
+    def __init__(self, message: str, correlation_id: str, business_key: str) -> None:
+        super().__init__(message)
+        self.correlation_id = correlation_id
+        self.business_key = business_key
+
+
 class RenameError(WorkflowError):
     """A rename of a queue or an event could not move what runs in flight need."""
 

@@ -31,6 +31,8 @@ class Service(Protocol):
     on_failure: str
     #: event emitted when one of its runs passes its deadline (None: none)
     timeout_event: str | None
+    #: what starting a run does while one with the same business key is open
+    on_duplicate_key: str
 
     def business_key_of(self, payload: Any) -> str: ...
 

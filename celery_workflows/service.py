@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -17,7 +18,7 @@ from .clock import utcnow
 from .compensation import ON_FAILURE
 from .context import Job, JobContext
 from .enqueueing import after_insert, after_insert_many, prepare, start_time
-from .errors import ConfigurationError
+from .errors import ConfigurationError, RunAlreadyOpenError
 from .events import new_event, run_start_for, write_and_publish
 from .ids import new_id
 from .lifecycle import Lifecycle
@@ -26,12 +27,15 @@ from .queues import Handler, QueueSpec
 from .records import EnqueueResult, Event, RunStart
 from .schedules import ScheduleSpec
 from .schedules import declare as declare_schedule
-from .store import get_store
+from .store import Store, get_store
 from .subscriptions import Subscription
 from .worker import run_message
 
 R = TypeVar("R")
 H = TypeVar("H", bound=Handler)
+
+#: what starting a run does while a run with the same business key is open
+ON_DUPLICATE_KEY = ("allow", "refuse", "reuse")
 
 
 class WorkflowService(Generic[R]):
@@ -44,7 +48,12 @@ class WorkflowService(Generic[R]):
     completed steps that declare ``compensate_with``, in reverse order) or ``"stop"`` (leave the
     run dead-lettered for an operator to re-drive). ``deadline`` bounds every run's lifetime;
     when it passes, the run is stopped, ``timeout_event`` (if given) is emitted and its
-    completed steps are compensated.
+    completed steps are compensated. ``on_duplicate_key`` says what starting a run (``emit``
+    or ``enqueue`` without a correlation id) does while a run of this service with the same
+    business key is still open: ``"allow"`` another (the default), ``"refuse"`` it
+    (:class:`~celery_workflows.errors.RunAlreadyOpenError`, naming the open run; nothing is
+    written) or ``"reuse"`` the open one (nothing is written; the returned event or enqueue
+    result names the open run).
     """
 
     def __init__(
@@ -59,8 +68,14 @@ class WorkflowService(Generic[R]):
         deadline: timedelta | None = None,
         timeout_event: str | None = None,
         version: str | None = None,
+        on_duplicate_key: str = "allow",
     ) -> None:
         registry.check_name("service", name)
+        if on_duplicate_key not in ON_DUPLICATE_KEY:
+            raise ConfigurationError(
+                f"service {name}: on_duplicate_key must be one of {ON_DUPLICATE_KEY}, "
+                f"got {on_duplicate_key!r}"
+            )
         if version is not None and not (isinstance(version, str) and 0 < len(version) <= 64):
             raise ConfigurationError(
                 f"service {name}: version must be a non-empty string of at most 64 characters"
@@ -78,6 +93,8 @@ class WorkflowService(Generic[R]):
             registry.check_name("event", timeout_event)
         self.name = name
         self.on_failure = on_failure
+        #: what starting a run does while a run with the same business key is open
+        self.on_duplicate_key = on_duplicate_key
         #: how long a run may take before it times out (None: no deadline)
         self.deadline = deadline
         self.timeout_event = timeout_event
@@ -446,8 +463,16 @@ class WorkflowService(Generic[R]):
                 deadline=deadline,
                 trace_id=traceparent or "",
             )
-        result = store.insert_job(job)
-        after_insert(store, spec, job, result)
+        if correlation_id is not None or self.on_duplicate_key == "allow" or job.starts is None:
+            result = store.insert_job(job)
+            after_insert(store, spec, job, result)
+            return result
+        with store.atomic():
+            found = open_run(store, job.starts)
+            if found is not None:
+                return EnqueueResult(found[1], False, found[0])
+            result = store.insert_job(job)
+            after_insert(store, spec, job, result)
         return result
 
     def enqueue_many(
@@ -490,6 +515,15 @@ class WorkflowService(Generic[R]):
             for body, key in zip(bodies, keys, strict=True)
         ]
         store = get_store()
+        if self.on_duplicate_key != "allow" and self.business_key is not None:
+            # each start is checked against the runs open for its key, in one transaction
+            with store.atomic():
+                return [
+                    self.enqueue(
+                        queue, body, delay=delay, eta=eta, idempotency_key=key, priority=priority
+                    )
+                    for body, key in zip(bodies, keys, strict=True)
+                ]
         results = store.insert_jobs(jobs)
         after_insert_many(store, spec, jobs, results)
         return results
@@ -540,8 +574,41 @@ def emit(
             trace_id=trace_id or traceparent,
         )
     later = None if delay is None and eta is None else start_time(f"event {name!r}", delay, eta)
-    write_and_publish(get_store(), [event], run_start_for(event, deadline), later, priority)
+    store = get_store()
+    starts = run_start_for(event, deadline)
+    if correlation_id is not None or _duplicates_allowed(starts):
+        write_and_publish(store, [event], starts, later, priority)
+        return event
+    with store.atomic():
+        found = open_run(store, starts)
+        if found is not None:
+            return dataclasses.replace(event, correlation_id=found[0])
+        write_and_publish(store, [event], starts, later, priority)
     return event
+
+
+def _duplicates_allowed(starts: RunStart) -> bool:
+    owner = registry.services().get(starts.name)
+    return owner is None or owner.on_duplicate_key == "allow" or not starts.business_key
+
+
+def open_run(store: Store, starts: RunStart) -> tuple[str, str] | None:
+    """For a service that does not allow two open runs of one business key: the open run of
+    ``starts``' key (``reuse``: returned; ``refuse``: :class:`RunAlreadyOpenError`), or None
+    if there is none - with the key held until the caller's transaction ends, so concurrent
+    starts of one key take turns."""
+    if _duplicates_allowed(starts):
+        return None
+    found = store.open_run_for_key(starts.name, starts.business_key)
+    owner = registry.services()[starts.name]
+    if found is not None and owner.on_duplicate_key == "refuse":
+        raise RunAlreadyOpenError(
+            f"service {starts.name}: run {found[0]} with business key "
+            f"{starts.business_key!r} is still open (on_duplicate_key='refuse')",
+            correlation_id=found[0],
+            business_key=starts.business_key,
+        )
+    return found
 
 
 def _available_at(

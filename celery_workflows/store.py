@@ -186,6 +186,11 @@ class Runs(Protocol):
 
     def get_workflow(self, id_or_business_key: str) -> WorkflowStatus: ...
 
+    def open_run_for_key(self, name: str, business_key: str) -> tuple[str, str] | None:
+        """Inside a transaction: hold the key (service ``name``, ``business_key``) until it
+        ends, so concurrent starts of the same key take turns, and return the open run with
+        that key - (correlation id, id of its first job) - if there is one."""
+
     def run_trace(self, correlation_id: str) -> str:
         """The newest traceparent a job of the run was written under ("" if none): what a
         write on the run's behalf from outside any attempt (a stop, a redrive) continues."""

@@ -9,10 +9,14 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from celery_workflows.clock import utcnow
-from celery_workflows.records import RunStatus, StateValue, WorkflowStatus
+from celery_workflows.records import OPEN_RUN_STATUSES, RunStatus, StateValue, WorkflowStatus
 
 from .models import AuditEntry, Job, ScheduleFire, StateDocument, WorkflowRun
 from .queries import find_run, workflow_status
+from .statements import JOB, RUN, dialect, execute
+
+#: the open statuses, as SQL
+OPEN = ", ".join(f"'{s}'" for s in OPEN_RUN_STATUSES)
 
 
 class Runs:
@@ -23,6 +27,20 @@ class Runs:
 
     def get_workflow(self, id_or_business_key: str) -> WorkflowStatus:
         return workflow_status(find_run(id_or_business_key))
+
+    def open_run_for_key(self, name: str, business_key: str) -> tuple[str, str] | None:
+        d = dialect()
+        lock = d.name_lock()
+        if lock is not None:
+            execute(lock, [f"celery_workflows:run:{name}:{business_key}"])
+        rows = execute(
+            f"SELECT r.correlation_id, (SELECT j.id FROM {JOB} j "
+            "WHERE j.correlation_id = r.correlation_id ORDER BY j.created_at LIMIT 1) "
+            f"FROM {RUN} r WHERE r.name = %s AND r.business_key = %s "
+            f"AND r.status IN ({OPEN}) ORDER BY r.started_at DESC LIMIT 1{d.lock_rows}",
+            [name, business_key],
+        )
+        return (rows[0][0], rows[0][1] or "") if rows else None
 
     def run_trace(self, correlation_id: str) -> str:
         newest = (

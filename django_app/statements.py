@@ -70,6 +70,12 @@ class Dialect:
         WAL flush where the database allows it for one statement; unchanged elsewhere."""
         return update_sql
 
+    def name_lock(self) -> str | None:
+        """A statement (one parameter: a name) that holds a lock on the name until the
+        transaction ends, or None where locking the rows read is enough (InnoDB locks the
+        index gap a ``SELECT ... FOR UPDATE`` reads; SQLite's writers take turns anyway)."""
+        return None
+
     def insert(self, table: str, columns: Sequence[str], rows: int, ignore: bool) -> str:
         """``INSERT`` of ``rows`` rows; ``ignore`` skips rows that hit a unique key."""
         values = ", ".join([f"({marks(len(columns))})"] * rows)
@@ -125,6 +131,9 @@ class PostgreSQL(SQLite):
 
     def json_append(self, column: str) -> str:
         return f"{column} || jsonb_build_array(%s::jsonb)"
+
+    def name_lock(self) -> str | None:
+        return "SELECT pg_advisory_xact_lock(hashtext(%s))"
 
 
 _DIALECTS: dict[str, Dialect] = {

@@ -340,6 +340,23 @@ class DieAfterOutcome(Middleware):
             os.kill(os.getpid(), 9)
 
 
+#: one open run per business key; no worker consumes their queues, so runs stay open
+keyed = WorkflowService(
+    "keyed", app, resources=recorder, business_key="orderId", on_duplicate_key="refuse"
+)
+reusing = WorkflowService(
+    "reusing", app, resources=recorder, business_key="orderId", on_duplicate_key="reuse"
+)
+for _service, _event in ((keyed, "keyedPlaced"), (reusing, "reusingPlaced")):
+    _service.event(_event)
+
+    @_service.queue_worker("hold", "Waits: nothing consumes it")
+    def _hold(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+        return "held"
+
+    _service.subscribe(_event, enqueue="hold")
+
+
 #: consumed only by the priority tests' own worker, started once the jobs wait
 prio = WorkflowService("prio", app, resources=recorder)
 

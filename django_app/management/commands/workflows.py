@@ -27,6 +27,7 @@ from celery_workflows.deadletter import KEEP_PAYLOAD
 from celery_workflows.retention import PRUNE_BATCH, prune_finished_runs
 from celery_workflows.sweeper import Sweeper
 from django_app import dashboard
+from django_app.models import WorkflowRun
 
 
 class Command(BaseCommand):
@@ -133,6 +134,17 @@ class Command(BaseCommand):
                 w(f"                          {h.error}")
         for key, value in status.states.items():
             w(f"state {key} = {json.dumps(value)}")
+        if status.business_key:
+            same_key = WorkflowRun.objects.filter(business_key=status.business_key).order_by(
+                "-started_at"
+            )
+            if same_key.count() > 1:
+                w(f"runs with business key {status.business_key} (newest first)")
+                for run in same_key[:20]:
+                    w(
+                        f"  {run.correlation_id}  {run.name}  {run.status}  "
+                        f"started {run.started_at:%Y-%m-%d %H:%M:%S}"
+                    )
 
     def do_dlq(self, options: dict[str, Any]) -> None:
         for job in list_dead_letters(options["queue"], options["limit"]):
