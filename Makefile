@@ -7,14 +7,28 @@ SQLITE_TEST_DB ?= /tmp/celery-workflows-test.sqlite3
 
 #: the suite that runs once per database; tests/acceptance (a fresh install) runs once
 SUITE ?= tests/unit tests/integration tests/e2e
+#: Django 6 needs Python >= 3.12: pyenv's, or one on PATH
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
+VENV6 ?= .venv-django6
+#: on Django 6 (django.tasks, not the backport): the unit tests, the Django Tasks backend and
+#: its contract, and the event-driven workflows end to end
+DJANGO6_SUITE ?= tests/unit tests/e2e/test_django_tasks.py tests/e2e/test_events.py
 
 .PHONY: demo admin test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
+	test-django6 \
 	lint bench bench-scaling bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV6)/.installed: pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "Django 6 needs Python 3.12: install it (pyenv install 3.12) or set PYTHON312"; exit 1; }
+	$(PYTHON312) -m venv $(VENV6)
+	$(VENV6)/bin/pip install -q --upgrade pip
+	$(VENV6)/bin/pip install -q -e '.[dev]' 'django>=6.0,<7'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -26,7 +40,7 @@ admin: $(VENV)/.installed
 
 # the whole suite: on PostgreSQL and on SQLite (the embedded default), then the README's
 # getting-started in a fresh virtualenv. `services` starts (or installs) what it needs first.
-test: services $(VENV)/.installed test-postgres test-sqlite test-rabbitmq test-package
+test: services $(VENV)/.installed test-postgres test-sqlite test-rabbitmq test-django6 test-package
 
 # Redis, PostgreSQL, RabbitMQ, Chromium, PgBouncer: started if stopped, installed if missing
 services:
@@ -67,6 +81,11 @@ chaos: services $(VENV)/.installed
 	TEST_REDIS_URL=redis://127.0.0.1:6379/4 CHAOS_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/cw-chaos \
 	$(PY) -m pytest tests/chaos -s -p no:cacheprovider $(PYTEST_ARGS)
 
+# the Django Tasks backend, the unit tests and event-driven workflows on Django 6 (Python 3.12)
+test-django6: $(VENV6)/.installed
+	DATABASE_URL=$(PG_URL) TEST_DB_NAME=test_cw_django6 CELERY_BROKER_URL=redis://127.0.0.1:6379/13 \
+	$(VENV6)/bin/python -m pytest $(DJANGO6_SUITE) $(PYTEST_ARGS)
+
 # a new user's project built from the README, on the wheel as built (PostgreSQL + Redis)
 test-package: $(VENV)/.installed
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/acceptance $(PYTEST_ARGS)
@@ -96,4 +115,4 @@ bench-admin: $(VENV)/.installed
 	$(PY) bench/admin_scale.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tox
+	rm -rf $(VENV) $(VENV6) .pytest_cache .mypy_cache .ruff_cache .tox
