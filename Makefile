@@ -12,7 +12,8 @@ PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12
 VENV6 ?= .venv-django6
 #: on Django 6 (django.tasks, not the backport): the unit tests, the Django Tasks backend and
 #: its contract, and the event-driven workflows end to end
-DJANGO6_SUITE ?= tests/unit tests/e2e/test_django_tasks.py tests/e2e/test_events.py
+DJANGO6_SUITE ?= tests/unit tests/e2e/test_django_tasks.py tests/e2e/test_tasks_contract.py \
+	tests/e2e/test_events.py
 
 .PHONY: demo admin test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
 	test-django6 \

@@ -128,7 +128,7 @@ def stop_workflow(correlation_id: str, reason: str, actor: str, event: str | Non
         return False
 
     def after_commit() -> None:
-        publish_created(created)
+        publish_created(created, store)
         announce(events)
 
     store.on_commit(after_commit)

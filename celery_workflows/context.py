@@ -94,6 +94,17 @@ class JobContext(Generic[R]):
         return self.job.correlation_id
 
     @property
+    def attempt_history(self) -> list[dict[str, Any]]:
+        """The job's earlier attempts, oldest first, as its record keeps them (outcome,
+        error, worker, started_at, finished_at, ...)."""
+        return list(self._claimed.attempt_log)
+
+    @property
+    def started_at(self) -> datetime:
+        """When this attempt started (its lease was taken)."""
+        return self._claimed.started_at
+
+    @property
     def compensating_for(self) -> str | None:
         """For a compensation job, the id of the job whose work it undoes; else None."""
         return self._claimed.compensates

@@ -9,10 +9,11 @@ from typing import Any
 from . import registry, signals
 from .clock import utcnow
 from .errors import ConfigurationError
+from .events import publish_or_hand_to_sweeper
 from .lifecycle import PUBLISH_HORIZON_SECONDS
 from .queues import QueueSpec
 from .records import Dispatch, EnqueueResult, NewJob
-from .store import Ledger, get_store
+from .store import Store, get_store
 
 
 def start_time(what: str, delay: float | timedelta | None, eta: datetime | None) -> datetime:
@@ -55,13 +56,13 @@ def prepare(
     return registry.hooks().on_enqueue(job)
 
 
-def after_insert(ledger: Ledger, spec: QueueSpec, job: NewJob, result: EnqueueResult) -> None:
+def after_insert(ledger: Store, spec: QueueSpec, job: NewJob, result: EnqueueResult) -> None:
     """Publish a job that is due soon once its transaction commits; send ``job_enqueued``."""
     after_insert_many(ledger, spec, [job], [result])
 
 
 def after_insert_many(
-    ledger: Ledger, spec: QueueSpec, jobs: list[NewJob], results: list[EnqueueResult]
+    ledger: Store, spec: QueueSpec, jobs: list[NewJob], results: list[EnqueueResult]
 ) -> None:
     """Publish the created jobs that are due soon once their transaction commits, over one
     broker connection; send ``job_enqueued`` for each."""
@@ -82,7 +83,7 @@ def after_insert_many(
                 )
                 for job in due
             ]
-            spec.publish_many(dispatches)
+            publish_or_hand_to_sweeper(ledger, spec, dispatches)
 
         ledger.on_commit(publish)
     for result in results:

@@ -10,6 +10,7 @@ commit, so a rolled-back step announces nothing.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,8 +20,11 @@ from .errors import ConfigurationError
 from .ids import new_id
 from .lifecycle import PUBLISH_HORIZON_SECONDS
 from .payloads import to_json, validated
+from .queues import QueueSpec
 from .records import Dispatch, Event, NewJob, Outbox, RunStart
-from .store import Ledger
+from .store import Controls, Store
+
+logger = logging.getLogger("celery_workflows.events")
 
 
 def new_event(
@@ -100,16 +104,41 @@ def plan(
     return Outbox(events=list(events), jobs=jobs, starts=starts)
 
 
-def publish_created(jobs: list[NewJob]) -> None:
+def publish_created(jobs: list[NewJob], store: Controls) -> None:
     """Publish the notices of jobs an outbox write created (call after commit) - except a job
     written claimed, which the writing process runs itself, and one due beyond the publish
-    horizon, which the sweeper publishes when due."""
+    horizon, which the sweeper publishes when due. A notice the broker refuses never turns a
+    committed write into an error: the job is marked unpublished for the sweeper's next pass."""
     queues = registry.queues()
     now = utcnow()
-    for job in jobs:
-        if job.lease is None and job.published:
-            countdown = max(0.0, (job.available_at - now).total_seconds())
-            queues[job.queue].publish(Dispatch(job.id, job.queue, 1, job.priority, countdown))
+    due = [job for job in jobs if job.lease is None and job.published]
+    for job in due:
+        countdown = max(0.0, (job.available_at - now).total_seconds())
+        dispatch = Dispatch(job.id, job.queue, 1, job.priority, countdown)
+        if not publish_or_hand_to_sweeper(store, queues[job.queue], [dispatch]):
+            return
+
+
+def publish_or_hand_to_sweeper(
+    store: Controls, spec: QueueSpec, dispatches: list[Dispatch]
+) -> bool:
+    """Send ``dispatches`` of committed jobs; if the broker refuses, mark those jobs
+    unpublished so that the sweeper sends them within a sweep interval, and say so (False)."""
+    try:
+        spec.publish_many(dispatches)
+        return True
+    except Exception:
+        logger.exception(
+            "%s: %d notice(s) could not be published; the sweeper sends them",
+            spec.qualified_name,
+            len(dispatches),
+        )
+    for dispatch in dispatches:
+        try:
+            store.park(dispatch.job_id, dispatch.attempt)
+        except Exception:  # the ledger too: the sweeper re-publishes them after a while
+            logger.exception("job %s left for the sweeper's re-publish", dispatch.job_id)
+    return False
 
 
 def announce(events: list[Event]) -> None:
@@ -118,7 +147,7 @@ def announce(events: list[Event]) -> None:
 
 
 def write_and_publish(
-    ledger: Ledger,
+    ledger: Store,
     events: list[Event],
     starts: RunStart | None = None,
     available_at: datetime | None = None,
@@ -131,7 +160,7 @@ def write_and_publish(
     created = ledger.write_outbox(plan(events, starts, available_at, priority))
 
     def after_commit() -> None:
-        publish_created(created)
+        publish_created(created, ledger)
         announce(events)
 
     ledger.on_commit(after_commit)

@@ -253,6 +253,8 @@ class EnqueueResult:
     created: bool
     #: the workflow the job belongs to
     correlation_id: str
+    #: when the job's row was written (as stored; None when an existing job was returned)
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,8 @@ class JobRecord:
     #: the W3C traceparent the job was written under (its workflow's trace)
     trace_id: str = ""
     priority: int | None = None
+    #: when the current (or last) attempt started
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)

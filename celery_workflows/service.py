@@ -408,7 +408,9 @@ class WorkflowService(Generic[R]):
         def run_job(*args: Any, **kwargs: Any) -> None:
             run_message(spec, args, kwargs)
 
-        run_job.__name__ = run_job.__qualname__ = spec.name
+        # Celery compiles a signature check from the function's name: it must be an identifier
+        # (queue names may hold '-')
+        run_job.__name__ = run_job.__qualname__ = spec.name.replace("-", "_")
         run_job.__doc__ = spec.description
         return self.celery_app.task(
             name=spec.task_name,

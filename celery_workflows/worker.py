@@ -149,7 +149,7 @@ def follow_up(
     """What follows a recorded outcome, wherever it was recorded (a worker, or the sweeper
     for an expired lease): notices for the jobs it created and for its retry, the middleware
     hooks, and ``workflow_finished`` when it settled the run."""
-    publish_created(recorded.created)
+    publish_created(recorded.created, store)
     control.note_outcome(store, spec, outcome, save_later=not in_sweeper)
     telemetry.record_outcome(spec.qualified_name, outcome)
     if recorded.retry_cancelled:
@@ -271,7 +271,11 @@ class Attempt:
             return _Success(result)
         except JobFinished as done:
             return _Success(done.result)
-        except (Exception, LeaseExpired) as exc:
+        except BaseException as exc:
+            # whatever a handler raises is its attempt's failure, recorded now with its class
+            # and traceback - SystemExit, KeyboardInterrupt and GeneratorExit included: left
+            # to propagate they would end this pool process and leave the job to wait for
+            # its lease; the lease's own LeaseExpired is judged as a lease expiry
             return exc
 
     def _outcome(self, ended: _Success | BaseException) -> tuple[Outcome, Outbox]:

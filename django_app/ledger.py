@@ -94,13 +94,13 @@ class SqlLedger:
                 # only this insert, run again after its reply was lost, can collide here
                 if connection.in_atomic_block or not self.knows_job(job.id):
                     raise
-            return EnqueueResult(job.id, True, job.correlation_id)
+            return EnqueueResult(job.id, True, job.correlation_id, now)
         try:
             with transaction.atomic():
                 self._insert(job, now)
         except IntegrityError:
             if self.knows_job(job.id):  # this insert, run again after a lost reply
-                return EnqueueResult(job.id, True, job.correlation_id)
+                return EnqueueResult(job.id, True, job.correlation_id, now)
             first = (
                 Job.objects.filter(queue=job.queue, idempotency_key=job.idempotency_key)
                 .values_list("id", "correlation_id")
@@ -109,7 +109,7 @@ class SqlLedger:
             if first is None:
                 raise
             return EnqueueResult(first[0], False, first[1])
-        return EnqueueResult(job.id, True, job.correlation_id)
+        return EnqueueResult(job.id, True, job.correlation_id, now)
 
     def insert_jobs(self, jobs: list[NewJob]) -> list[EnqueueResult]:
         if not jobs:
@@ -142,7 +142,7 @@ class SqlLedger:
             # not created and no other job with its key: this very row, written by an
             # earlier try whose reply was lost
             results.append(
-                EnqueueResult(job.id, True, job.correlation_id)
+                EnqueueResult(job.id, True, job.correlation_id, now)
                 if first is None
                 else EnqueueResult(first[0], False, first[1])
             )

@@ -229,4 +229,5 @@ def job_record(row: Job) -> JobRecord:
         compensates=row.compensates,
         trace_id=row.trace_id,
         priority=row.priority,
+        started_at=row.started_at,
     )

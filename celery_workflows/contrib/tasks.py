@@ -26,10 +26,16 @@ Semantics, as the API documents them:
 - ``priority`` (-100 to 100, higher first) maps evenly to the toolkit's 0-9 (higher first on
   every broker; see :mod:`celery_workflows.priorities`): -100 -> 0, 0 (the default) -> 5, 100
   -> 9.
-- A task that raises is retried with the queue's backoff up to ``max_attempts``; the result
-  is ``READY`` between attempts and ``FAILED`` once it is dead-lettered - where the admin
-  shows it and an operator can re-drive it. ``errors`` lists every failed attempt.
+- A task that raises (anything, ``SystemExit`` included) is retried with the queue's backoff
+  up to ``max_attempts``; the result is ``READY`` between attempts and ``FAILED`` once it is
+  dead-lettered - where the admin shows it and an operator can re-drive it. ``errors`` lists
+  every failed attempt.
 - ``async def`` tasks and ``takes_context=True`` (``context.attempt`` counts attempts) work.
+- ``get_result()`` gives back the task as ``using()`` set it, ``enqueued_at`` as stored, and
+  for a running task the attempt under way; a row that names something else than a task is a
+  ``SuspiciousOperation``.
+- Signals: ``task_enqueued`` when the job is there to run (on commit), ``task_started`` at
+  every attempt, ``task_finished`` once, when the result is final.
 
 ``OPTIONS``: ``max_attempts`` (default 1, as the Tasks API has no retries of its own),
 ``visibility_timeout`` (seconds, default 300), ``initial_delay``/``max_delay``/``jitter``
@@ -44,7 +50,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
+from django.db.transaction import on_commit
 from django.utils.module_loading import import_string
 
 from .. import registry
@@ -52,7 +59,8 @@ from ..clock import utcnow
 from ..errors import JobNotFoundError, NonRetryableError
 from ..lease import worker_name
 from ..lifecycle import Lifecycle, RetryStrategy
-from ..records import JobRecord, JobStatus
+from ..middleware import AttemptInfo, Middleware
+from ..records import JobRecord, JobStatus, Outcome
 from ..service import WorkflowService
 
 try:  # Django 6
@@ -60,6 +68,7 @@ try:  # Django 6
     from django.tasks.backends.base import BaseTaskBackend
     from django.tasks.base import Task, TaskContext, TaskError, TaskResult
     from django.tasks.exceptions import TaskResultDoesNotExist
+    from django.tasks.signals import task_enqueued, task_finished, task_started
 except ImportError:  # Django 5.2 with the django-tasks backport
     from django_tasks import TaskResultStatus, task_backends  # type: ignore[no-redef,assignment]
     from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef,assignment]
@@ -70,6 +79,11 @@ except ImportError:  # Django 5.2 with the django-tasks backport
         TaskResult,
     )
     from django_tasks.exceptions import TaskResultDoesNotExist  # type: ignore[no-redef,assignment]
+    from django_tasks.signals import (  # type: ignore[no-redef,assignment]
+        task_enqueued,
+        task_finished,
+        task_started,
+    )
 
 if TYPE_CHECKING:  # Django 6's generics (the backport's TaskResult takes one parameter)
     AnyTask = Task[Any, Any]
@@ -122,6 +136,9 @@ class Backend(BaseTaskBackend):
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS']: {exc}") from exc
         name = "tasks" if alias == "default" else f"tasks_{alias}"
+        if not _aliases:
+            registry.add_middleware(_signals)
+        _aliases[name] = alias
         existing = registry.services().get(name)
         if isinstance(existing, WorkflowService):
             self.service = existing  # settings reloaded in the same process
@@ -154,7 +171,14 @@ class Backend(BaseTaskBackend):
             errors=[],
             worker_ids=[],
         )
-        payload = {"task": task.module_path, "args": result.args, "kwargs": result.kwargs}
+        # what using() set travels with the job, so get_result() gives back the same task
+        payload = {
+            "task": task.module_path,
+            "args": result.args,
+            "kwargs": result.kwargs,
+            "priority": task.priority,
+            "run_after": task.run_after.isoformat() if task.run_after else None,
+        }
         job = self.service.enqueue(
             task.queue_name,
             payload,
@@ -162,7 +186,10 @@ class Backend(BaseTaskBackend):
             priority=job_priority(task.priority),
         )
         object.__setattr__(result, "id", job.job_id)
-        object.__setattr__(result, "enqueued_at", utcnow())
+        object.__setattr__(result, "enqueued_at", job.created_at)  # as stored
+        # sent when the job is there to be run: at once, or when the caller's transaction
+        # commits (a rolled-back enqueue announces nothing)
+        on_commit(lambda: task_enqueued.send(type(self), task_result=result))
         return result
 
     def get_result(self, result_id: str) -> AnyResult:
@@ -174,11 +201,25 @@ class Backend(BaseTaskBackend):
             raise TaskResultDoesNotExist(result_id) from None
         if job.service != self.service.name or not isinstance(job.payload, dict):
             raise TaskResultDoesNotExist(result_id)
+        return _result(self._task_of(job), job, self.alias)
+
+    def _task_of(self, job: JobRecord) -> AnyTask:
+        """The task a job runs, as ``using()`` set it when it was enqueued."""
+        path = job.payload.get("task")
         try:
-            task = import_string(job.payload["task"])
-        except (ImportError, KeyError) as exc:
-            raise TaskResultDoesNotExist(f"{result_id}: its task is gone ({exc})") from None
-        return _result(task, job, self.alias)
+            task = import_string(path) if isinstance(path, str) else None
+        except ImportError as exc:
+            raise TaskResultDoesNotExist(f"{job.id}: its task is gone ({exc})") from None
+        if not isinstance(task, Task):
+            # a row that names something else than a task: not something to call or trust
+            raise SuspiciousOperation(f"task result {job.id}: {path!r} is not a Task")
+        run_after = job.payload.get("run_after")
+        return task.using(
+            priority=job.payload.get("priority"),
+            queue_name=job.queue.split(".", 1)[1],
+            run_after=datetime.fromisoformat(run_after) if run_after else None,
+            backend=self.alias,
+        )
 
 
 def declare_configured_backends() -> None:
@@ -199,8 +240,6 @@ def job_priority(priority: int) -> int:
 
 def _run(ctx: Any, job: Any) -> Any:
     """The queue worker behind every Tasks queue: call the task, return its JSON result."""
-    from ..jobs import get_job
-
     payload = job.payload
     try:
         task = import_string(payload["task"])
@@ -209,12 +248,54 @@ def _run(ctx: Any, job: Any) -> Any:
     if not isinstance(task, Task):
         raise NonRetryableError(f"{payload['task']} is not a Django Tasks task")
     args, kwargs = payload.get("args", []), payload.get("kwargs", {})
+    backend = task_backends[task.backend]
+    current = _running_result(task, ctx, job, backend.alias)
+    task_started.send(type(backend), task_result=current)
     if task.takes_context:
-        current = _result(task, get_job(job.id), task.backend, running=True)
         value = task.call(TaskContext(task_result=current), *args, **kwargs)
     else:
         value = task.call(*args, **kwargs)
     return _normalize(value)
+
+
+def _running_result(task: AnyTask, ctx: Any, job: Any, alias: str) -> AnyResult:
+    """The task's result while this attempt runs, from what the claim read - no query."""
+    earlier = ctx.attempt_history
+    started = ctx.started_at
+    result: AnyResult = TaskResult(
+        task=task,
+        id=job.id,
+        status=TaskResultStatus.RUNNING,
+        enqueued_at=job.enqueued_at,
+        started_at=_at(earlier[0]["started_at"]) if earlier else started,
+        finished_at=None,
+        last_attempted_at=started,
+        args=job.payload.get("args", []),
+        kwargs=job.payload.get("kwargs", {}),
+        backend=alias,
+        errors=list(_errors(earlier)),
+        worker_ids=[*(a.get("worker", "") for a in earlier), worker_name()],
+    )
+    return result
+
+
+class TaskSignals(Middleware):
+    """Sends ``task_finished`` once a Tasks job's result is final - succeeded, or failed for
+    good - after the outcome is written (a retried attempt is not the task's end)."""
+
+    def after_outcome(self, attempt: AttemptInfo, outcome: Outcome | None) -> None:
+        if outcome is None or outcome.status not in (JobStatus.SUCCEEDED, JobStatus.DEAD):
+            return
+        alias = _aliases.get(attempt.queue.split(".", 1)[0])
+        if alias is None:
+            return
+        backend = task_backends[alias]
+        task_finished.send(type(backend), task_result=backend.get_result(attempt.job_id))
+
+
+#: Tasks service name -> its backend's alias
+_aliases: dict[str, str] = {}
+_signals = TaskSignals()
 
 
 def _normalize(value: Any) -> Any:
@@ -225,21 +306,24 @@ def _normalize(value: Any) -> Any:
     return normalize_json(value)
 
 
-def _result(task: AnyTask, job: JobRecord, alias: str, running: bool = False) -> AnyResult:
+def _result(task: AnyTask, job: JobRecord, alias: str) -> AnyResult:
     log = job.attempt_log
     workers = [a.get("worker", "") for a in log]
     status = _STATUS.get(job.status, TaskResultStatus.READY)
-    if running:  # the attempt under way is not in the log yet
-        workers.append(worker_name())
-        status = TaskResultStatus.RUNNING
+    first = _at(log[0]["started_at"]) if log else None
+    last = _at(log[-1]["started_at"]) if log else None
+    if job.status == JobStatus.RUNNING:  # the attempt under way is not in the log yet
+        workers.append(job.worker)
+        first = first or job.started_at
+        last = job.started_at
     result: AnyResult = TaskResult(
         task=task,
         id=job.id,
         status=status,
         enqueued_at=job.created_at,
-        started_at=_at(log[0]["started_at"]) if log else None,
+        started_at=first,
         finished_at=job.finished_at if job.status in _FINISHED else None,
-        last_attempted_at=_at(log[-1]["started_at"]) if log else None,
+        last_attempted_at=last,
         args=job.payload.get("args", []),
         kwargs=job.payload.get("kwargs", {}),
         backend=alias,

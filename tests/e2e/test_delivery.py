@@ -112,3 +112,26 @@ def test_a_backlog_is_not_amplified_by_re_publishing(start_worker, worker_env, w
     # multiplier 4 x 1 process) is not in the queue's depth and may be: at most that many
     assert attempts == len(jobs)
     assert received // 2 - attempts <= 4
+
+
+def test_a_notice_the_broker_refuses_after_commit_is_sent_by_the_sweeper_at_once(
+    wait_status, monkeypatch
+):
+    # the job is committed; the broker refuses the notice (down, full, a network blip):
+    # enqueue() must not fail a committed write, and the job must not wait for the
+    # re-publish delay either
+    from kombu.exceptions import OperationalError
+
+    from celery_workflows.queues import QueueSpec
+    from django_app.models import Job
+
+    def refused(self, dispatches):
+        raise OperationalError("broker unreachable")
+
+    monkeypatch.setattr(QueueSpec, "publish_many", refused)
+    job = t.enqueue("echo", {"n": "refused"})
+    monkeypatch.undo()
+    assert Job.objects.get(id=job.job_id).published_at is None  # the sweeper's to send
+    started = time.monotonic()
+    wait_status(job.job_id, "succeeded", timeout=10)
+    assert time.monotonic() - started < 2.5  # a sweep interval or so, not republish_after

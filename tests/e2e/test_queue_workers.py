@@ -126,3 +126,23 @@ def test_enqueue_many_honours_idempotency_keys(wait_status):
     assert again[0].job_id == first[0].job_id
     for result in [*first, again[1]]:
         wait_status(result.job_id, "succeeded")
+
+
+@pytest.mark.parametrize("raised", ["SystemExit", "KeyboardInterrupt"])
+def test_what_would_end_a_process_is_the_attempts_failure_and_the_worker_lives_on(
+    raised, wait_status, session_worker
+):
+    job = t.enqueue("exits", {"raise": raised, "code": 3})
+    wait_status(job.job_id, "dead", timeout=10)  # at once, not when a lease runs out
+    (attempt,) = get_job(job.job_id).attempt_log
+    assert attempt["outcome"] == "failed" and f"last error: {raised}" in attempt["error"]
+    assert raised in attempt["traceback"]
+    assert session_worker.alive()
+    after = t.enqueue("echo", {"after": raised})
+    wait_status(after.job_id, "succeeded")
+
+
+def test_a_queue_whose_name_has_a_hyphen_runs_its_jobs(wait_status):
+    job = t.enqueue("send-mail", {"to": "ann@example.com"})
+    wait_status(job.job_id, "succeeded")
+    assert get_job(job.job_id).result == "sent to ann@example.com"

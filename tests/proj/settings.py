@@ -96,7 +96,7 @@ if django.VERSION < (6, 0):
 TASKS = {
     "default": {
         "BACKEND": "celery_workflows.contrib.tasks.Backend",
-        "QUEUES": ["default", "emails", "ranked"],
+        "QUEUES": ["default", "emails", "ranked", "queue-1"],
         "OPTIONS": {
             "CELERY_APP": "tests.proj.celery_app.app",
             "MAX_ATTEMPTS": 3,

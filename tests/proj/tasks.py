@@ -57,3 +57,50 @@ async def fetch_async(n: int) -> int:
 def ranked(label: int) -> None:
     """Notes the order tasks of the ``ranked`` queue run in (tests/e2e/test_priorities.py)."""
     recorder.redis.rpush("ranked:order", label)
+
+
+# the conformance module's tasks (tests/e2e/test_tasks_contract.py), after the reference's
+@task()
+def noop_task(*args: object, **kwargs: object) -> None:
+    return None
+
+
+@task()
+async def noop_task_async(*args: object, **kwargs: object) -> None:
+    return None
+
+
+@task()
+def calculate_meaning_of_life() -> int:
+    return 42
+
+
+@task()
+def exits() -> None:
+    raise SystemExit(3)
+
+
+@task(takes_context=True)
+def reports_while_running(context, key: str) -> str:  # type: ignore[no-untyped-def]
+    """Writes what its own running result says, then waits to be let go."""
+    import json
+    import time
+
+    running = context.task_result
+    recorder.redis.set(
+        f"running:{key}",
+        json.dumps(
+            {
+                "status": str(running.status),
+                "started_at": running.started_at.isoformat() if running.started_at else None,
+                "last_attempted_at": (
+                    running.last_attempted_at.isoformat() if running.last_attempted_at else None
+                ),
+                "worker_ids": running.worker_ids,
+            }
+        ),
+    )
+    deadline = time.monotonic() + 20
+    while not recorder.redis.exists(f"release:{key}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "released"

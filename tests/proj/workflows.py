@@ -219,6 +219,22 @@ def note_state(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     ctx.shared_states.merge_state(job.payload["shared"], {ctx.correlation_id: job.payload["n"]})
 
 
+@t.queue_worker("send-mail", "A queue whose name has a hyphen")
+def send_mail(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    return f"sent to {job.payload['to']}"
+
+
+@t.queue_worker(
+    "exits",
+    "Raises what ends a process (SystemExit, KeyboardInterrupt) - as its attempt's failure",
+    lifecycle=Lifecycle(max_attempts=1),
+)
+def exits(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    if job.payload["raise"] == "KeyboardInterrupt":
+        raise KeyboardInterrupt
+    raise SystemExit(job.payload.get("code", 1))
+
+
 @t.queue_worker(
     "asksThenFails",
     "Asks for approval, then fails - or, with hold, outlives its lease first",
