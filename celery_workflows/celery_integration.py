@@ -45,7 +45,12 @@ from .records import Event
 from .retention import PRUNE_TASK, prune_finished_runs
 from .schedules import FIRE_TASK, SCHEDULES_QUEUE, FireScheduleTask, fire
 from .store import get_store
-from .sweeper import DEFAULT_INTERVAL_SECONDS, DEFAULT_REPUBLISH_AFTER_SECONDS, Sweeper
+from .sweeper import (
+    DEFAULT_INTERVAL_SECONDS,
+    DEFAULT_REPUBLISH_AFTER_SECONDS,
+    Sweeper,
+    idle_run_grace,
+)
 from .worker import dead_letter_message
 
 DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
@@ -114,8 +119,9 @@ class SweeperStep(bootsteps.StartStopStep):
         max_payload_bytes(conf)
         max_continuations(conf)
         priorities.queue_max_priority(conf)
+        grace = idle_run_grace(conf)
         logs.log_format(conf)
-        self.sweeper = Sweeper(republish)
+        self.sweeper = Sweeper(republish, grace)
         self.tref: Any = None
 
     def start(self, parent: Any) -> None:

@@ -125,11 +125,13 @@ class Maintenance(Protocol):
     def expired_gates(self, now: datetime, limit: int) -> list[str]:
         """Runs waiting on an approval gate whose expiry has passed."""
 
-    def settle_idle_runs(self, now: datetime, limit: int) -> list[tuple[str, RunStatus]]:
-        """The backstop: runs still open (running or compensating) with nothing pending for
-        longer than a grace period - which a correct write never leaves - are settled (a run
-        whose counter drifted from its rows is corrected instead). Returns the settled runs
-        and their final statuses."""
+    def settle_idle_runs(
+        self, now: datetime, started_before: datetime, limit: int
+    ) -> list[tuple[str, RunStatus]]:
+        """The backstop: runs started before ``started_before`` and still open (running or
+        compensating) with nothing pending - which a correct write never leaves - are settled
+        (a run whose counter drifted from its rows is corrected instead). Returns the settled
+        runs and their final statuses."""
 
 
 class Operations(Protocol):

@@ -25,12 +25,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from . import control, registry, signals, telemetry
 from .approvals import expire_gate
 from .clock import utcnow
 from .compensation import stop_workflow, undo_planner
 from .control import running_queues
+from .errors import ConfigurationError
 from .lifecycle import after_failure
 from .middleware import AttemptInfo
 from .queues import QueueSpec
@@ -46,6 +48,22 @@ DEFAULT_INTERVAL_SECONDS = 1.0
 DEFAULT_REPUBLISH_AFTER_SECONDS = 300.0
 #: rows handled per pass and kind, so one pass stays short
 BATCH_SIZE = 500
+#: default of ``workflows_idle_run_grace``: how long a run may look idle (open, nothing
+#: pending) before the backstop settles it - no correct write leaves one so, but it is only
+#: settled well after anything that could still be writing it
+DEFAULT_IDLE_RUN_GRACE_SECONDS = 10.0
+
+
+def idle_run_grace(conf: Any) -> float:
+    """``workflows_idle_run_grace`` (seconds > 0), validated."""
+    value = conf.get("workflows_idle_run_grace")
+    if value is None:
+        return DEFAULT_IDLE_RUN_GRACE_SECONDS
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(
+            f"workflows_idle_run_grace must be a number of seconds > 0, got {value!r}"
+        )
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -59,8 +77,14 @@ class SweepReport:
 class Sweeper:
     """Runs passes over the queues this process declares."""
 
-    def __init__(self, republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS) -> None:
+    def __init__(
+        self,
+        republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS,
+        idle_run_grace: float | None = None,
+    ) -> None:
         self.republish_after = republish_after
+        #: ``workflows_idle_run_grace``; None: read from the services' Celery app
+        self.idle_run_grace = idle_run_grace
 
     def sweep(self, store: Store | None = None) -> SweepReport:
         """One pass over the queues this process declares (it knows their lifecycles)."""
@@ -72,7 +96,7 @@ class Sweeper:
             settle_expired(store, lease) for lease in store.expire_leases(names, now, BATCH_SIZE)
         )
         self._stop_overdue(store, now)
-        settled = self._settle_idle(store, now)
+        settled = self._settle_idle(store, now, self._idle_grace())
         stale_before = now - timedelta(seconds=self.republish_after)
         # a paused queue's jobs wait in the ledger until it is resumed
         due = store.due_jobs(running_queues(names, store), now, stale_before, BATCH_SIZE)
@@ -98,12 +122,19 @@ class Sweeper:
             if expire_gate(correlation_id) is not None:
                 logger.info("approval gate of workflow %s expired unanswered", correlation_id)
 
+    def _idle_grace(self) -> float:
+        if self.idle_run_grace is None:
+            owners = list(registry.services().values())
+            conf = owners[0].celery_app.conf if owners else {}
+            self.idle_run_grace = idle_run_grace(conf)
+        return self.idle_run_grace
+
     @staticmethod
-    def _settle_idle(store: Store, now: datetime) -> int:
+    def _settle_idle(store: Store, now: datetime, grace: float) -> int:
         """The backstop for a run left open with nothing pending (see
         :meth:`~celery_workflows.store.Maintenance.settle_idle_runs`): settled, logged,
         counted in ``celery_workflows.runs.settled_by_sweeper`` - it means a bug."""
-        settled = store.settle_idle_runs(now, BATCH_SIZE)
+        settled = store.settle_idle_runs(now, now - timedelta(seconds=grace), BATCH_SIZE)
         for correlation_id, status in settled:
             logger.warning(
                 "workflow %s was left open with nothing pending (a bug; please report it): "

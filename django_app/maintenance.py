@@ -7,7 +7,7 @@ may run them at once and each row is handled once.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -29,11 +29,6 @@ from .outcomes import Attempted, lock_run, write_outcome
 from .runcounters import RunDelta, change_run
 
 logger = logging.getLogger("celery_workflows.sweeper")
-
-#: how long a run may look idle (open, nothing pending) before the backstop settles it: no
-#: correct write leaves one so, but an idle run is only settled well after anything that
-#: could still be writing it
-IDLE_GRACE_SECONDS = 10.0
 
 
 class Maintenance:
@@ -119,11 +114,13 @@ class Maintenance:
             status=JobStatus.RUNNING, worker=worker, lease_expires_at__gt=now
         ).update(lease_expires_at=now)
 
-    def settle_idle_runs(self, now: datetime, limit: int) -> list[tuple[str, RunStatus]]:
+    def settle_idle_runs(
+        self, now: datetime, started_before: datetime, limit: int
+    ) -> list[tuple[str, RunStatus]]:
         idle = WorkflowRun.objects.filter(
             status__in=[RunStatus.RUNNING, RunStatus.COMPENSATING],
             pending_jobs=0,
-            started_at__lt=now - timedelta(seconds=IDLE_GRACE_SECONDS),
+            started_at__lt=started_before,
         ).values_list("correlation_id", flat=True)[:limit]
         settled = []
         for correlation_id in idle:

@@ -116,7 +116,11 @@ class Operations:
             job = running.first()
             if job is None:
                 return False
-            Job.objects.filter(id=job_id).update(lease_expires_at=utcnow())
+            # an operator ends a lease because the attempt is stuck: it counts, even for a
+            # step handed over by local continuation (which counts from its outcome otherwise)
+            Job.objects.filter(id=job_id).update(
+                lease_expires_at=utcnow(), attempts=Greatest(F("attempts"), 1)
+            )
             AuditEntry.record(job.correlation_id, job_id, "release_lease", actor, worker=job.worker)
         return True
 

@@ -106,6 +106,10 @@ def test_a_step_handed_to_a_process_that_died_first_is_not_charged_and_runs_soon
     assert run.status == "completed"
     (second,) = [h for h in run.history if h.kind == "job" and h.name == "handoff.second"]
     assert [a["outcome"] for a in second.attempts] == ["succeeded"]
-    log = Path(worker.log_path).read_text()
-    assert "signal 9" in log and "queued again, no attempt charged" in log
+    # any worker's sweeper may be the one that queues it again
+    from tests.conftest import LOG_DIR
+
+    logs = "".join(p.read_text(errors="replace") for p in LOG_DIR.glob("*.log"))
+    assert "signal 9" in Path(worker.log_path).read_text()
+    assert "queued again, no attempt charged" in logs
     worker.stop()

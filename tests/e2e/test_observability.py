@@ -168,11 +168,12 @@ def traced_saga(start_worker, spans_dir):
 
 
 def settled(order: str, *statuses: str):
-    return wait_for(
-        lambda: (run := get_workflow(order)).status in statuses and run,
-        timeout=40,
-        message=f"{order} did not end {statuses}",
-    )
+    try:
+        return wait_for(lambda: (run := get_workflow(order)).status in statuses and run, timeout=40)
+    except AssertionError:
+        run = get_workflow(order)
+        jobs = [(h.name, h.status, [a["outcome"] for a in h.attempts]) for h in run.history]
+        raise AssertionError(f"{order} is {run.status}, not {statuses}: {jobs}") from None
 
 
 def traces_of(spans_dir: Path, run, expected: set[str]) -> set[str]:

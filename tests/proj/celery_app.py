@@ -17,6 +17,7 @@ app.conf.update(
     workflows_republish_after=float(os.environ.get("WORKFLOWS_REPUBLISH_AFTER", "3")),
     workflows_local_continuations=int(os.environ.get("WORKFLOWS_LOCAL_CONTINUATIONS", "8")),
     workflows_log_format=os.environ.get("WORKFLOWS_LOG_FORMAT", "text"),
+    workflows_idle_run_grace=float(os.environ.get("WORKFLOWS_IDLE_RUN_GRACE", "10")),
 )
 
 from tests.proj import tracing  # noqa: E402,F401,I001  - before any span is made
