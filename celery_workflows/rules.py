@@ -20,6 +20,7 @@ saga's decisions are taken here, on a snapshot of the run's jobs read under that
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,6 +70,36 @@ def settled(run: RunCounters) -> RunStatus | None:
     if run.status in SETTLES_FROM and run.pending_jobs <= 0:
         return final_status(run)
     return None
+
+
+def changed(
+    run: RunCounters,
+    *,
+    pending: int = 0,
+    dead: int = 0,
+    cancelled: int = 0,
+    compensation: int = 0,
+    failed_compensation: int = 0,
+    compensating: bool = False,
+) -> RunCounters:
+    """A run's counters after one write moved its jobs (what ``run_change`` renders in SQL):
+    the counters change; if that leaves nothing pending on a run that settles from its status,
+    it takes its final status; otherwise a write that stops it moving forward
+    (``compensating``) makes a running run ``compensating``."""
+    after = dataclasses.replace(
+        run,
+        pending_jobs=max(0, run.pending_jobs + pending),
+        dead_jobs=run.dead_jobs + dead,
+        cancelled_jobs=run.cancelled_jobs + cancelled,
+        compensation_jobs=run.compensation_jobs + compensation,
+        failed_compensations=run.failed_compensations + failed_compensation,
+    )
+    final = settled(after)
+    if final is not None:
+        return dataclasses.replace(after, status=final)
+    if compensating and run.status == RunStatus.RUNNING:
+        return dataclasses.replace(after, status=RunStatus.COMPENSATING)
+    return after
 
 
 @dataclass(frozen=True)
