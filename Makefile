@@ -81,6 +81,10 @@ chaos: services $(VENV)/.installed
 	DATABASE_URL=$(PG_URL) TEST_DB_NAME=test_cw_chaos CELERY_BROKER_URL=redis://127.0.0.1:6379/3 \
 	TEST_REDIS_URL=redis://127.0.0.1:6379/4 CHAOS_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/cw-chaos \
 	$(PY) -m pytest tests/chaos -s -p no:cacheprovider $(PYTEST_ARGS)
+	# a longer search of random interleavings against the ledger (make test runs 20 examples)
+	DATABASE_URL=$(PG_URL) TEST_DB_NAME=test_cw_interleavings INTERLEAVINGS_EXAMPLES=300 \
+	$(PY) -m pytest tests/integration/test_run_interleavings.py -p no:cacheprovider -p no:logging \
+	$(PYTEST_ARGS)
 
 # the Django Tasks backend, the unit tests and event-driven workflows on Django 6 (Python 3.12)
 test-django6: $(VENV6)/.installed

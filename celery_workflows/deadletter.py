@@ -96,6 +96,11 @@ def redrive_refusal(dead: JobRecord, run: WorkflowStatus | None = None) -> str:
             run = get_store().get_workflow(dead.correlation_id)
         except WorkflowNotFoundError:
             return ""  # a dead letter outside any run (an unroutable message)
+    if run.ended_by:
+        return (
+            f"workflow {run.correlation_id} was stopped ({run.ended_by}), so this step cannot "
+            "continue it; start a new run instead"
+        )
     if not compensation_started(run):
         return ""
     return (

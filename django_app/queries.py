@@ -6,12 +6,12 @@ from django.db.models import Q
 
 from celery_workflows.errors import WorkflowNotFoundError
 from celery_workflows.records import (
-    PENDING_JOB_STATUSES,
     AuditRecord,
     HistoryEntry,
     RunStatus,
     WorkflowStatus,
 )
+from celery_workflows.status import current_step
 
 from .models import AuditEntry, Event, Job, StateDocument, WorkflowRun
 
@@ -65,14 +65,6 @@ def history(correlation_id: str) -> list[HistoryEntry]:
         for e in Event.objects.filter(correlation_id=correlation_id).order_by("emitted_at")
     ]
     return sorted(entries, key=lambda h: (h.at, h.kind == "job"))
-
-
-def current_step(entries: list[HistoryEntry]) -> str:
-    jobs = [h for h in entries if h.kind == "job"]
-    active = [h for h in jobs if h.status in PENDING_JOB_STATUSES]
-    if active:
-        return active[-1].name
-    return jobs[-1].name if jobs else ""
 
 
 def workflow_status(run: WorkflowRun) -> WorkflowStatus:

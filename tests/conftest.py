@@ -61,6 +61,31 @@ def reopen_if_dropped(django_db_blocker: Any) -> None:
             connection.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _flush_despite_busy_workers() -> Iterator[None]:
+    """Between transactional tests pytest-django empties every table with one TRUNCATE, while
+    the session's worker processes keep sweeping and finishing jobs on the same database; now
+    and then PostgreSQL picks the TRUNCATE as a deadlock's victim. It is tried again - that is
+    the test database's housekeeping, not what a test checks."""
+    from django.db import OperationalError
+    from django.test import TransactionTestCase
+
+    flush = TransactionTestCase._fixture_teardown
+
+    def retried(self: TransactionTestCase) -> None:
+        for attempt in range(3):
+            try:
+                flush(self)
+                return
+            except OperationalError as exc:
+                if "deadlock" not in str(exc) or attempt == 2:
+                    raise
+
+    TransactionTestCase._fixture_teardown = retried  # type: ignore[method-assign]
+    yield
+    TransactionTestCase._fixture_teardown = flush  # type: ignore[method-assign]
+
+
 @pytest.fixture(autouse=True)
 def _usable_test_connection(request: pytest.FixtureRequest) -> None:
     from django.db import connection

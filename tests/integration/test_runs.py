@@ -147,3 +147,35 @@ def test_stopping_a_run_takes_its_locks_in_the_order_an_outcome_write_does():
         probe.close()
         stopper.join(timeout=20)
     assert stopped == [[]]
+
+
+def test_a_dead_letter_of_a_run_an_operator_stopped_is_not_redriven():
+    from celery_workflows import NotRedrivableError, cancel_workflow, redrive
+    from celery_workflows.clock import utcnow
+    from celery_workflows.compensation import undo_planner
+    from celery_workflows.events import new_event, plan, run_start_for
+    from celery_workflows.lifecycle import after_failure
+    from celery_workflows.records import AttemptOutcome, AttemptRecord
+    from celery_workflows.store import get_store
+    from django_app.models import Job
+    from tests.proj.interleavings import LIFECYCLE
+
+    store = get_store()
+    event = new_event(
+        "propStarted",
+        {"key": "stopped-1"},
+        source="prop",
+        correlation_id=None,
+        causation_id=None,
+        trace_id=None,
+    )
+    store.write_outbox(plan([event], run_start_for(event)))
+    job = Job.objects.get(correlation_id=event.correlation_id)
+    claim = store.claim(job.id, 1, uuid.uuid4().hex, "w", 30)
+    assert cancel_workflow(event.correlation_id, actor="ops")  # while the step runs
+    record = AttemptRecord(1, "w", claim.started_at, utcnow(), AttemptOutcome.FAILED, "boom")
+    dead = after_failure(record, 1, LIFECYCLE.retry, give_up=True)
+    assert store.record_outcome(claim, dead, plan([]), undo_planner("prop")) is not None
+    with pytest.raises(NotRedrivableError, match="was stopped"):
+        redrive(job.id, actor="ops")
+    assert get_workflow(event.correlation_id).status == "cancelled"
