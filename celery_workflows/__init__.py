@@ -40,11 +40,11 @@ from .records import (
     WorkflowStatus,
 )
 from .registry import add_middleware
+from .renames import rename_event, rename_queue
 from .service import WorkflowService, emit
 from .states import States, states
 from .status import get_workflow
 from .sweeper import sweep_once
-from .versions import rename_event, rename_queue
 
 __all__ = [
     "AttemptInfo",

@@ -1,10 +1,19 @@
 """Middleware: hooks around every attempt, for concerns that are not a step's business.
 
-Tracing, metrics, logging context and the toolkit's own signals plug in here instead of adding
-special cases to the worker (the shape dramatiq's and procrastinate's middleware have). Subclass
-:class:`Middleware`, override the hooks you need and register an instance with
-:func:`celery_workflows.add_middleware` at import time (e.g. in a ``workflows`` module).
+Subclass :class:`Middleware`, override the hooks you need and register an instance with
+:func:`celery_workflows.add_middleware` at import time (e.g. in a ``workflows`` module). What
+plugs in where, as it stands:
 
+- the attempt signals (``job_succeeded``, ``job_failed``, ``job_fenced``,
+  ``job_dead_lettered``) are sent by a built-in middleware (:mod:`celery_workflows.signals`),
+  and so is the Django Tasks backend's ``task_finished``;
+- tracing, metrics and the log context wrap the whole attempt - its claim, handler and outcome
+  write - so the worker opens and closes them itself (:mod:`.telemetry`, :mod:`.logs`), not
+  through these hooks, which see the attempt once it is claimed;
+- the other signals (``job_enqueued``, ``event_emitted``, ``workflow_finished``,
+  ``notice_dropped``, ``queue_paused``, ``queue_resumed``) are sent where those things happen.
+
+No hook wraps the handler call itself: ``before_attempt`` and ``after_outcome`` bracket it.
 A hook that raises is logged and skipped: middleware can never change a job's outcome.
 """
 

@@ -6,7 +6,7 @@ could not be re-driven, their completed steps could not be compensated, their ga
 emit an event nothing reacts to. :func:`stranded` finds each of those in the ledger, with
 how many runs it strands, a few of them by business key, and the definition versions they
 started with; :mod:`django_app.checks` reports them. The way out is in
-:mod:`celery_workflows.versions`.
+:mod:`celery_workflows.renames`.
 """
 
 from __future__ import annotations

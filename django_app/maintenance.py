@@ -31,7 +31,7 @@ from .runcounters import RunDelta, change_run
 logger = logging.getLogger("celery_workflows.sweeper")
 
 
-class Maintenance:
+class SweeperQueries:
     """:class:`celery_workflows.store.Maintenance` for the Django ledger."""
 
     def expire_leases(self, queues: list[str], now: datetime, limit: int) -> list[ExpiredLease]:

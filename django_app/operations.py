@@ -29,7 +29,7 @@ from .outcomes import lock_run, stop
 from .runcounters import RunDelta, change_run
 
 
-class Operations:
+class OperatorActions:
     """:class:`celery_workflows.store.Operations` for the Django ledger."""
 
     def get_job(self, job_id: str) -> JobRecord:

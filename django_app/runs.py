@@ -19,7 +19,7 @@ from .statements import JOB, RUN, dialect, execute
 OPEN = ", ".join(f"'{s}'" for s in OPEN_RUN_STATUSES)
 
 
-class Runs:
+class RunRecords:
     """:class:`celery_workflows.store.Runs` for the Django ledger."""
 
     def atomic(self) -> Any:

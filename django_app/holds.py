@@ -14,7 +14,9 @@ from celery_workflows.records import QueueMinute as QueueMinuteRecord
 from .models import AuditEntry, Job, QueueControl, QueueMinute
 
 
-class Controls:
+class QueueHolds:
+    """:class:`celery_workflows.store.Controls` for the Django ledger."""
+
     def queue_controls(self) -> dict[str, QueueControlRecord]:
         return {
             row.queue: QueueControlRecord(
