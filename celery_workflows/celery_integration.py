@@ -211,7 +211,7 @@ def _declare_queues(sender: Any = None, instance: Any = None, **kwargs: Any) -> 
 def _save_queue_figures(**kwargs: Any) -> None:
     """A pool process that stops cleanly saves its last per-minute queue figures."""
     try:
-        control.flush()
+        control.flush(get_store())
     except Exception:
         logger.debug("queue figures not saved at shutdown", exc_info=True)
 

@@ -84,12 +84,12 @@ class _Cache:
 _cache = _Cache()
 
 
-def queue_controls(store: Controls | None = None) -> dict[str, QueueControl]:
+def queue_controls(store: Controls) -> dict[str, QueueControl]:
     """The queues that are paused or failing, as this process last read them (<= 1 s old)."""
-    return _cache.fresh(store or get_store())
+    return _cache.fresh(store)
 
 
-def is_paused(queue: str, store: Controls | None = None, refresh: bool = False) -> bool:
+def is_paused(queue: str, store: Controls, refresh: bool = False) -> bool:
     """Whether ``queue`` is paused (``refresh``: read the ledger now, not this process's copy)."""
     if refresh:
         _cache.forget()
@@ -97,7 +97,7 @@ def is_paused(queue: str, store: Controls | None = None, refresh: bool = False) 
     return control is not None and control.paused
 
 
-def paused_queues(store: Controls | None = None) -> set[str]:
+def paused_queues(store: Controls) -> set[str]:
     return {name for name, control in queue_controls(store).items() if control.paused}
 
 
@@ -195,7 +195,7 @@ def _count(store: Controls, queue: str, failed: bool, threshold: int) -> None:
         _set_paused(store, queue, True, POISON_ACTOR, reason)
 
 
-def flush(store: Controls | None = None) -> None:
+def flush(store: Controls) -> None:
     """Add this process's per-minute sums to the ledger (a failure keeps them for next time)."""
     with _cache.lock:
         pending, _cache.minutes = _cache.minutes, {}
@@ -206,7 +206,7 @@ def flush(store: Controls | None = None) -> None:
         for (queue, minute), s in pending.items()
     ]
     try:
-        (store or get_store()).add_minutes(rows)
+        store.add_minutes(rows)
     except Exception:
         logger.warning("per-minute queue figures not saved; kept for the next try", exc_info=True)
         with _cache.lock:

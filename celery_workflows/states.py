@@ -31,8 +31,8 @@ class States:
 
     def __init__(
         self,
-        correlation_id: str | None = None,
-        runs: Runs | None = None,
+        correlation_id: str | None,
+        runs: Runs,
         writer: str | None = None,
     ) -> None:
         self.correlation_id = correlation_id
@@ -42,7 +42,7 @@ class States:
 
     @property
     def runs(self) -> Runs:
-        return self._runs if self._runs is not None else get_store()
+        return self._runs
 
     def get(self, key: str) -> StateValue | None:
         """The document and its version, or None if it was never written."""
@@ -132,7 +132,7 @@ class States:
 def states(correlation_id: str | None = None) -> States:
     """The state store outside a handler (views, commands, tests): the documents of run
     ``correlation_id``, or - without it - the documents shared by every run."""
-    return States(correlation_id)
+    return States(correlation_id, get_store())
 
 
 def _check_key(key: str) -> str:

@@ -86,9 +86,8 @@ class Sweeper:
         #: ``workflows_idle_run_grace``; None: read from the services' Celery app
         self.idle_run_grace = idle_run_grace
 
-    def sweep(self, store: Store | None = None) -> SweepReport:
+    def sweep(self, store: Store) -> SweepReport:
         """One pass over the queues this process declares (it knows their lifecycles)."""
-        store = store or get_store()
         now = utcnow()
         known = registry.queues()
         names = sorted(known)
@@ -167,7 +166,7 @@ class Sweeper:
     def safe_sweep(self) -> None:
         """One pass that never raises: a DB or broker outage is logged and retried next time."""
         try:
-            self.sweep()
+            self.sweep(get_store())
         except Exception:
             logger.exception("sweeper pass failed; it runs again at the next interval")
 
@@ -176,7 +175,7 @@ def sweep_once(
     republish_after: float = DEFAULT_REPUBLISH_AFTER_SECONDS, store: Store | None = None
 ) -> SweepReport:
     """One full pass (``manage.py workflows sweep``, cron): leases, due jobs, open runs."""
-    return Sweeper(republish_after).sweep(store)
+    return Sweeper(republish_after).sweep(store or get_store())
 
 
 def settle_expired(store: Store, lease: ExpiredLease) -> bool:

@@ -98,8 +98,9 @@ def test_pruning_deletes_a_runs_own_documents_and_never_shared_ones(worker_env):
     cancel(first.job_id, actor="ops-ann")  # an operator's action on the run, audited
     states(old).set_state("mine", 1)
     from celery_workflows.states import States
+    from celery_workflows.store import get_store
 
-    States(None, writer=old).set_state("pruned-rates", {"EUR": 1.08})
+    States(None, get_store(), writer=old).set_state("pruned-rates", {"EUR": 1.08})
     long_ago = utcnow() - timedelta(days=40)
     WorkflowRun.objects.filter(correlation_id=old).update(
         status="completed", finished_at=long_ago, pending_jobs=0

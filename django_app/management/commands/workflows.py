@@ -25,6 +25,7 @@ from celery_workflows import (
 )
 from celery_workflows.deadletter import KEEP_PAYLOAD
 from celery_workflows.retention import PRUNE_BATCH, prune_finished_runs
+from celery_workflows.store import get_store
 from celery_workflows.sweeper import Sweeper
 from django_app import dashboard
 from django_app.models import WorkflowRun
@@ -250,7 +251,7 @@ class Command(BaseCommand):
     def do_sweep(self, options: dict[str, Any]) -> None:
         sweeper = Sweeper()
         while True:
-            report = sweeper.sweep()
+            report = sweeper.sweep(get_store())
             self.stdout.write(
                 f"expired {report.expired}, published {report.published}, "
                 f"settled {report.settled_idle} run(s) left open"
