@@ -62,7 +62,7 @@ class Interleavings(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.store = get_store()
+        self.store = fresh_store()
         self.runs: list[str] = []
         #: job id -> the claim a "worker" holds
         self.held: dict[str, ClaimedJob] = {}
@@ -73,6 +73,9 @@ class Interleavings(RuleBasedStateMachine):
         #: of those, the ones an operator or a deadline stopped (for good)
         self.cancelled: set[str] = set()
         self.audited: list[tuple[str, str]] = []
+        self.paused: set[str] = set()
+        #: hours after now of the schedule's next firing
+        self.hours = 0
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -121,6 +124,7 @@ class Interleavings(RuleBasedStateMachine):
         if claim is None:
             return None
         assert job.id not in self.held, "a job held under two leases"
+        assert claim.queue not in self.paused, "a job of a paused queue started"
         if claim.compensates is None:
             assert claim.correlation_id not in self.stopped, "a forward step started after a stop"
         return claim
@@ -163,8 +167,16 @@ class Interleavings(RuleBasedStateMachine):
             )
         outbox = plan(events, priority=claim.priority)
         if gate and claim.queue == "prop.a":
+            expires = timedelta(microseconds=1) if len(self.runs) % 2 else None  # some expire
             opened = new_gate(
-                claim.correlation_id, claim.id, "go on?", "propApproved", "propRejected", None
+                claim.correlation_id,
+                claim.id,
+                "go on?",
+                "propApproved",
+                "propRejected",
+                None,
+                expires_in=expires,
+                timeout_event="propRejected" if expires else None,
             )
             outbox = replace(outbox, gate=opened.to_json())
         leased = None
@@ -257,6 +269,40 @@ class Interleavings(RuleBasedStateMachine):
             assert correlation_id not in self.cancelled, "a step of a stopped run re-driven"
             self.stopped.discard(correlation_id)
 
+    @precondition(lambda self: len(self.runs) < 3)
+    @rule()
+    def the_schedule_fires(self) -> None:
+        from celery_workflows.schedules import fire
+
+        self.hours += 1
+        slot = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=self.hours)
+        for started in fire("prop.nightly", fired_at=(slot + timedelta(seconds=1)).isoformat()):
+            assert started == slot
+        for fired in self.fired_runs():
+            if fired not in self.runs:
+                self.runs.append(fired)
+
+    def fired_runs(self) -> list[str]:
+        last = self.store.last_fire("prop.nightly", started=True)
+        return [last[2]] if last is not None and last[2] else []
+
+    @precondition(lambda self: self.runs)
+    @rule(queue=st.sampled_from(["prop.a", "prop.b", "prop.undo_a"]), pause=st.booleans())
+    def an_operator_pauses_or_resumes_a_queue(self, queue, pause) -> None:
+        from celery_workflows import control
+
+        if pause:
+            control.pause_queue(queue, actor="ops")
+            self.paused.add(queue)
+        else:
+            control.resume_queue(queue, actor="ops")
+            self.paused.discard(queue)
+
+    @precondition(lambda self: self.runs)
+    @rule(data=st.data())
+    def a_gate_expires(self, data) -> None:
+        approvals.expire_gate(data.draw(st.sampled_from(self.runs)))
+
     @precondition(lambda self: self.runs)
     @rule(data=st.data(), approve=st.booleans())
     def a_person_decides(self, data, approve) -> None:
@@ -334,6 +380,32 @@ class Interleavings(RuleBasedStateMachine):
     def the_backstop_finds_nothing(self) -> None:
         now = utcnow()
         assert self.store.settle_idle_runs(now, now + timedelta(days=1), 100) == []
+
+
+def fresh_store():
+    """Every example starts from an empty store, so that an example replays the same way
+    (hypothesis shrinks a failure by replaying it)."""
+    from celery_workflows import control
+
+    control._cache.forget()
+    store = get_store()
+    if isinstance(store, InMemoryStore):
+        configure(InMemoryStore())
+        return get_store()
+    from django_app import models
+
+    for model in (
+        models.Job,
+        models.Event,
+        models.WorkflowRun,
+        models.StateDocument,
+        models.ScheduleFire,
+        models.AuditEntry,
+        models.QueueControl,
+        models.QueueMinute,
+    ):
+        model.objects.all().delete()
+    return store
 
 
 def _finished(entry) -> str:

@@ -8,6 +8,7 @@ in for workers; no worker consumes these queues).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from celery_workflows import Job, JobContext, Lifecycle, RetryStrategy, WorkflowService
@@ -44,6 +45,15 @@ prop.subscribe("propStarted", enqueue="a")
 prop.subscribe("aDone", enqueue="b")
 prop.subscribe("aDone", enqueue="c")
 prop.subscribe("propApproved", enqueue="d")
+
+#: fired by the stateful test, at chosen times
+prop.schedule(
+    "nightly",
+    every=timedelta(hours=1),
+    emit="propStarted",
+    payload={"key": "nightly"},
+    concurrency="forbid",
+)
 
 #: steps whose completion is undone when their run stops
 UNDONE = {"prop.a": "prop.undo_a", "prop.b": "prop.undo_b"}
