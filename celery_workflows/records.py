@@ -73,6 +73,11 @@ class AttemptRecord:
     error: str = ""
     traceback: str = ""
 
+    @classmethod
+    def refused(cls, reason: str, at: datetime) -> AttemptRecord:
+        """The only attempt of a message refused at the door: no worker ran it."""
+        return cls(1, "", at, at, AttemptOutcome.INVALID_PAYLOAD, reason)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "attempt": self.attempt,

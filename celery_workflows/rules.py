@@ -103,6 +103,48 @@ def changed(
 
 
 @dataclass(frozen=True)
+class Delta:
+    """How one write changes its run's counters (what :func:`changed` applies)."""
+
+    pending: int = 0
+    dead: int = 0
+    cancelled: int = 0
+    compensation: int = 0
+    failed_compensation: int = 0
+    #: the run stops moving forward (a failure, or its undo has begun)
+    compensating: bool = False
+
+
+def outcome_delta(
+    *,
+    final: bool,
+    dead: bool,
+    forward: bool,
+    fails: bool,
+    created: int,
+    undone: int,
+    stopped: int,
+    cancelled_retry: bool,
+) -> Delta:
+    """How an attempt's outcome changes its run's counters.
+
+    The jobs the outcome wrote (``created``, and the compensation ``undone`` it started) become
+    pending; the attempted job stops being pending if its outcome is ``final``. A failure that
+    stops the run (``fails``) cancels ``stopped`` queued forward jobs, as a stopped run cancels
+    the retry it refuses (``cancelled_retry``). A dead compensation counts as failed; a stop or
+    an undo begun makes the run compensating.
+    """
+    return Delta(
+        pending=created + undone - int(final) - stopped,
+        dead=int(dead),
+        cancelled=stopped + int(cancelled_retry),
+        compensation=undone,
+        failed_compensation=int(dead and not forward),
+        compensating=fails or bool(undone),
+    )
+
+
+@dataclass(frozen=True)
 class RunJob:
     """One job of a run, as the saga rules see it."""
 

@@ -19,7 +19,7 @@ from django.db.models import Q
 from celery_workflows.clock import utcnow
 from celery_workflows.ids import new_id
 from celery_workflows.records import (
-    AttemptOutcome,
+    AttemptRecord,
     ClaimedJob,
     EnqueueResult,
     JobStatus,
@@ -295,23 +295,13 @@ class SqlLedger:
             correlation_id=new_id(),
             published=False,
         )
-        entry = {
-            "attempt": 1,
-            "outcome": AttemptOutcome.INVALID_PAYLOAD.value,
-            "error": reason,
-            "started_at": now.isoformat(),
-            "finished_at": now.isoformat(),
-            "worker": "",
-            "traceback": "",
-            "duration_ms": 0,
-        }
         values = {
             **job_values(job, now),
             "status": JobStatus.DEAD.value,
             "attempts": 1,
             "finished_at": dt(now),
             "dead_reason": reason,
-            "attempt_log": js([entry]),
+            "attempt_log": js([AttemptRecord.refused(reason, now).to_json()]),
         }
         execute(
             dialect().insert(JOB, JOB_COLUMNS, 1, ignore=False), [values[c] for c in JOB_COLUMNS]

@@ -19,7 +19,7 @@ of :mod:`.operations`, so no two writes of one run can deadlock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -353,16 +353,19 @@ def _locked(
         undone = plan_undo(attempted.correlation_id, undo, now) if fails or run.stopping else []
         if outbox.gate is not None and outcome.status == JobStatus.SUCCEEDED:
             _open_gate(attempted.correlation_id, outbox.gate)
-        final = outcome.status != JobStatus.QUEUED or cancelled_retry
-        delta = RunDelta(
-            pending=len(created) + len(undone) - int(final) - stopped,
-            dead=int(dead),
-            cancelled=stopped + int(cancelled_retry),
-            compensation=len(undone),
-            failed_compensation=int(dead and not forward),
-            compensating=fails or bool(undone),
+        delta = rules.outcome_delta(
+            final=outcome.status != JobStatus.QUEUED or cancelled_retry,
+            dead=dead,
+            forward=forward,
+            fails=fails,
+            created=len(created),
+            undone=len(undone),
+            stopped=stopped,
+            cancelled_retry=cancelled_retry,
         )
-        settled = change_run(attempted.correlation_id, attempted.job_id, now, delta)
+        settled = change_run(
+            attempted.correlation_id, attempted.job_id, now, RunDelta(**asdict(delta))
+        )
     return Recorded([*created, *undone], settled, retry_cancelled=cancelled_retry)
 
 

@@ -37,7 +37,7 @@ from ..ids import new_id
 from ..records import (
     OPEN_RUN_STATUSES,
     PENDING_JOB_STATUSES,
-    AttemptOutcome,
+    AttemptRecord,
     AuditRecord,
     ClaimedJob,
     DueJob,
@@ -459,18 +459,17 @@ class InMemoryStore:
                 expires = outbox.gate.get("expires_at")
                 run.status, run.waiting_for = RunStatus.WAITING, dict(outbox.gate)
                 run.gate_expires_at = datetime.fromisoformat(expires) if expires else None
-            final = outcome.status != JobStatus.QUEUED or cancelled_retry
-            settled = self._change_run(
-                correlation_id,
-                job_id,
-                now,
-                pending=len(created) + len(undone) - int(final) - stopped,
-                dead=int(dead),
-                cancelled=stopped + int(cancelled_retry),
-                compensation=len(undone),
-                failed_compensation=int(dead and not forward),
-                compensating=fails or bool(undone),
+            delta = rules.outcome_delta(
+                final=outcome.status != JobStatus.QUEUED or cancelled_retry,
+                dead=dead,
+                forward=forward,
+                fails=fails,
+                created=len(created),
+                undone=len(undone),
+                stopped=stopped,
+                cancelled_retry=cancelled_retry,
             )
+            settled = self._change_run(correlation_id, job_id, now, **dataclasses.asdict(delta))
         return Recorded([*created, *undone], settled, retry_cancelled=cancelled_retry)
 
     def _written_before(
@@ -529,18 +528,7 @@ class InMemoryStore:
         now = utcnow()
         job = _Job(new_id(), queue.split(".", 1)[0], queue, body, 1, new_id(), now, now)
         job.status, job.attempts, job.finished_at, job.dead_reason = JobStatus.DEAD, 1, now, reason
-        job.attempt_log = [
-            {
-                "attempt": 1,
-                "outcome": AttemptOutcome.INVALID_PAYLOAD.value,
-                "error": reason,
-                "started_at": now.isoformat(),
-                "finished_at": now.isoformat(),
-                "worker": "",
-                "traceback": "",
-                "duration_ms": 0,
-            }
-        ]
+        job.attempt_log = [AttemptRecord.refused(reason, now).to_json()]
         with self.atomic():
             self._data.jobs[job.id] = job
         return job.id
