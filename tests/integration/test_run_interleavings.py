@@ -80,13 +80,24 @@ class Interleavings(RuleBasedStateMachine):
     # -- helpers ----------------------------------------------------------------------
 
     def jobs(self, status: JobStatus | None = None) -> list:
+        """The runs' jobs in an order that replays: by run, then queue (a run has at most one
+        job per queue). Ids and times differ between replays of an example, and jobs written
+        by one statement (a fan-out) share their time - what a rule draws from must not."""
         found = []
         for correlation_id in self.runs:
             run = self.store.get_workflow(correlation_id)
-            found += [
-                h for h in run.history if h.kind == "job" and (status is None or h.status == status)
-            ]
+            found += sorted(
+                (h for h in run.history if h.kind == "job" and status in (None, h.status)),
+                key=lambda h: h.name,
+            )
         return found
+
+    def let_go(self, data) -> ClaimedJob:
+        """One of the held claims (in an order that replays, as :meth:`jobs`), no longer held."""
+        held = sorted(
+            self.held.values(), key=lambda c: (self.runs.index(c.correlation_id), c.queue)
+        )
+        return self.held.pop(data.draw(st.sampled_from(held)).id)
 
     def record(self, claim: ClaimedJob, outcome: AttemptOutcome, error: str = "") -> AttemptRecord:
         now = utcnow()
@@ -149,7 +160,7 @@ class Interleavings(RuleBasedStateMachine):
     @precondition(lambda self: self.held)
     @rule(data=st.data(), gate=st.booleans(), continue_locally=st.booleans())
     def an_attempt_succeeds(self, data, gate, continue_locally) -> None:
-        claim = self.held.pop(data.draw(st.sampled_from(sorted(self.held))))
+        claim = self.let_go(data)
         self.succeed(claim, gate, continue_locally)
 
     def succeed(self, claim: ClaimedJob, gate: bool, continue_locally: bool) -> None:
@@ -196,7 +207,7 @@ class Interleavings(RuleBasedStateMachine):
     @precondition(lambda self: self.held)
     @rule(data=st.data(), give_up=st.booleans())
     def an_attempt_fails(self, data, give_up) -> None:
-        self.fail(self.held.pop(data.draw(st.sampled_from(sorted(self.held)))), give_up)
+        self.fail(self.let_go(data), give_up)
 
     @precondition(lambda self: self.runs)
     @rule(data=st.data(), give_up=st.booleans())
@@ -222,7 +233,7 @@ class Interleavings(RuleBasedStateMachine):
     @precondition(lambda self: self.held)
     @rule(data=st.data())
     def a_lease_is_taken_away_and_the_sweeper_settles_it(self, data) -> None:
-        claim = self.held.pop(data.draw(st.sampled_from(sorted(self.held))))
+        claim = self.let_go(data)
         assert self.store.release_lease(claim.id, "ops")
         for lease in self.store.expire_leases(QUEUES, utcnow() + timedelta(seconds=1), 100):
             settle_expired(self.store, lease)
