@@ -9,15 +9,23 @@ http://127.0.0.1:8000/admin/ until you press Ctrl-C. Honours ``CELERY_BROKER_URL
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from types import FrameType
 
 from demo import HERE, PATHS, shop_with_a_worker
 
 PORT = os.environ.get("ADMIN_PORT", "8000")
 
 
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # `kill` (or a supervisor) stops it like Ctrl-C: the server, then the worker and broker
+    signal.signal(signal.SIGTERM, _stop)
     with shop_with_a_worker():
         from django.contrib.auth.models import User
 

@@ -173,6 +173,17 @@ def test_make_admin_shows_the_full_diagram_and_a_manager_approves_the_large_orde
     assert "approve by demo" in page.inner_text(".cw-run")
     page.screenshot(path=str(ARTIFACTS / "example-admin-approved.png"), full_page=True)
 
+    # the queue dashboard fits the window: every queue's Pause button is in view
+    page.goto(f"{admin_site}/admin/celery_workflows/queuecontrol/")
+    page.wait_for_selector(".cw-dashboard")
+    width = page.evaluate("window.innerWidth")
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    buttons = page.locator("tr.cw-queue button.cw-pause")
+    assert buttons.count() >= 12
+    for box in buttons.evaluate_all("bs => bs.map(b => b.getBoundingClientRect().right)"):
+        assert box <= width
+    page.screenshot(path=str(ARTIFACTS / "example-admin-queues.png"), full_page=True)
+
     page.goto(f"{admin_site}/admin/celery_workflows/workflowrun/?status__exact=compensated")
     page.locator("#result_list tbody tr").first.locator("a").first.click()
     page.wait_for_selector(".cw-timeline")
