@@ -70,7 +70,7 @@ test-sqlite: $(VENV)/.installed
 RABBIT_VHOST ?= cw-tests
 RABBIT_SUITE ?= $(addprefix tests/e2e/test_,bad_messages.py continuation.py crashes.py \
 	delivery.py events.py job_controls.py operations.py pools.py queue_controls.py \
-	queue_workers.py sagas.py priorities.py)
+	queue_workers.py sagas.py priorities.py limits.py)
 test-rabbitmq: $(VENV)/.installed
 	rabbitmqctl delete_vhost $(RABBIT_VHOST) >/dev/null 2>&1 || true
 	rabbitmqctl add_vhost $(RABBIT_VHOST) >/dev/null

@@ -29,6 +29,7 @@ from .errors import (
 )
 from .jobs import cancel, get_job, release_lease
 from .lifecycle import Jitter, Lifecycle, RetryStrategy
+from .limits import Limits
 from .middleware import AttemptInfo, DeadLetterInfo, Middleware
 from .records import (
     EnqueueResult,
@@ -62,6 +63,7 @@ __all__ = [
     "LeaseExpired",
     "LeaseLostError",
     "Lifecycle",
+    "Limits",
     "Middleware",
     "NonRetryableError",
     "NotDeadLetteredError",

@@ -17,7 +17,8 @@ their turn. A fan-out continues one branch here and publishes the rest. ``-Q`` s
 who may run what: a job is only continued by a worker that consumes its queue, and a queue
 declared with ``continue_locally=False`` (or a service with it) is always published. So is a
 job with a priority (:mod:`celery_workflows.priorities`): it takes its turn in the broker, by
-priority, among the queue's waiting jobs.
+priority, among the queue's waiting jobs. And so is a job of a queue with limits
+(:mod:`celery_workflows.limits`): the claim enforces them, so it must go through one.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def lease_one(
             continue
         if job.priority is not None:
             continue  # it waits its turn in the broker among the queue's other jobs
+        if spec.limits is not None:
+            continue  # its limits are enforced by the claim: no path goes around them
         if not consumed_here(spec) or job.queue in paused:
             continue
         lease = Lease(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from celery import Task
 
     from .lifecycle import Lifecycle
+    from .limits import Limits
 
 #: ``handler(ctx: JobContext[R], job: Job[P]) -> result``
 Handler = Callable[..., Any]
@@ -53,6 +54,8 @@ class QueueSpec:
     continue_locally: bool = True
     #: ``service.queue`` whose job undoes this step's work (:mod:`.compensation`)
     compensate_with: str | None = None
+    #: flow control across every worker (:mod:`celery_workflows.limits`); None: none
+    limits: Limits | None = None
     task: Task[Any, Any] | None = None
 
     @property
@@ -92,6 +95,8 @@ class QueueSpec:
         **options: Any,
     ) -> NewJob:
         """A ledger row for a fresh job on this queue (``options``: the other NewJob fields)."""
+        if self.limits is not None:
+            options["limit_key"] = self.limits.key_of(f"queue {self.qualified_name}", payload)
         return NewJob(
             id=new_id(),
             service=self.service,

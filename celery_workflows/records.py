@@ -164,6 +164,8 @@ class NewJob:
     lease: Lease | None = None
     #: the completed job whose work this job undoes (a compensation)
     compensates: str | None = None
+    #: the value of its queue's limit key (:class:`~celery_workflows.limits.Limits`), or ''
+    limit_key: str = ""
 
 
 @dataclass(frozen=True)

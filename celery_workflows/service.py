@@ -22,6 +22,7 @@ from .errors import ConfigurationError, RunAlreadyOpenError
 from .events import new_event, run_start_for, write_and_publish
 from .ids import new_id
 from .lifecycle import Lifecycle
+from .limits import Limits
 from .payloads import max_payload_bytes
 from .queues import Handler, QueueSpec
 from .records import EnqueueResult, Event, RunStart
@@ -178,6 +179,7 @@ class WorkflowService(Generic[R]):
         result_event: str | None = None,
         continue_locally: bool | None = None,
         compensate_with: str | Handler | None = None,
+        limits: Limits | None = None,
     ) -> Callable[[H], H]:
         """Declare ``name`` as a queue worker whose handler is the decorated function.
 
@@ -189,7 +191,10 @@ class WorkflowService(Generic[R]):
         the broker, even when the worker that created it consumes this queue (default: the
         service's setting). ``compensate_with`` names the queue (of this service, or
         ``service.queue``) whose job undoes this step if its run fails later - or is a handler,
-        declared as the queue ``undo_<name>``; it receives this step's payload.
+        declared as the queue ``undo_<name>``; it receives this step's payload. ``limits``
+        caps how many of its attempts run at once and how fast they start, across every
+        worker (:class:`~celery_workflows.limits.Limits`); a limited queue is never continued
+        locally.
         """
         registry.check_name("queue", name)
         if name in self._queues:
@@ -205,6 +210,12 @@ class WorkflowService(Generic[R]):
                 f"queue {self.name}.{name}: lifecycle must be a Lifecycle, got {lifecycle!r}"
             )
 
+        if limits is not None:
+            if not isinstance(limits, Limits):
+                raise ConfigurationError(
+                    f"queue {self.name}.{name}: limits must be a Limits, got {limits!r}"
+                )
+            limits.check_schema(f"queue {self.name}.{name}", payload)
         emitted = tuple(emits)
         for event in emitted:
             registry.check_name("event", event)
@@ -231,6 +242,7 @@ class WorkflowService(Generic[R]):
                 compensate_with=undo,
                 emits=emitted,
                 result_event=result_event,
+                limits=limits,
             )
             spec.task = self._make_task(spec)
             self._queues[name] = spec

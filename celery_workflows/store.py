@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from .errors import StoreNotConfiguredError
+from .limits import Held, Limits
 from .records import (
     ClaimedJob,
     DueJob,
@@ -59,9 +60,22 @@ class Ledger(Protocol):
         """Insert several jobs (each with its run) in one go; results in the same order."""
 
     def claim(
-        self, job_id: str, attempt: int, lease_token: str, worker: str, lease_seconds: float
-    ) -> ClaimedJob | None:
-        """Win attempt ``attempt`` of a queued job, or None if it is not claimable."""
+        self,
+        job_id: str,
+        attempt: int,
+        lease_token: str,
+        worker: str,
+        lease_seconds: float,
+        limits: Limits | None = None,
+        queue: str = "",
+    ) -> ClaimedJob | Held | None:
+        """Win attempt ``attempt`` of a queued job, or None if it is not claimable. With the
+        ``limits`` of its ``queue``: :class:`Held` when a limit holds it back - parked until a
+        slot frees, or moved to the moment the rate promised it; no attempt charged."""
+
+    def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
+        """Mark published up to ``most`` of the jobs ``limits`` held back that now have a free
+        slot (highest priority first, then the longest waiting); the caller publishes them."""
 
     def extend_lease(
         self, job_id: str, lease_token: str, lease_seconds: float
@@ -111,10 +125,16 @@ class Maintenance(Protocol):
         the next sweeper pass settles them. Returns how many."""
 
     def due_jobs(
-        self, queues: list[str], now: datetime, stale_before: datetime, limit: int
+        self,
+        queues: list[str],
+        now: datetime,
+        stale_before: datetime,
+        limit: int,
+        capped: Sequence[str] = (),
     ) -> list[DueJob]:
         """Queued jobs due by ``now`` whose notice was never sent or sent before
-        ``stale_before``, oldest notice first."""
+        ``stale_before``, oldest notice first. Of the ``capped`` queues only the stale ones:
+        their unsent jobs wait for a slot (:meth:`Ledger.release_held`)."""
 
     def mark_published(self, due: DueJob, now: datetime) -> bool:
         """Note that ``due``'s notice is sent now - if no other sweeper did since it was read."""

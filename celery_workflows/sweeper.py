@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import control, registry, signals, telemetry
+from . import control, holding, registry, signals, telemetry
 from .approvals import expire_gate
 from .clock import utcnow
 from .compensation import stop_workflow, undo_planner
@@ -97,13 +97,17 @@ class Sweeper:
         self._stop_overdue(store, now)
         settled = self._settle_idle(store, now, self._idle_grace())
         stale_before = now - timedelta(seconds=self.republish_after)
-        # a paused queue's jobs wait in the ledger until it is resumed
-        due = store.due_jobs(running_queues(names, store), now, stale_before, BATCH_SIZE)
+        # a paused queue's jobs wait in the ledger until it is resumed; a capped queue's
+        # unsent jobs wait for a slot, and are sent on as slots free
+        running = running_queues(names, store)
+        capped = [q for q in running if (limits := known[q].limits) is not None and limits.caps]
+        due = store.due_jobs(running, now, stale_before, BATCH_SIZE, capped)
         published = 0
         for job in [d for d in due if d.published_at is None] + self._lost(due, known):
             if store.mark_published(job, now):
                 known[job.queue].publish(job.dispatch)
                 published += 1
+        published += holding.release_all(store, [known[q] for q in capped])
         if expired:
             control.flush(store)  # what the expired leases counted (no timer thread here)
         return SweepReport(expired, published, settled)

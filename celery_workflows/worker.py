@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import control, coroutines, registry, signals, telemetry
+from . import control, coroutines, holding, registry, signals, telemetry
 from .approvals import Gate
 from .clock import utcnow
 from .compensation import undo_planner
@@ -41,6 +41,7 @@ from .events import announce, check_emits, new_event, plan, publish_created
 from .intake import notice_problem, stored_body
 from .lease import LeaseAlarm, new_lease_token, worker_name
 from .lifecycle import after_failure
+from .limits import Held
 from .logs import LogContext, attempt_context
 from .middleware import AttemptInfo, DeadLetterInfo
 from .payloads import storable_text, to_json
@@ -85,7 +86,13 @@ def run(spec: QueueSpec, store: Store, job_id: str, attempt: int) -> None:
     """Claim attempt ``attempt`` of ``job_id`` and run it; drop the notice if not claimable."""
     try:
         claimed = store.claim(
-            job_id, attempt, new_lease_token(), worker_name(), spec.lifecycle.visibility_timeout
+            job_id,
+            attempt,
+            new_lease_token(),
+            worker_name(),
+            spec.lifecycle.visibility_timeout,
+            spec.limits,
+            spec.qualified_name,
         )
     except LedgerUnavailableError:
         # the notice was consumed: send it again for later, so the job does not wait for the
@@ -95,7 +102,9 @@ def run(spec: QueueSpec, store: Store, job_id: str, attempt: int) -> None:
         )
         spec.publish(Dispatch(job_id, spec.qualified_name, attempt, None, CLAIM_RETRY_SECONDS))
         return
-    if claimed is not None:
+    if isinstance(claimed, Held):
+        holding.on_held(spec, job_id, attempt, claimed)
+    elif claimed is not None:
         attempt_: Attempt | None = Attempt(spec, claimed, store)
         while attempt_ is not None:  # local continuations: the next steps, run right here
             attempt_ = attempt_.run()
@@ -150,6 +159,7 @@ def follow_up(
     for an expired lease): notices for the jobs it created and for its retry, the middleware
     hooks, and ``workflow_finished`` when it settled the run."""
     publish_created(recorded.created, store)
+    holding.release(store, spec)  # the slot this attempt held, for a job its limits held back
     control.note_outcome(store, spec, outcome, save_later=not in_sweeper)
     telemetry.record_outcome(spec.qualified_name, outcome)
     if recorded.retry_cancelled:

@@ -55,6 +55,13 @@ class QueueFigures:
     reason: str = ""
     failures_in_a_row: int = 0
     declared: bool = True
+    #: the queue's limits in words ('' without any: :mod:`celery_workflows.limits`)
+    limits: str = ""
+    #: attempts holding an unexpired lease (a slot, under a concurrency cap)
+    in_use: int = 0
+    #: jobs a limit holds back now, and why
+    held: int = 0
+    held_why: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,7 @@ def figures(cached: bool = True) -> Figures:
             failures_in_a_row=control.failures,
         )
     declared = registry.queues()
+    _limits(rows, declared, now)
     queues = [
         QueueFigures(queue=name, declared=name in declared, **values)
         for name, values in sorted(rows.items())
@@ -195,6 +203,50 @@ def figures(cached: bool = True) -> Figures:
         minutes,  # type: ignore[arg-type]
         stranded_runs(cached),
     )
+
+
+def _limits(rows: dict[str, dict[str, Any]], declared: dict[str, Any], now: datetime) -> None:
+    """Add to ``rows`` what the limits of the queues declared here hold back, and why."""
+    limited = {name: spec.limits for name, spec in declared.items() if spec.limits is not None}
+    if not limited:
+        return
+    names = list(limited)
+    in_use = dict(
+        Job.objects.filter(status=JobStatus.RUNNING, lease_expires_at__gt=now, queue__in=names)
+        .order_by()
+        .values_list("queue")
+        .annotate(n=Count("id"))
+    )
+    held = dict(
+        Job.objects.filter(
+            status=JobStatus.QUEUED,
+            published_at__isnull=True,
+            available_at__lte=now,
+            queue__in=[n for n in names if limited[n].caps],
+        )
+        .order_by()
+        .values_list("queue")
+        .annotate(n=Count("id"))
+    )
+    backlog = dict(
+        QueueControl.objects.filter(queue__in=names).values_list("queue", "rate_backlog")
+    )
+    for name, limits in limited.items():
+        row = rows.setdefault(name, {})
+        row.update(limits=limits.describe(), in_use=in_use.get(name, 0))
+        if held.get(name):
+            full = limits.concurrency is not None and in_use.get(name, 0) >= limits.concurrency
+            row.update(
+                held=held[name],
+                held_why="all slots in use"
+                if full or limits.key is None
+                else "their key's slots in use",
+            )
+        ahead = backlog.get(name, 0.0) - now.timestamp()
+        if limits.rate is not None and ahead > 0:
+            row["held"] = row.get("held", 0) + round(ahead / limits.interval)
+            why = f"the rate: starts promised for the next {ahead:.1f} s"
+            row["held_why"] = f"{row['held_why']}; {why}" if row.get("held_why") else why
 
 
 def throughput_svg(minutes: list[tuple[datetime, int, int]], width: int = 720) -> str:

@@ -18,9 +18,11 @@ from django.db.models import Q
 
 from celery_workflows.clock import utcnow
 from celery_workflows.ids import new_id
+from celery_workflows.limits import Held, Limits
 from celery_workflows.records import (
     AttemptRecord,
     ClaimedJob,
+    DueJob,
     EnqueueResult,
     JobStatus,
     NewJob,
@@ -31,6 +33,7 @@ from celery_workflows.records import (
 )
 from celery_workflows.store import UndoPlanner
 
+from . import slots
 from .models import Job, WorkflowRun
 from .outcomes import Attempted, write_outcome, write_rows
 from .rows import dt, from_dt, from_json, job_values, js, run_values
@@ -174,10 +177,51 @@ class SqlLedger:
             execute(job_sql, job_params)
 
     def claim(
-        self, job_id: str, attempt: int, lease_token: str, worker: str, lease_seconds: float
-    ) -> ClaimedJob | None:
+        self,
+        job_id: str,
+        attempt: int,
+        lease_token: str,
+        worker: str,
+        lease_seconds: float,
+        limits: Limits | None = None,
+        queue: str = "",
+    ) -> ClaimedJob | Held | None:
         now = utcnow()
+        if limits is None:
+            return self._claim(job_id, attempt, lease_token, worker, lease_seconds, now)
+        slots.check_database()
+        try:
+            with transaction.atomic():
+                if limits.caps:
+                    slots.lock_queue(queue)
+                claimed = self._claim(
+                    job_id, attempt, lease_token, worker, lease_seconds, now, limits, queue
+                )
+                if claimed is None:
+                    return (
+                        slots.park_held(job_id, attempt, limits, queue, now)
+                        if limits.caps
+                        else None
+                    )
+                if limits.rate is not None:
+                    slots.take_start(queue, limits.interval)
+                return claimed
+        except slots.RateHeld:
+            return slots.defer_for_rate(job_id, attempt, queue, limits.interval)
+
+    def _claim(
+        self,
+        job_id: str,
+        attempt: int,
+        lease_token: str,
+        worker: str,
+        lease_seconds: float,
+        now: datetime,
+        limits: Limits | None = None,
+        queue: str = "",
+    ) -> ClaimedJob | None:
         expires = now + timedelta(seconds=lease_seconds)
+        slot_sql, slot_params = slots.slot_conditions(limits, queue, now) if limits else ("", [])
         # the second branch matches only this claim's own token: running the same claim again
         # (its reply was lost with the connection) wins it again instead of losing the job.
         # The claim commits without waiting for its WAL flush (PostgreSQL): a claim lost in a
@@ -188,7 +232,7 @@ class SqlLedger:
             "lease_expires_at = %s, worker = %s, started_at = %s "
             f"WHERE id = %s AND ((status = '{JobStatus.QUEUED}' AND attempts = %s "
             f"AND NOT EXISTS (SELECT 1 FROM {CONTROL} c WHERE c.queue = {JOB}.queue "
-            "AND c.paused)) "
+            f"AND c.paused){slot_sql}) "
             f"OR (status = '{JobStatus.RUNNING}' AND attempts = %s AND lease_token = %s))"
         )
         params = [
@@ -199,6 +243,7 @@ class SqlLedger:
             dt(now),
             job_id,
             attempt - 1,
+            *slot_params,
             attempt,
             lease_token,
         ]
@@ -233,6 +278,9 @@ class SqlLedger:
             compensates=row["compensates"],
             business_key=row["business_key"] or "",
         )
+
+    def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
+        return slots.release_held(queue, limits, most)
 
     def extend_lease(self, job_id: str, lease_token: str, lease_seconds: float) -> datetime | None:
         now = utcnow()

@@ -7,6 +7,7 @@ may run them at once and each row is handled once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from django.db import transaction
@@ -147,11 +148,19 @@ class SweeperQueries:
         return settled
 
     def due_jobs(
-        self, queues: list[str], now: datetime, stale_before: datetime, limit: int
+        self,
+        queues: list[str],
+        now: datetime,
+        stale_before: datetime,
+        limit: int,
+        capped: Sequence[str] = (),
     ) -> list[DueJob]:
+        unsent = Q(published_at__isnull=True)
+        if capped:
+            unsent &= ~Q(queue__in=capped)
         rows = (
             Job.objects.filter(status=JobStatus.QUEUED, available_at__lte=now, queue__in=queues)
-            .filter(Q(published_at__isnull=True) | Q(published_at__lt=stale_before))
+            .filter(unsent | Q(published_at__lt=stale_before))
             .order_by(F("published_at").asc(nulls_first=True))
             .values_list("id", "queue", "attempts", "priority", "published_at")[:limit]
         )

@@ -61,6 +61,12 @@ class Job(models.Model):
         db_column="redriven_from_id",
         help_text="the dead letter this job re-drives",
     )
+    limit_key = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="value of the queue's limit key in the payload (jobs with one value are capped)",
+    )
     created_at = models.DateTimeField()
 
     class Meta:
@@ -96,6 +102,19 @@ class Job(models.Model):
                 fields=["lease_expires_at"],
                 condition=models.Q(status=JobStatus.RUNNING),
                 name="cw_job_leases",
+            ),
+            # a limited queue's claim counts the slots in use of its queue (and key): the
+            # running rows only, a handful
+            models.Index(
+                fields=["queue", "limit_key"],
+                condition=models.Q(status=JobStatus.RUNNING),
+                name="cw_job_slots",
+            ),
+            # the jobs a limit holds back, released in priority order when a slot frees
+            models.Index(
+                fields=["queue", "limit_key"],
+                condition=models.Q(status=JobStatus.QUEUED, published_at__isnull=True),
+                name="cw_job_held",
             ),
             models.Index(
                 fields=["queue", "-finished_at"],
@@ -286,9 +305,11 @@ class ScheduleFire(models.Model):
 
 
 class QueueControl(models.Model):
-    """An operator's hold on one queue: paused or not, and its run of failed attempts.
+    """An operator's hold on one queue: paused or not, and its run of failed attempts - and,
+    for a queue with a rate limit, where its pacing stands.
 
-    A row exists only for queues that were ever paused or failed; a queue without one runs.
+    A row exists only for queues that were ever paused, failed or rate-limited; a queue
+    without one runs.
     """
 
     queue = models.CharField(primary_key=True, max_length=201, help_text="service.queue")
@@ -298,6 +319,12 @@ class QueueControl(models.Model):
     reason = models.CharField(max_length=200, blank=True, default="")
     failures = models.PositiveIntegerField(
         default=0, help_text="consecutive failed attempts (reset by a success)"
+    )
+    next_start = models.FloatField(
+        default=0.0, help_text="rate limit: the earliest next start (Unix seconds)"
+    )
+    rate_backlog = models.FloatField(
+        default=0.0, help_text="rate limit: when the last job held back by the rate may start"
     )
 
     class Meta:

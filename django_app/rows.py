@@ -87,6 +87,7 @@ def job_values(job: NewJob, now: datetime) -> dict[str, Any]:
         "caused_by": job.caused_by,
         "trace_id": job.trace_id,
         "compensates": job.compensates,
+        "limit_key": job.limit_key,
         "created_at": dt(now),
     }
     if job.lease is not None:

@@ -45,6 +45,7 @@ EVENT = EventRow._meta.db_table
 EVENT_COLUMNS = _columns(EventRow)
 RUN = WorkflowRun._meta.db_table
 CONTROL = QueueControl._meta.db_table
+CONTROL_COLUMNS = _columns(QueueControl)
 RUN_COLUMNS = _columns(WorkflowRun)
 
 
@@ -64,6 +65,10 @@ class Dialect:
     #: what makes a SELECT lock the rows it reads until the transaction ends (SQLite has no
     #: row locks: its writers take turns on the whole database)
     lock_rows = " FOR UPDATE"
+    #: the database's clock in Unix seconds, with a fraction (rate limits pace on it)
+    epoch_now = "UNIX_TIMESTAMP(NOW(6))"
+    #: the larger of its arguments
+    greatest = "GREATEST"
 
     def relaxed_commit(self, update_sql: str) -> str:
         """``update_sql`` (an ``UPDATE ... SET ... WHERE``), committed without waiting for its
@@ -97,6 +102,8 @@ class Dialect:
 class SQLite(Dialect):
     returning = True
     lock_rows = ""
+    epoch_now = "((julianday('now') - 2440587.5) * 86400.0)"
+    greatest = "MAX"
 
     def insert(self, table: str, columns: Sequence[str], rows: int, ignore: bool) -> str:
         sql = super().insert(table, columns, rows, ignore=False)
@@ -119,6 +126,8 @@ class PostgreSQL(SQLite):
     one_statement_outbox = True
     server_prepared = True
     lock_rows = " FOR UPDATE"
+    epoch_now = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
+    greatest = "GREATEST"
 
     def relaxed_commit(self, update_sql: str) -> str:
         # set_config(..., is_local => true) lasts for this statement's own transaction only;

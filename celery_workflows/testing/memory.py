@@ -24,7 +24,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,6 +35,8 @@ from .. import rules
 from ..clock import utcnow
 from ..errors import JobNotFoundError, NotDeadLetteredError, RenameError, WorkflowNotFoundError
 from ..ids import new_id
+from ..lifecycle import PUBLISH_HORIZON_SECONDS
+from ..limits import Held, HeldBy, Limits, held_by, paced
 from ..records import (
     OPEN_RUN_STATUSES,
     PENDING_JOB_STATUSES,
@@ -94,6 +97,7 @@ class _Job:
     trace_id: str = ""
     compensates: str | None = None
     redriven_from: str | None = None
+    limit_key: str = ""
 
 
 @dataclass
@@ -128,6 +132,8 @@ class _Data:
     #: (schedule, slot) -> (fired_at, outcome, reason, correlation id)
     fires: dict[tuple[str, datetime], tuple[datetime, str, str, str]] = field(default_factory=dict)
     controls: dict[str, QueueControl] = field(default_factory=dict)
+    #: queue -> [earliest next start, end of the starts promised], Unix seconds (rate limits)
+    pacing: dict[str, list[float]] = field(default_factory=dict)
     minutes: dict[tuple[str, datetime], QueueMinute] = field(default_factory=dict)
     #: (correlation id, record)
     audit: list[tuple[str, AuditRecord]] = field(default_factory=list)
@@ -239,6 +245,7 @@ class InMemoryStore:
             trace_id=job.trace_id,
             compensates=job.compensates,
             redriven_from=job.redriven_from,
+            limit_key=job.limit_key,
         )
         if job.lease is not None:  # written claimed; its attempt counts from its outcome
             row.status, row.published_at = JobStatus.RUNNING, None
@@ -316,25 +323,37 @@ class InMemoryStore:
         return results
 
     def claim(
-        self, job_id: str, attempt: int, lease_token: str, worker: str, lease_seconds: float
-    ) -> ClaimedJob | None:
+        self,
+        job_id: str,
+        attempt: int,
+        lease_token: str,
+        worker: str,
+        lease_seconds: float,
+        limits: Limits | None = None,
+        queue: str = "",
+    ) -> ClaimedJob | Held | None:
         now = utcnow()
         with self.atomic():
             job = self._data.jobs.get(job_id)
-            if job is None:
+            if job is None or (limits is not None and job.queue != queue):
                 return None
             paused = self._data.controls.get(job.queue)
-            claimable = (
-                job.status == JobStatus.QUEUED
-                and job.attempts == attempt - 1
-                and not (paused is not None and paused.paused)
-            ) or (
+            reclaim = (
                 job.status == JobStatus.RUNNING
                 and job.attempts == attempt
                 and job.lease_token == lease_token
             )
+            claimable = reclaim or (
+                job.status == JobStatus.QUEUED
+                and job.attempts == attempt - 1
+                and not (paused is not None and paused.paused)
+            )
             if not claimable:
                 return None
+            if limits is not None and not reclaim:
+                held = self._held(job, limits, now)
+                if held is not None:
+                    return held
             expires = now + _seconds(lease_seconds)
             job.status, job.attempts, job.lease_token = JobStatus.RUNNING, attempt, lease_token
             job.lease_expires_at, job.worker, job.started_at = expires, worker, now
@@ -356,6 +375,70 @@ class InMemoryStore:
                 compensates=job.compensates,
                 business_key=run.business_key if run else "",
             )
+
+    def _slots_in_use(self, queue: str, now: datetime) -> Counter[str]:
+        """Unexpired leases of ``queue``, per limit key."""
+        return Counter(
+            j.limit_key
+            for j in self._data.jobs.values()
+            if j.queue == queue
+            and j.status == JobStatus.RUNNING
+            and j.lease_expires_at is not None
+            and j.lease_expires_at > now
+        )
+
+    def _held(self, job: _Job, limits: Limits, now: datetime) -> Held | None:
+        """The limits' answer for a claimable ``job``: parked by a cap, moved by the rate."""
+        in_use = self._slots_in_use(job.queue, now)
+        by = held_by(limits, in_use.total(), in_use[job.limit_key])
+        if by is not None:
+            job.published_at = None
+            return Held(by)
+        if limits.rate is None:
+            return None
+        pacing = self._data.pacing.setdefault(job.queue, [0.0, 0.0])  # next start, backlog
+        clock = now.timestamp()
+        nxt = paced(pacing[0], clock, limits.interval)
+        if nxt is not None:
+            pacing[0] = nxt
+            return None
+        start = max(pacing[1], pacing[0], clock)
+        pacing[1] = start + limits.interval
+        wait = start - clock
+        job.available_at = now + _seconds(wait)
+        published = wait <= PUBLISH_HORIZON_SECONDS
+        job.published_at = job.available_at if published else None
+        return Held(HeldBy.RATE, retry_in=wait if published else 0.0)
+
+    def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
+        now = utcnow()
+        with self.atomic():
+            paused = self._data.controls.get(queue)
+            if paused is not None and paused.paused:
+                return []
+            held = sorted(
+                (
+                    j
+                    for j in self._data.jobs.values()
+                    if j.queue == queue
+                    and j.status == JobStatus.QUEUED
+                    and j.published_at is None
+                    and j.available_at <= now
+                ),
+                key=lambda j: (-(j.priority or 0), j.available_at, j.id),
+            )
+            in_use = self._slots_in_use(queue, now)
+            chosen: list[DueJob] = []
+            for job in held:
+                by = held_by(limits, in_use.total(), in_use[job.limit_key])
+                if len(chosen) >= most or by is HeldBy.CONCURRENCY:
+                    break
+                if by is HeldBy.KEY:
+                    continue
+                in_use[job.limit_key] += 1
+                job.published_at = now
+                chosen.append(DueJob(job.id, queue, job.attempts + 1, job.priority, None))
+            return chosen
 
     def extend_lease(self, job_id: str, lease_token: str, lease_seconds: float) -> datetime | None:
         now = utcnow()
@@ -600,7 +683,12 @@ class InMemoryStore:
             return len(held)
 
     def due_jobs(
-        self, queues: list[str], now: datetime, stale_before: datetime, limit: int
+        self,
+        queues: list[str],
+        now: datetime,
+        stale_before: datetime,
+        limit: int,
+        capped: Sequence[str] = (),
     ) -> list[DueJob]:
         with self._lock:
             due = [
@@ -609,7 +697,10 @@ class InMemoryStore:
                 if j.status == JobStatus.QUEUED
                 and j.queue in queues
                 and j.available_at <= now
-                and (j.published_at is None or j.published_at < stale_before)
+                and (
+                    (j.published_at is None and j.queue not in capped)
+                    or (j.published_at is not None and j.published_at < stale_before)
+                )
             ]
             due.sort(key=lambda j: (j.published_at is not None, j.published_at or now))
             return [

@@ -225,6 +225,12 @@ class Command(BaseCommand):
                 f"{q.oldest_waiting_s:>10.1f}{q.per_minute:>8.1f}{100 * q.failure_rate:>7.1f}"
                 f"  {state}"
             )
+        limited = [q for q in data.queues if q.limits]
+        if limited:
+            w("limits")
+        for q in limited:
+            held = f", {q.held} held by {q.held_why}" if q.held else ""
+            w(f"  {q.queue}: {q.limits}; {q.in_use} running{held}")
         if data.stranded:
             w("runs in flight that this deploy no longer serves")
         for need in data.stranded:

@@ -1,0 +1,55 @@
+"""Jobs a queue's limits hold back (:mod:`celery_workflows.limits`): what the worker does when
+the claim holds one, and how held jobs are sent on.
+
+The claim parks a job its queue's cap holds back; nobody polls for it. The attempt that frees a
+slot - whoever records its end: the worker, or the sweeper for a lease that ran out - asks the
+ledger for the best held job and sends it on at once (:func:`release`). The sweeper's pass
+does the same for every capped queue (:func:`release_all`): the backstop for a worker killed
+between its outcome and that release, and the path of a capped queue's retries due later and
+of its jobs parked while it was paused. A job held by the rate is already promised its moment
+by the claim; it is sent again for then.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .events import publish_or_hand_to_sweeper
+from .limits import Held, HeldBy
+from .queues import QueueSpec
+from .records import Dispatch
+from .store import Store
+
+logger = logging.getLogger("celery_workflows.limits")
+
+#: held jobs the sweeper may send on per capped queue and pass
+SWEEP_RELEASE = 500
+
+
+def on_held(spec: QueueSpec, job_id: str, attempt: int, held: Held) -> None:
+    """The claim held ``job_id`` back (not charged, not lost): say why, and send its notice
+    again for the moment the rate promised it (a parked job is sent on by a release)."""
+    if held.by is HeldBy.RATE:
+        if held.retry_in > 0:
+            spec.publish(Dispatch(job_id, spec.qualified_name, attempt, None, held.retry_in))
+        logger.debug(
+            "%s: job %s held by the rate for %.3fs", spec.qualified_name, job_id, held.retry_in
+        )
+        return
+    logger.debug("%s: job %s held back (%s limit)", spec.qualified_name, job_id, held.by)
+
+
+def release(store: Store, spec: QueueSpec, most: int = 1) -> int:
+    """Send on up to ``most`` held jobs of ``spec``'s queue that now have a slot; how many."""
+    limits = spec.limits
+    if limits is None or not limits.caps:
+        return 0
+    due = store.release_held(spec.qualified_name, limits, most)
+    if due and publish_or_hand_to_sweeper(store, spec, [d.dispatch for d in due]):
+        logger.debug("%s: %d held job(s) sent on", spec.qualified_name, len(due))
+    return len(due)
+
+
+def release_all(store: Store, specs: list[QueueSpec]) -> int:
+    """The sweeper's pass over capped queues: send on every held job that has a slot."""
+    return sum(release(store, spec, SWEEP_RELEASE) for spec in specs)

@@ -1,0 +1,207 @@
+"""The ledger's side of flow control (:mod:`celery_workflows.limits`): the limited claim, the
+jobs it holds back, and their release.
+
+A slot is an unexpired lease: the claim of a capped queue counts its queue's (and key's)
+running rows whose lease has not expired, in the claim's own ``UPDATE``. Counting and claiming
+must not interleave between two workers, so on PostgreSQL both run in a transaction that first
+takes a lock on the queue's name (an advisory lock: no row to create, nothing to clean up); a
+statement run after the lock sees every claim committed before it. SQLite's writers take turns
+anyway. Nothing is ever released explicitly: an outcome, or a lease that runs out, frees the
+slot by itself, so a killed worker holds nothing beyond its lease.
+
+A job the cap holds back is parked (``published_at`` cleared) in the same transaction, so the
+attempt that frees a slot - which looks under the same lock - always sees it. The rate is paced
+on the queue's control row with the generic cell rate algorithm (no burst): ``next_start`` is
+the earliest moment the next attempt may start; a job that comes too early is rolled back,
+given the next free moment after those already promised (``rate_backlog``) and sent again then.
+The clock is the database's, so workers on hosts whose clocks differ still keep the pace.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connection, transaction
+
+from celery_workflows.clock import utcnow
+from celery_workflows.errors import ConfigurationError
+from celery_workflows.lifecycle import PUBLISH_HORIZON_SECONDS
+from celery_workflows.limits import Held, HeldBy, Limits
+from celery_workflows.records import DueJob, JobStatus
+
+from .rows import dt
+from .statements import CONTROL, CONTROL_COLUMNS, JOB, dialect, execute, insert_rows, update
+
+#: candidates read per release (more held jobs wait their turn for the next release)
+RELEASE_SCAN = 200
+
+_paused = f"EXISTS (SELECT 1 FROM {CONTROL} c WHERE c.queue = {JOB}.queue AND c.paused)"
+_running = f"s.queue = {JOB}.queue AND s.status = '{JobStatus.RUNNING}' AND s.lease_expires_at > %s"
+
+
+def slot_conditions(limits: Limits, queue: str, now: datetime) -> tuple[str, list[Any]]:
+    """SQL (``AND ...``) that holds while the claimed row is of ``queue`` and its queue and
+    key have a free slot."""
+    sql = f" AND {JOB}.queue = %s"
+    params: list[Any] = [queue]
+    for cap, same_key in ((limits.concurrency, ""), (limits.per_key if limits.key else None, "k")):
+        if cap is None:
+            continue
+        key = f" AND s.limit_key = {JOB}.limit_key" if same_key else ""
+        sql += (
+            f" AND (SELECT count(*) FROM {JOB} s WHERE {_running}{key} AND s.id <> {JOB}.id) < %s"
+        )
+        params += [dt(now), cap]
+    return sql, params
+
+
+def check_database() -> None:
+    """Limits are enforced in SQL that PostgreSQL and SQLite run; refuse the others clearly."""
+    if connection.vendor not in ("postgresql", "sqlite"):
+        raise ConfigurationError(
+            f"queue limits need PostgreSQL or SQLite; this ledger is on {connection.vendor}"
+        )
+
+
+def lock_queue(queue: str) -> None:
+    """Serialise the claims and releases of ``queue`` until the transaction ends (PostgreSQL;
+    elsewhere the writers take turns already). The claim's commit does not wait for its WAL
+    flush: a claim lost in a crash only means its attempt runs again."""
+    lock = dialect().name_lock()
+    if lock is not None:
+        execute(
+            f"SELECT ({lock.removeprefix('SELECT ')}), "
+            "set_config('synchronous_commit', 'off', true)",
+            [f"cw-slots:{queue}"],
+        )
+
+
+def park_held(job_id: str, attempt: int, limits: Limits, queue: str, now: datetime) -> Held | None:
+    """After a capped claim that won nothing: park the job if it is claimable and only a slot
+    was missing (in the claim's transaction); why it waits, or None if it is not claimable."""
+    parked = update(
+        f"UPDATE {JOB} SET published_at = NULL WHERE id = %s AND status = '{JobStatus.QUEUED}' "
+        f"AND attempts = %s AND NOT {_paused}",
+        [job_id, attempt - 1],
+    )
+    if not parked:
+        return None
+    if limits.key is None:
+        return Held(HeldBy.CONCURRENCY)
+    if limits.concurrency is None:
+        return Held(HeldBy.KEY)
+    in_use = execute(
+        f"SELECT count(*) FROM {JOB} WHERE queue = %s AND status = '{JobStatus.RUNNING}' "
+        "AND lease_expires_at > %s",
+        [queue, dt(now)],
+    )[0][0]
+    return Held(HeldBy.CONCURRENCY if in_use >= limits.concurrency else HeldBy.KEY)
+
+
+class RateHeld(Exception):
+    """Raised inside the claim's transaction to roll the claim back: no start is free yet."""
+
+
+_ensured: set[str] = set()
+
+
+def take_start(queue: str, interval: float) -> None:
+    """Take the queue's next start under its rate, or raise :class:`RateHeld`."""
+    d = dialect()
+    now = d.epoch_now
+    sql = (
+        f"UPDATE {CONTROL} SET next_start = {d.greatest}(next_start, {now}) + %s "
+        f"WHERE queue = %s AND next_start <= {now}"
+    )
+    if update(sql, [interval, queue]):
+        return
+    if queue not in _ensured and _ensure_control_row(queue) and update(sql, [interval, queue]):
+        return
+    raise RateHeld
+
+
+def _ensure_control_row(queue: str) -> bool:
+    """Create the queue's control row if it has none; True if this call created it."""
+    _ensured.add(queue)
+    values = {c: None for c in CONTROL_COLUMNS} | {
+        "queue": queue,
+        "paused": False,
+        "paused_by": "",
+        "reason": "",
+        "failures": 0,
+        "next_start": 0.0,
+        "rate_backlog": 0.0,
+    }
+    return bool(insert_rows(CONTROL, CONTROL_COLUMNS, [values], key="queue"))
+
+
+def defer_for_rate(job_id: str, attempt: int, queue: str, interval: float) -> Held:
+    """Promise the job the first start after those already promised, and move it there: due
+    then, and published then unless that is beyond the horizon (the sweeper sends it when
+    due). Each job held by the rate gets its own moment, so they do not all come back at once."""
+    d = dialect()
+    now = d.epoch_now
+    rows = execute(
+        f"UPDATE {CONTROL} SET rate_backlog = {d.greatest}(rate_backlog, next_start, {now}) + %s "
+        f"WHERE queue = %s RETURNING rate_backlog - %s - {now}",
+        [interval, queue, interval],
+    )
+    wait = max(0.0, float(rows[0][0])) if rows else interval
+    at = utcnow() + timedelta(seconds=wait)
+    published = wait <= PUBLISH_HORIZON_SECONDS
+    update(
+        f"UPDATE {JOB} SET available_at = %s, published_at = %s "
+        f"WHERE id = %s AND status = '{JobStatus.QUEUED}' AND attempts = %s",
+        [dt(at), dt(at) if published else None, job_id, attempt - 1],
+    )
+    return Held(HeldBy.RATE, retry_in=wait if published else 0.0)
+
+
+def release_held(queue: str, limits: Limits, most: int) -> list[DueJob]:
+    """Send on up to ``most`` of the jobs ``limits`` held back, as many as there are free
+    slots: highest priority first, then the longest waiting, at most one per key whose slots
+    are all taken. Under the queue's lock, so a job parked at the same moment is seen."""
+    now = utcnow()
+    with transaction.atomic():
+        lock_queue(queue)
+        candidates = execute(
+            f"SELECT id, attempts, priority, limit_key FROM {JOB} "
+            f"WHERE queue = %s AND status = '{JobStatus.QUEUED}' AND published_at IS NULL "
+            f"AND available_at <= %s AND NOT {_paused} "
+            "ORDER BY COALESCE(priority, 0) DESC, available_at, id LIMIT %s",
+            [queue, dt(now), RELEASE_SCAN],
+        )
+        if not candidates:
+            return []
+        in_use = Counter(
+            dict(
+                execute(
+                    f"SELECT limit_key, count(*) FROM {JOB} WHERE queue = %s "
+                    f"AND status = '{JobStatus.RUNNING}' AND lease_expires_at > %s "
+                    "GROUP BY limit_key",
+                    [queue, dt(now)],
+                )
+            )
+        )
+        free = most
+        if limits.concurrency is not None:
+            free = min(most, limits.concurrency - in_use.total())
+        chosen: list[DueJob] = []
+        for job_id, attempts, priority, key in candidates:
+            if len(chosen) >= free:
+                break
+            if limits.key is not None:
+                if in_use[key] >= limits.per_key:
+                    continue
+                in_use[key] += 1
+            chosen.append(DueJob(job_id, queue, attempts + 1, priority, None))
+        if chosen:
+            marks = ", ".join(["%s"] * len(chosen))
+            update(
+                f"UPDATE {JOB} SET published_at = %s WHERE id IN ({marks}) "
+                f"AND status = '{JobStatus.QUEUED}' AND published_at IS NULL",
+                [dt(now), *[c.job_id for c in chosen]],
+            )
+        return chosen

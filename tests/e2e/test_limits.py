@@ -1,0 +1,215 @@
+"""Flow control holds across every worker: a concurrency cap, one job per key, a rate - with
+two worker processes, a worker killed while it holds slots, local continuation, priorities.
+
+Each handler notes its span (start, end) in Redis (``tests/proj/limited.py``); the tests
+replay the spans. Run on PostgreSQL, SQLite and (``make test-rabbitmq``) RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+from celery_workflows.testing import wait_for
+from django_app.models import Job
+
+pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db")]
+
+
+def spans(redis_client: Any) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in redis_client.lrange("lim:spans", 0, -1)]
+
+
+def most_at_once(spans_: list[dict[str, Any]]) -> int:
+    """The largest number of spans that overlap at one instant."""
+    edges = sorted(
+        [(s["start"], 1) for s in spans_] + [(s["end"], -1) for s in spans_],
+        key=lambda e: (e[0], e[1]),  # an end before a start at the same instant
+    )
+    now = best = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best
+
+
+def all_succeeded(queue: str, n: int) -> bool:
+    return Job.objects.filter(queue=queue, status="succeeded").count() == n
+
+
+@pytest.fixture(autouse=True)
+def _clean(redis_client: Any) -> None:
+    redis_client.delete("lim:spans")
+
+
+def test_a_concurrency_cap_holds_across_two_worker_processes(start_worker, redis_client):
+    from tests.proj.limited import lim
+
+    workers = [start_worker(["lim.capped"], concurrency=3, name=f"cap{i}") for i in range(2)]
+    lim.enqueue_many("capped", [{"sleep": 0.3, "label": i} for i in range(18)])
+    wait_for(lambda: all_succeeded("lim.capped", 18), timeout=60)
+    done = spans(redis_client)
+    assert len(done) == 18
+    # six pool processes could run six at once; the cap lets three, and three did run
+    assert most_at_once(done) == 3
+    assert len({s["pid"] for s in done}) > 3  # both workers' processes took part
+    # a job held back is not charged an attempt
+    assert set(Job.objects.filter(queue="lim.capped").values_list("attempts", flat=True)) == {1}
+    for worker in workers:
+        worker.stop()
+
+
+def test_jobs_of_one_key_never_overlap_while_other_keys_run(start_worker, redis_client):
+    from tests.proj.limited import lim
+
+    workers = [start_worker(["lim.per_customer"], concurrency=2, name=f"key{i}") for i in (0, 1)]
+    updates = [{"customer_id": f"c{c}", "n": n, "sleep": 0.15} for n in range(4) for c in range(4)]
+    lim.enqueue_many("per_customer", updates)
+    wait_for(lambda: all_succeeded("lim.per_customer", 16), timeout=60)
+    done = spans(redis_client)
+    assert len(done) == 16
+    for customer in ("c0", "c1", "c2", "c3"):
+        assert most_at_once([s for s in done if s["key"] == customer]) == 1, customer
+    assert most_at_once(done) > 1  # different customers ran side by side
+    assert set(
+        Job.objects.filter(queue="lim.per_customer").values_list("limit_key", flat=True)
+    ) == {
+        "c0",
+        "c1",
+        "c2",
+        "c3",
+    }
+    for worker in workers:
+        worker.stop()
+
+
+def test_n_per_key_lets_n_of_one_key_run_at_once(start_worker, redis_client):
+    from tests.proj.limited import lim
+
+    worker = start_worker(["lim.by_tenant"], concurrency=4, name="tenants")
+    lim.enqueue_many(
+        "by_tenant", [{"tenant": t, "sleep": 0.3} for t in ("a", "b") for _ in range(5)]
+    )
+    wait_for(lambda: all_succeeded("lim.by_tenant", 10), timeout=60)
+    done = spans(redis_client)
+    for tenant in ("a", "b"):
+        assert most_at_once([s for s in done if s["key"] == tenant]) == 2, tenant
+    worker.stop()
+
+
+def test_a_payload_without_the_limit_key_is_refused_and_nothing_is_written():
+    from celery_workflows import PayloadError
+    from tests.proj.limited import lim
+
+    with pytest.raises(PayloadError, match="payload has no 'tenant', the queue's limit key"):
+        lim.enqueue("by_tenant", {"customer": "a"})
+    with pytest.raises(PayloadError, match="has no 'tenant'"):
+        lim.enqueue_many("by_tenant", [{"tenant": "a"}, {"customer": "b"}])
+    assert not Job.objects.filter(queue="lim.by_tenant").exists()
+
+
+def test_a_rate_limit_spaces_starts_evenly_across_workers(start_worker, redis_client):
+    from tests.proj.limited import lim
+
+    workers = [start_worker(["lim.paced"], concurrency=2, name=f"rate{i}") for i in (0, 1)]
+    lim.enqueue_many("paced", [{"sleep": 0.0, "label": i} for i in range(40)])
+    wait_for(lambda: all_succeeded("lim.paced", 40), timeout=60)
+    starts = sorted(s["start"] for s in spans(redis_client))
+    assert len(starts) == 40
+    # 20 a second, evenly: 21 starts span at least a second (the starts are read in the
+    # handlers, a few milliseconds after the paced claims, hence the small tolerance)
+    assert min(b - a for a, b in zip(starts, starts[20:], strict=False)) >= 1.0 - 0.02
+    # smooth, not a burst at the top of each second: no two starts closer than 1/20 s
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.05 - 0.02
+    assert set(Job.objects.filter(queue="lim.paced").values_list("attempts", flat=True)) == {1}
+    for worker in workers:
+        worker.stop()
+
+
+def test_held_jobs_start_highest_priority_first_when_the_slot_frees(start_worker, redis_client):
+    from tests.proj.limited import lim
+
+    worker = start_worker(["lim.one_at_a_time"], concurrency=2, name="ranked")
+    lim.enqueue("one_at_a_time", {"sleep": 1.0, "label": "first"})
+    wait_for(lambda: Job.objects.filter(status="running").exists(), timeout=20)
+    for priority in (1, 9, None, 5):
+        lim.enqueue("one_at_a_time", {"sleep": 0.05, "label": priority}, priority=priority)
+    wait_for(lambda: all_succeeded("lim.one_at_a_time", 5), timeout=30)
+    done = sorted(spans(redis_client), key=lambda s: s["start"])
+    assert [s["label"] for s in done] == ["first", 9, 5, 1, None]
+    assert most_at_once(done) == 1
+    worker.stop()
+
+
+def test_slots_of_a_killed_worker_free_when_their_leases_expire(start_worker, redis_client):
+    from tests.proj.limited import lim
+
+    first = start_worker(["lim.capped"], concurrency=3, name="doomed")
+    lim.enqueue_many("capped", [{"sleep": 2.0, "label": i} for i in range(6)])
+    wait_for(lambda: Job.objects.filter(queue="lim.capped", status="running").count() == 3, 20)
+    first.kill()  # SIGKILL with all three slots held
+    second = start_worker(["lim.capped"], concurrency=3, name="survivor")
+    wait_for(lambda: all_succeeded("lim.capped", 6), timeout=60)
+    done = spans(redis_client)
+    assert len(done) == 6 and most_at_once(done) <= 3
+    # the three killed attempts were charged (a crash counts); the held jobs were not
+    attempts = sorted(Job.objects.filter(queue="lim.capped").values_list("attempts", flat=True))
+    assert attempts == [1, 1, 1, 2, 2, 2]
+    second.stop()
+
+
+def test_local_continuation_does_not_go_around_a_cap(start_worker, redis_client):
+    from tests.proj.limited import lim
+
+    worker = start_worker(["lim.start", "lim.capped"], concurrency=4, name="flow")
+    for i in range(10):
+        lim.emit("limKick", {"sleep": 0.3, "label": i})
+    wait_for(lambda: all_succeeded("lim.capped", 10), timeout=60)
+    done = spans(redis_client)
+    assert len(done) == 10 and most_at_once(done) == 3
+    # every capped job went through a claim: none was written claimed by the step before it
+    assert not Job.objects.filter(queue="lim.capped", published_at__isnull=True).exists()
+    worker.stop()
+
+
+def test_the_dashboard_and_workflows_stats_show_limits_slots_in_use_and_jobs_held(
+    start_worker, redis_client, worker_env
+):
+    from tests.helpers import manage, staff
+    from tests.proj.limited import lim
+
+    worker = start_worker(["lim.one_at_a_time"], concurrency=2, name="shown")
+    lim.enqueue("one_at_a_time", {"sleep": 4.0, "label": "blocker"})
+    wait_for(lambda: Job.objects.filter(status="running").exists(), timeout=20)
+    lim.enqueue_many("one_at_a_time", [{"sleep": 0.01, "label": i} for i in range(3)])
+    held = Job.objects.filter(queue="lim.one_at_a_time", status="queued", published_at=None)
+    wait_for(lambda: held.count() == 3, timeout=20)
+
+    stats = manage(worker_env, "workflows", "stats")
+    assert stats.returncode == 0, stats.stderr
+    assert "lim.one_at_a_time: 1 at once; 1 running, 3 held by all slots in use" in stats.stdout
+    page = staff("ops", "view_queuecontrol").get("/admin/celery_workflows/queuecontrol/")
+    html = page.content.decode()
+    assert 'data-in-use="1" data-held="3"' in html
+    assert "limits: 1 at once &middot; 1 running &middot; <strong>3 held</strong>" in html
+    wait_for(lambda: all_succeeded("lim.one_at_a_time", 4), timeout=30)
+    worker.stop()
+
+
+def test_workflows_stats_shows_the_starts_a_rate_has_promised(start_worker, worker_env):
+    from tests.helpers import manage
+    from tests.proj.limited import lim
+
+    worker = start_worker(["lim.paced"], concurrency=2, name="promised")
+    lim.enqueue_many("paced", [{"sleep": 0.0} for _ in range(120)])  # 6 s at 20/s
+    wait_for(lambda: Job.objects.filter(queue="lim.paced", status="succeeded").exists(), 20)
+    stats = manage(worker_env, "workflows", "stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    paced = next(q for q in json.loads(stats.stdout)["queues"] if q["queue"] == "lim.paced")
+    assert paced["limits"] == "20/s"
+    assert paced["held"] > 0 and "the rate: starts promised for the next" in paced["held_why"]
+    wait_for(lambda: all_succeeded("lim.paced", 120), timeout=30)
+    worker.stop()

@@ -1,0 +1,88 @@
+"""Queues with limits (:mod:`celery_workflows.limits`), consumed only by the limits tests' own
+workers. Every handler notes when it started and ended in the test Redis (``lim:spans``), so a
+test can replay how many ran at once, per key, and how fast they started."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from celery_workflows import Job, JobContext, Lifecycle, Limits, WorkflowService
+from tests.proj.celery_app import app
+from tests.proj.recorder import FAST_RETRY, Recorder, recorder
+
+lim = WorkflowService("lim", app, resources=recorder)
+
+#: a short lease, so that the crash test sees slots of killed workers come back quickly
+SHORT_LEASE = Lifecycle(visibility_timeout=3, max_attempts=3, retry=FAST_RETRY)
+
+
+class CustomerUpdate(BaseModel):
+    customer_id: str
+    n: int
+    sleep: float = 0.2
+
+
+def span(ctx: JobContext[Recorder], job: Job[Any], queue: str, key: str = "") -> None:
+    """Run for ``job.payload['sleep']`` seconds and note the span (start, end) in Redis."""
+    payload = job.payload if isinstance(job.payload, dict) else job.payload.model_dump()
+    start = time.time()
+    time.sleep(float(payload.get("sleep", 0.2)))
+    entry = {"job": job.id, "queue": queue, "key": key, "start": start, "end": time.time()}
+    entry |= {"attempt": job.attempt, "pid": os.getpid(), "label": payload.get("label")}
+    ctx.resources.redis.rpush("lim:spans", json.dumps(entry))
+
+
+@lim.queue_worker(
+    "capped", "At most 3 at once, across every worker", lifecycle=SHORT_LEASE,
+    limits=Limits(concurrency=3),
+)  # fmt: skip
+def capped(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    span(ctx, job, "capped")
+
+
+@lim.queue_worker(
+    "per_customer",
+    "One update per customer at a time",
+    payload=CustomerUpdate,
+    lifecycle=SHORT_LEASE,
+    limits=Limits(key="customer_id"),
+)
+def per_customer(ctx: JobContext[Recorder], job: Job[CustomerUpdate]) -> None:
+    span(ctx, job, "per_customer", job.payload.customer_id)
+
+
+@lim.queue_worker(
+    "by_tenant",
+    "Two per tenant at a time (a free-form payload)",
+    lifecycle=SHORT_LEASE,
+    limits=Limits(key="tenant", per_key=2),
+)
+def by_tenant(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    span(ctx, job, "by_tenant", str(job.payload["tenant"]))
+
+
+@lim.queue_worker("paced", "At most 20 starts a second", limits=Limits(rate="20/s"))
+def paced(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    span(ctx, job, "paced")
+
+
+@lim.queue_worker(
+    "one_at_a_time", "One at a time: held jobs go by priority", limits=Limits(concurrency=1)
+)
+def one_at_a_time(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    span(ctx, job, "one_at_a_time")
+
+
+@lim.queue_worker("start", "Unlimited first step of a flow", emits=["started"])
+def start(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.emit("started", job.payload)
+
+
+lim.event("limKick")
+lim.subscribe("limKick", enqueue="start")
+lim.subscribe("started", enqueue="capped")
