@@ -5,6 +5,9 @@ Two kinds, run at different times:
 - the graph (``E001``, ``W002``) is static: it is checked by every management command, as
   Django checks models, and an error stops the command - a subscription to a queue nobody
   declares is a code mistake to fix before anything runs;
+- queues declared with limits on a database that cannot enforce them (``E006``: limits are
+  enforced in SQL that PostgreSQL and SQLite run) - static too, so the worker does not start
+  with a limit it would fail to keep;
 - runs in flight that the declarations no longer serve (``W003``-``W005``) are read from the
   ledger, so they are only looked for where an operator asks before or after a deploy:
   ``manage.py check --deploy``, ``manage.py check --database default`` and ``manage.py
@@ -20,9 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.db import DEFAULT_DB_ALIAS, DatabaseError
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
-from celery_workflows import graph
+from celery_workflows import graph, registry
 
 
 @register()
@@ -42,6 +45,23 @@ def check_workflow_graph(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             id="celery_workflows.W002",
         )
         for loose_end in graph.warnings()
+    ]
+
+
+@register()
+def check_limits_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    vendor = connections[DEFAULT_DB_ALIAS].vendor
+    if vendor in ("postgresql", "sqlite"):
+        return []
+    return [
+        Error(
+            f"queue {name} declares limits ({spec.limits.describe()}), which the ledger's "
+            f"database ({vendor}) cannot enforce",
+            hint="Keep the ledger on PostgreSQL or SQLite, or declare the queue without limits.",
+            id="celery_workflows.E006",
+        )
+        for name, spec in sorted(registry.queues().items())
+        if spec.limits is not None
     ]
 
 

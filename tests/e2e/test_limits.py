@@ -19,6 +19,11 @@ from django_app.models import Job
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db")]
 
 
+#: a worker whose sweeper would come too late for the test to pass: what it shows happens
+#: without the sweeper's backstop
+NO_SWEEPER_IN_TIME = {"WORKFLOWS_SWEEP_INTERVAL": "60"}
+
+
 def spans(redis_client: Any) -> list[dict[str, Any]]:
     return [json.loads(x) for x in redis_client.lrange("lim:spans", 0, -1)]
 
@@ -48,7 +53,10 @@ def _clean(redis_client: Any) -> None:
 def test_a_concurrency_cap_holds_across_two_worker_processes(start_worker, redis_client):
     from tests.proj.limited import lim
 
-    workers = [start_worker(["lim.capped"], concurrency=3, name=f"cap{i}") for i in range(2)]
+    workers = [
+        start_worker(["lim.capped"], concurrency=3, name=f"cap{i}", extra_env=NO_SWEEPER_IN_TIME)
+        for i in range(2)
+    ]
     lim.enqueue_many("capped", [{"sleep": 0.3, "label": i} for i in range(18)])
     wait_for(lambda: all_succeeded("lim.capped", 18), timeout=60)
     done = spans(redis_client)
@@ -132,7 +140,10 @@ def test_a_rate_limit_spaces_starts_evenly_across_workers(start_worker, redis_cl
 def test_held_jobs_start_highest_priority_first_when_the_slot_frees(start_worker, redis_client):
     from tests.proj.limited import lim
 
-    worker = start_worker(["lim.one_at_a_time"], concurrency=2, name="ranked")
+    # the sweeper's pass comes only every 60 s here: the end of each job sends the next one on
+    worker = start_worker(
+        ["lim.one_at_a_time"], concurrency=2, name="ranked", extra_env=NO_SWEEPER_IN_TIME
+    )
     lim.enqueue("one_at_a_time", {"sleep": 1.0, "label": "first"})
     wait_for(lambda: Job.objects.filter(status="running").exists(), timeout=20)
     for priority in (1, 9, None, 5):
@@ -213,3 +224,16 @@ def test_workflows_stats_shows_the_starts_a_rate_has_promised(start_worker, work
     assert paced["held"] > 0 and "the rate: starts promised for the next" in paced["held_why"]
     wait_for(lambda: all_succeeded("lim.paced", 120), timeout=30)
     worker.stop()
+
+
+def test_limits_on_a_database_that_cannot_enforce_them_stop_manage_py_with_e006(worker_env):
+    from tests.helpers import manage
+
+    checked = manage({**worker_env, "DATABASE_URL": "dummy://"}, "check")
+    assert checked.returncode == 1
+    assert "celery_workflows.E006" in checked.stderr
+    assert (
+        "queue lim.capped declares limits (3 at once), which the ledger's database (unknown) "
+        "cannot enforce" in checked.stderr
+    )
+    assert "celery_workflows.E006" not in manage(worker_env, "check").stderr

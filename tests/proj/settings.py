@@ -51,7 +51,12 @@ TEMPLATES = [
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 DATABASES = {
-    "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+    "default": (
+        # Django's dummy backend (no database at all): for checks that must not need one
+        {"ENGINE": "django.db.backends.dummy"}
+        if DATABASE_URL == "dummy://"
+        else dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
+    )
 }
 _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":

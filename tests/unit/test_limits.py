@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from pydantic import BaseModel
 
 from celery_workflows import ConfigurationError, Limits, PayloadError, WorkflowService
-from celery_workflows.limits import HeldBy, held_by, paced
+from celery_workflows.limits import Held, HeldBy, held_by, paced
 from tests.proj.celery_app import app
 
 
@@ -91,3 +92,39 @@ def test_the_rate_allows_one_start_per_interval_and_no_burst_after_a_pause():
     assert nxt == pytest.approx(100.05)
     assert paced(nxt, 100.01, interval) is None  # too early, however long it was idle
     assert paced(nxt, 100.05, interval) == pytest.approx(100.10)
+
+
+def test_the_in_memory_store_holds_and_releases_jobs_by_the_same_rules():
+    from celery_workflows.clock import utcnow
+    from celery_workflows.records import NewJob
+    from celery_workflows.testing.memory import InMemoryStore
+
+    store, limits = InMemoryStore(), Limits(concurrency=1)
+    for i, priority in enumerate([None, 1, 9]):
+        job = NewJob(f"j{i}", "m", "m.q", {}, 3, utcnow(), f"r{i}", True, priority=priority)
+        store.insert_job(job)
+    first = store.claim("j0", 1, "t0", "w", 30, limits, "m.q")
+    assert first is not None and not isinstance(first, Held)
+    assert store.claim("j1", 1, "t1", "w", 30, limits, "m.q") == Held(HeldBy.CONCURRENCY)
+    assert store.claim("j2", 1, "t2", "w", 30, limits, "m.q") == Held(HeldBy.CONCURRENCY)
+    assert store.release_held("m.q", limits, 5) == []  # the one slot is taken
+    store.extend_lease("j0", "t0", 0.000001)  # its lease runs out: the slot is free again
+    time.sleep(0.01)
+    released = store.release_held("m.q", limits, 5)
+    assert [d.job_id for d in released] == ["j2"]  # one slot: the highest priority
+    assert store.get_job("j1").attempts == 0  # held, not charged
+
+
+def test_the_in_memory_store_paces_a_rate_and_promises_each_held_job_its_own_moment():
+    from celery_workflows.clock import utcnow
+    from celery_workflows.records import NewJob
+    from celery_workflows.testing.memory import InMemoryStore
+
+    store, limits = InMemoryStore(), Limits(rate="10/s")
+    for i in range(3):
+        store.insert_job(NewJob(f"j{i}", "m", "m.q", {}, 3, utcnow(), f"r{i}", True))
+    assert not isinstance(store.claim("j0", 1, "t0", "w", 30, limits, "m.q"), Held)
+    waits = [store.claim(f"j{i}", 1, f"t{i}", "w", 30, limits, "m.q") for i in (1, 2)]
+    assert [w.by for w in waits] == [HeldBy.RATE, HeldBy.RATE]  # type: ignore[union-attr]
+    first, second = (w.retry_in for w in waits)  # type: ignore[union-attr]
+    assert 0 < first <= 0.1 and second == pytest.approx(first + 0.1, abs=0.01)
