@@ -7,7 +7,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from celery_workflows import Job, JobContext, WorkflowService
+from celery_workflows import Job, JobContext, Limits, WorkflowService
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
@@ -18,7 +18,7 @@ app.conf.update(task_serializer="json", accept_content=["json"], worker_hijack_r
 # reconnecting to PostgreSQL per job would cost more than the ledger itself (see README)
 app.conf.CELERY_DB_REUSE_MAX = 1000
 
-from bench.work import STEPS, counter, hop, next_payload, work  # noqa: E402
+from bench.work import STEPS, counter, hop, next_payload, timed, work  # noqa: E402
 
 bench = WorkflowService("bench", app, resources=counter)
 QUEUES = ["bench.step", *(f"bench.wf{k}" for k in range(1, STEPS + 1))]
@@ -44,3 +44,23 @@ def _declare(k: int) -> None:
 
 for _k in range(1, STEPS + 1):
     _declare(_k)
+
+
+#: the limits scenario: the same work with no limit, under a cap of 4 and under 100 starts/s
+LIMIT_CAP, LIMIT_RATE = 4, 100
+LIMITED_QUEUES = ["bench.free", "bench.capped", "bench.paced"]
+
+
+@bench.queue_worker("free", "No limit")
+def free(ctx: JobContext[redis.Redis], job: Job[dict[str, Any]]) -> None:
+    timed(job.payload)
+
+
+@bench.queue_worker("capped", "At most 4 at once", limits=Limits(concurrency=LIMIT_CAP))
+def capped(ctx: JobContext[redis.Redis], job: Job[dict[str, Any]]) -> None:
+    timed(job.payload)
+
+
+@bench.queue_worker("paced", "100 starts a second", limits=Limits(rate=f"{LIMIT_RATE}/s"))
+def paced(ctx: JobContext[redis.Redis], job: Job[dict[str, Any]]) -> None:
+    timed(job.payload)

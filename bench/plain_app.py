@@ -16,7 +16,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(task_serializer="json", accept_content=["json"], worker_hijack_root_logger=False)
 app.conf.CELERY_DB_REUSE_MAX = 1000
 
-from bench.work import STEPS, counter, hop, next_payload, work  # noqa: E402
+from bench.work import STEPS, counter, hop, next_payload, timed, work  # noqa: E402
 
 QUEUE = "bench.plain"
 
@@ -33,3 +33,12 @@ def plain_wf(k: int, payload: dict[str, Any]) -> None:
         plain_wf.apply_async((k + 1, next_payload(payload)), queue=QUEUE)
     else:
         counter.incr(payload["counter"])
+
+
+#: the limits scenario's plain side: the same work, no limit (Celery has no global one)
+LIMITS_QUEUE = "bench.plain_limits"
+
+
+@app.task(name="bench.plain_timed", ignore_result=True)
+def plain_timed(payload: dict[str, Any]) -> None:
+    timed(payload)

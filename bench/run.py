@@ -14,6 +14,12 @@ machine's noise hits both sides alike. Each scenario ends with one line:
 - on the ``jobs*`` lines, ``cpu_ms_per_job``: the CPU time the whole machine's processes spent
   per job during the rounds (producer, worker, PostgreSQL, Redis; from ``/proc``), and where it
   went - on a 2-core machine the rate is bound by it as much as by round trips;
+- ``limits``: two worker processes of 4 pool processes each (8 in all) run N jobs of 20 ms
+  "I/O" on a queue with ``Limits(concurrency=4)`` and N jobs of no work on one with
+  ``Limits(rate="100/s")``; the line gives the largest concurrency and the most starts in any
+  second seen (both must equal the limit, never exceed it), the capped throughput against
+  the ideal (4 / 20 ms = 200/s), the same jobs on an unlimited queue (``unlimited``) and on
+  plain Celery's 8 processes (``celery``: Celery has no global cap);
 - ``workflow4``: W four-step workflows, linked by events and subscriptions (plain Celery: by
   ``apply_async()`` at the end of each step), all enqueued at once - a backlog. ``hop`` is the
   time from one step's hand-over to the next step's start (steps 2-4), sampled on 10 % of the
@@ -303,13 +309,110 @@ def scenario_workflow4(w: int, rounds: int, idle: int, pids: dict[str, int]) -> 
     )
 
 
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    now = best = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best
+
+
+def most_starts_per_second(spans: list[tuple[float, float]]) -> int:
+    """The most starts in any window [t, t + 1 s)."""
+    starts = sorted(a for a, _ in spans)
+    best, first = 0, 0
+    for last, t in enumerate(starts):
+        while starts[first] <= t - 1.0:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+def limited_round(queue: str, n: int, io_ms: float) -> tuple[float, list[tuple[float, float]]]:
+    """N jobs on ``queue`` (a toolkit queue, or plain Celery's); rate and spans."""
+    from bench.work import counter
+
+    key, spans = f"bench:{uuid.uuid4().hex}", f"spans:{uuid.uuid4().hex}"
+    payload = {"counter": key, "spans": spans, "io_ms": io_ms}
+    start = time.perf_counter()
+    if queue == "plain":
+        from bench.plain_app import LIMITS_QUEUE, plain_timed
+
+        for _ in range(n):
+            plain_timed.apply_async((payload,), queue=LIMITS_QUEUE)
+    else:
+        from bench.celery_app import bench
+
+        for chunk in range(0, n, 500):
+            bench.enqueue_many(queue, [payload] * min(500, n - chunk))
+    wait_counter(key, n)
+    rate = n / (time.perf_counter() - start)
+    pairs = [x.decode().split(",") for x in counter.lrange(spans, 0, -1)]
+    return rate, [(float(a), float(b)) for a, b in pairs]
+
+
+def scenario_limits(n: int, rounds: int) -> None:
+    from bench.celery_app import LIMIT_CAP, LIMIT_RATE, LIMITED_QUEUES
+    from bench.plain_app import LIMITS_QUEUE
+    from celery_workflows.testing import WorkerProcess
+
+    env = {"PYTHONPATH": str(ROOT)}
+    workers = [
+        WorkerProcess(app, queues, concurrency=4, log_path=f"/tmp/cw-bench-{name}{i}.log", env=env)
+        for i in (0, 1)
+        for app, queues, name in (
+            ("bench.celery_app", LIMITED_QUEUES, "limits"),
+            ("bench.plain_app", [LIMITS_QUEUE], "plain-limits"),
+        )
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(3)
+        io_ms = 20.0
+        for queue in ("plain", "free", "capped"):
+            limited_round(queue, 100, io_ms)  # warm up
+        free, capped, plain, concurrency, paced, per_second = [], [], [], [], [], []
+        for _ in range(rounds):
+            plain.append(limited_round("plain", n, io_ms)[0])
+            free.append(limited_round("free", n, io_ms)[0])
+            rate, spans = limited_round("capped", n, io_ms)
+            capped.append(rate)
+            concurrency.append(most_at_once(spans))
+            rate, spans = limited_round("paced", n, 0)
+            paced.append(rate)
+            per_second.append(most_starts_per_second(spans))
+            clear_ledger()
+        tm, cm = statistics.median(capped), statistics.median(plain)
+        ideal = LIMIT_CAP * 1000 / io_ms
+        print(
+            f"  limits: capped {[round(x) for x in capped]}, unlimited {[round(x) for x in free]}, "
+            f"plain celery {[round(x) for x in plain]}, paced {[round(x) for x in paced]} (jobs/s)"
+        )
+        print(
+            f"BENCH limits toolkit={tm:.0f} celery={cm:.0f} ratio={tm / cm:.2f} "
+            f"cap={LIMIT_CAP} max_concurrency={max(concurrency)} "
+            f"ideal={ideal:.0f} capped_vs_ideal={tm / ideal:.2f} "
+            f"unlimited={statistics.median(free):.0f} "
+            f"rate={LIMIT_RATE} max_starts_per_s={max(per_second)} "
+            f"paced={statistics.median(paced):.1f} "
+            f"n={n} rounds={rounds} processes=2x4 io_ms={io_ms:g}"
+        )
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=2000, help="jobs per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-w", type=int, default=2000, help="workflows per workflow4 round")
     parser.add_argument("--idle", type=int, default=60, help="workflows run one at a time")
-    parser.add_argument("--only", choices=["jobs", "batch", "workflow4"], help="one scenario")
+    parser.add_argument(
+        "--only", choices=["jobs", "batch", "workflow4", "limits"], help="one scenario"
+    )
     args = parser.parse_args()
     setup()
     from bench.celery_app import QUEUES
@@ -344,6 +447,8 @@ def main() -> None:
             scenario_jobs("jobs_batch", args.n, args.rounds, io_ms=0, pids=pids, batch=True)
         if args.only in (None, "workflow4"):
             scenario_workflow4(args.w, args.rounds, args.idle, pids)
+        if args.only in (None, "limits"):
+            scenario_limits(args.n // 4, args.rounds)
     finally:
         toolkit.stop()
         plain.stop()

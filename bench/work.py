@@ -28,3 +28,12 @@ def hop(payload: dict[str, Any], step: int) -> None:
 
 def next_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "t": time.time()}
+
+
+def timed(payload: dict[str, Any]) -> None:
+    """The limits scenario's work: ``io_ms`` of "I/O", noting its span (start,end) in Redis."""
+    start = time.time()
+    if payload["io_ms"]:
+        time.sleep(payload["io_ms"] / 1000)
+    counter.rpush(payload["spans"], f"{start},{time.time()}")
+    counter.incr(payload["counter"])

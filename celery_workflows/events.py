@@ -10,6 +10,7 @@ commit, so a rolled-back step announces nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from .payloads import to_json, validated
 from .queues import QueueSpec
 from .records import Dispatch, Event, NewJob, Outbox, RunStart
 from .store import Controls, Store
+from .subscriptions import Subscription
 
 logger = logging.getLogger("celery_workflows.events")
 
@@ -98,10 +100,40 @@ def plan(
                 trace_id=event.trace_id,
                 priority=sub.priority if sub.priority is not None else priority,
             )
-            job = hooks.on_enqueue(job)
+            job = hooks.on_enqueue(coalesced(sub, event, job, now))
             jobs.append(job)
-            event.deliveries.append({"subscription": sub.name, "job_id": job.id})
-    return Outbox(events=list(events), jobs=jobs, starts=starts)
+            delivery = {"subscription": sub.name, "job_id": job.id}
+            if sub.throttle:
+                delivery["throttle"] = job.idempotency_key or ""
+            event.deliveries.append(delivery)
+    return Outbox(events=list(events), jobs=last_of_each_key(jobs), starts=starts)
+
+
+def coalesced(sub: Subscription, event: Event, job: NewJob, now: datetime) -> NewJob:
+    """``job`` as ``sub``'s debounce or throttle has it. Throttled: one idempotency key per
+    key and window of the clock, so the window's first event creates the job and the others
+    find it there. Debounced: due a quiet window after the event, marked with the
+    subscription and key - when it comes due, a newer job with that mark supersedes it."""
+    if sub.throttle:
+        window = int(now.timestamp() // sub.throttle)
+        key = f"throttle:{sub.name}:{sub.key_for(event)}:{window}"
+        return dataclasses.replace(job, idempotency_key=key[:200])
+    if sub.debounce:
+        due = max(job.available_at, now + timedelta(seconds=sub.debounce))
+        return dataclasses.replace(
+            job,
+            available_at=due,
+            published=due <= now + timedelta(seconds=PUBLISH_HORIZON_SECONDS),
+            coalesce_key=f"{sub.name}:{sub.key_for(event)}",
+        )
+    return job
+
+
+def last_of_each_key(jobs: list[NewJob]) -> list[NewJob]:
+    """Of debounced jobs written together, only the last of each subscription and key (they
+    share a creation time, so the later could not supersede the earlier when due)."""
+    last = {(j.queue, j.coalesce_key): j.id for j in jobs if j.coalesce_key}
+    return [j for j in jobs if not j.coalesce_key or last[(j.queue, j.coalesce_key)] == j.id]
 
 
 def publish_created(jobs: list[NewJob], store: Controls) -> None:

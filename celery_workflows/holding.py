@@ -30,10 +30,13 @@ def on_held(spec: QueueSpec, job_id: str, attempt: int, held: Held) -> None:
     """The claim held ``job_id`` back (not charged, not lost): say why, and send its notice
     again for the moment the rate promised it (a parked job is sent on by a release)."""
     if held.by is HeldBy.RATE:
-        if held.retry_in > 0:
+        # always sent when promised within the horizon: a promise of 0 s (the start came free
+        # while the promise was made) must not wait for the sweeper's re-publish of lost
+        # notices, minutes later
+        if held.retry_in is not None:
             spec.publish(Dispatch(job_id, spec.qualified_name, attempt, None, held.retry_in))
         logger.debug(
-            "%s: job %s held by the rate for %.3fs", spec.qualified_name, job_id, held.retry_in
+            "%s: job %s held by the rate (%s s)", spec.qualified_name, job_id, held.retry_in
         )
         return
     logger.debug("%s: job %s held back (%s limit)", spec.qualified_name, job_id, held.by)

@@ -51,8 +51,10 @@ class Held:
     """The claim's answer for a job a limit held back (not charged, not lost)."""
 
     by: HeldBy
-    #: for the rate: seconds until a start may be free for this job
-    retry_in: float = 0.0
+    #: for the rate: seconds until the start promised to this job (0: free again already),
+    #: its notice to be sent with that countdown; None: beyond the publish horizon, the
+    #: sweeper sends it when due
+    retry_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,12 +77,8 @@ class Limits:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"Limits.{name} must be an int >= 1, got {value!r}")
-        if self.key is not None and (
-            not isinstance(self.key, str) or not all(p.isidentifier() for p in self.key.split("."))
-        ):
-            raise ConfigurationError(
-                f"Limits.key must name a payload field (dotted for nested ones), got {self.key!r}"
-            )
+        if self.key is not None:
+            check_key_path("Limits.key", self.key)
         if self.key is None and self.per_key != 1:
             raise ConfigurationError("Limits.per_key needs Limits.key (the field to count by)")
         if (
@@ -156,19 +154,31 @@ class Limits:
         refused at enqueue, naming the field (nothing is written)."""
         if self.key is None:
             return ""
-        value = payload
-        for part in self.key.split("."):
-            if not isinstance(value, dict) or part not in value:
-                raise PayloadError(f"{where}: payload has no {self.key!r}, the queue's limit key")
-            value = value[part]
-        if value is None or isinstance(value, dict | list):
-            raise PayloadError(
-                f"{where}: limit key {self.key!r} must be a string or number, got {value!r}"
-            )
-        text = str(value)
-        if len(text) > 200:
-            raise PayloadError(f"{where}: limit key {self.key!r} is longer than 200 characters")
-        return text
+        return key_value(where, payload, self.key, "the queue's limit key")
+
+
+def check_key_path(what: str, path: Any) -> None:
+    """Refuse a key that cannot name a payload field (``a.b`` for nested ones)."""
+    if not isinstance(path, str) or not all(p.isidentifier() for p in path.split(".")):
+        raise ConfigurationError(
+            f"{what} must name a payload field (dotted for nested ones), got {path!r}"
+        )
+
+
+def key_value(where: str, payload: Any, path: str, role: str) -> str:
+    """The value at ``path`` (dotted) of a JSON ``payload``, as text; a payload without it, or
+    with a value that is not a string or number, is refused naming ``role``."""
+    value = payload
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise PayloadError(f"{where}: payload has no {path!r}, {role}")
+        value = value[part]
+    if value is None or isinstance(value, dict | list):
+        raise PayloadError(f"{where}: {role} {path!r} must be a string or number, got {value!r}")
+    text = str(value)
+    if len(text) > 200:
+        raise PayloadError(f"{where}: {role} {path!r} is longer than 200 characters")
+    return text
 
 
 def held_by(limits: Limits, in_queue: int, with_key: int) -> HeldBy | None:

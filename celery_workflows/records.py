@@ -166,6 +166,8 @@ class NewJob:
     compensates: str | None = None
     #: the value of its queue's limit key (:class:`~celery_workflows.limits.Limits`), or ''
     limit_key: str = ""
+    #: a debounced subscription's name and key: only the newest of its jobs runs
+    coalesce_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,8 @@ class ClaimedJob:
     compensates: str | None = None
     #: the business key of the job's run (for log lines)
     business_key: str = ""
+    #: set for a job of a debounced subscription: a newer job with it supersedes this one
+    coalesce_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from .errors import ConfigurationError, RunAlreadyOpenError
 from .events import new_event, run_start_for, write_and_publish
 from .ids import new_id
 from .lifecycle import Lifecycle
-from .limits import Limits
+from .limits import Limits, check_key_path
 from .payloads import max_payload_bytes
 from .queues import Handler, QueueSpec
 from .records import EnqueueResult, Event, RunStart
@@ -325,6 +325,9 @@ class WorkflowService(Generic[R]):
         when: Callable[[Event], bool] | None = None,
         name: str | None = None,
         priority: int | None = None,
+        debounce: float | timedelta | None = None,
+        throttle: float | timedelta | None = None,
+        key: str | None = None,
     ) -> Subscription:
         """When ``event`` is emitted, enqueue a job on ``enqueue`` (a queue of this service, or
         ``service.queue``). ``map(event)`` builds the job's payload (default: the event's
@@ -332,18 +335,37 @@ class WorkflowService(Generic[R]):
         ``priority`` (0-9, higher first) sets its jobs' priority; by default they inherit that
         of the step or start that emitted the event.
 
+        ``debounce=30`` starts the job only for the last of a burst of events: each one waits
+        30 s, and a newer one of the same ``key`` (a field of the event's payload) supersedes
+        it. ``throttle=60`` starts at most one job per ``key`` in each minute of the clock;
+        later events of that minute start nothing. Without ``key``, all events count as one.
+
         The target queue may be declared later; :func:`celery_workflows.graph.validate` (run
         when a worker starts) fails naming both if it never is.
         """
         registry.check_name("event", event)
         queue = enqueue if "." in enqueue else f"{self.name}.{enqueue}"
+        what = f"subscription to {event} -> {queue}"
+        windows = {
+            n: window_seconds(what, n, v)
+            for n, v in (("debounce", debounce), ("throttle", throttle))
+        }
+        if windows["debounce"] and windows["throttle"]:
+            raise ConfigurationError(f"{what}: debounce and throttle exclude each other")
+        if key is not None:
+            if not any(windows.values()):
+                raise ConfigurationError(f"{what}: key is only for debounce or throttle")
+            check_key_path(f"{what}: key", key)
         sub = Subscription(
             name=name or f"{self.name}:{event}->{queue}",
             event=event,
             queue=queue,
             map=map,
             when=when,
-            priority=priorities.check(f"subscription to {event} -> {queue}", priority),
+            priority=priorities.check(what, priority),
+            debounce=windows["debounce"],
+            throttle=windows["throttle"],
+            key=key,
         )
         registry.register_subscription(sub)
         return sub
@@ -629,3 +651,13 @@ def _available_at(
     spec: QueueSpec, delay: float | timedelta | None, eta: datetime | None
 ) -> datetime:
     return start_time(f"queue {spec.qualified_name}", delay, eta)
+
+
+def window_seconds(what: str, name: str, value: float | timedelta | None) -> float:
+    """A debounce or throttle window in seconds (0: none), or a clear error."""
+    if value is None:
+        return 0.0
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ConfigurationError(f"{what}: {name} must be a number of seconds > 0, got {value!r}")
+    return float(seconds)

@@ -73,6 +73,10 @@ class Ledger(Protocol):
         ``limits`` of its ``queue``: :class:`Held` when a limit holds it back - parked until a
         slot frees, or moved to the moment the rate promised it; no attempt charged."""
 
+    def newer_job(self, job: ClaimedJob) -> str | None:
+        """The newest job of ``job``'s debounced subscription and key created after it (which
+        supersedes it), or None."""
+
     def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
         """Mark published up to ``most`` of the jobs ``limits`` held back that now have a free
         slot (highest priority first, then the longest waiting); the caller publishes them."""

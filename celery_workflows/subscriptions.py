@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SubscriptionError
+from .errors import PayloadError, SubscriptionError
+from .limits import key_value
 from .records import Event
 
 
@@ -29,6 +30,22 @@ class Subscription:
     delivers_envelope: bool = False
     #: the priority of the jobs it starts; None: the priority of what caused the event
     priority: int | None = None
+    #: seconds: start the job only for the last event of a key in this quiet window
+    debounce: float = 0.0
+    #: seconds: start at most one job per key in each window of this length
+    throttle: float = 0.0
+    #: event payload field (dotted) that keys debounce and throttle; None: one key for all
+    key: str | None = None
+
+    def key_for(self, event: Event) -> str:
+        """The debounce/throttle key of ``event`` ('' without a key field)."""
+        if self.key is None:
+            return ""
+        where = f"subscription {self.name!r} (event {event.name!r} {event.id})"
+        try:
+            return key_value(where, event.payload, self.key, "its debounce/throttle key")
+        except PayloadError as exc:
+            raise SubscriptionError(str(exc)) from exc
 
     def payload_for(self, event: Event) -> Any:
         if self.delivers_envelope:

@@ -246,6 +246,9 @@ class Attempt:
 
     def _run(self) -> Attempt | None:
         registry.hooks().before_attempt(self.info)
+        newer = self.store.newer_job(self.claimed) if self.claimed.coalesce_key else None
+        if newer is not None:
+            return self._write(self._superseded(newer))
         try:
             payload = self._validated_payload()
         except ValidationError as exc:
@@ -327,6 +330,14 @@ class Attempt:
         if self.gate is not None:
             outbox = dataclasses.replace(outbox, gate=self.gate.to_json())
         return Outcome(JobStatus.SUCCEEDED, record, result=result), outbox
+
+    def _superseded(self, newer: str) -> tuple[Outcome, Outbox]:
+        """A debounced job with a newer one of its subscription and key: done without running
+        its handler (the newer job carries the latest event); nothing is emitted."""
+        self.log.info("job %s superseded by job %s (debounce): not run", self.claimed.id, newer)
+        record = self._record(AttemptOutcome.SUCCEEDED, "", None)
+        result = {"superseded_by": newer}
+        return Outcome(JobStatus.SUCCEEDED, record, result=result), Outbox()
 
     def _failure(
         self,

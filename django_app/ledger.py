@@ -63,6 +63,7 @@ CLAIM_FIELDS = [
     "priority",
     "trace_id",
     "compensates",
+    "coalesce_key",
 ]
 
 
@@ -277,7 +278,16 @@ class SqlLedger:
             trace_id=row["trace_id"],
             compensates=row["compensates"],
             business_key=row["business_key"] or "",
+            coalesce_key=row["coalesce_key"],
         )
+
+    def newer_job(self, job: ClaimedJob) -> str | None:
+        rows = execute(
+            f"SELECT id FROM {JOB} WHERE queue = %s AND coalesce_key = %s AND created_at > %s "
+            "ORDER BY created_at DESC LIMIT 1",
+            [job.queue, job.coalesce_key, dt(job.created_at)],
+        )
+        return str(rows[0][0]) if rows else None
 
     def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
         return slots.release_held(queue, limits, most)

@@ -67,6 +67,12 @@ class Job(models.Model):
         default="",
         help_text="value of the queue's limit key in the payload (jobs with one value are capped)",
     )
+    coalesce_key = models.CharField(
+        max_length=420,
+        blank=True,
+        default="",
+        help_text="debounced subscription and key: a newer job with it supersedes this one",
+    )
     created_at = models.DateTimeField()
 
     class Meta:
@@ -109,6 +115,12 @@ class Job(models.Model):
                 fields=["queue", "limit_key"],
                 condition=models.Q(status=JobStatus.RUNNING),
                 name="cw_job_slots",
+            ),
+            # a debounced job looks for a newer one of its subscription and key
+            models.Index(
+                fields=["queue", "coalesce_key", "created_at"],
+                condition=~models.Q(coalesce_key=""),
+                name="cw_job_coalesce",
             ),
             # the jobs a limit holds back, released in priority order when a slot frees
             models.Index(

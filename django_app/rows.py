@@ -88,6 +88,7 @@ def job_values(job: NewJob, now: datetime) -> dict[str, Any]:
         "trace_id": job.trace_id,
         "compensates": job.compensates,
         "limit_key": job.limit_key,
+        "coalesce_key": job.coalesce_key,
         "created_at": dt(now),
     }
     if job.lease is not None:

@@ -156,7 +156,7 @@ def defer_for_rate(job_id: str, attempt: int, queue: str, interval: float) -> He
         f"WHERE id = %s AND status = '{JobStatus.QUEUED}' AND attempts = %s",
         [dt(at), dt(at) if published else None, job_id, attempt - 1],
     )
-    return Held(HeldBy.RATE, retry_in=wait if published else 0.0)
+    return Held(HeldBy.RATE, retry_in=wait if published else None)
 
 
 def release_held(queue: str, limits: Limits, most: int) -> list[DueJob]:

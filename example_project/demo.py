@@ -63,6 +63,7 @@ def order_mix(count: int) -> list[tuple[str, dict[str, Any]]]:
     for n, kind in enumerate(kinds[:count]):
         order: dict[str, Any] = {
             "orderId": f"A-{1000 + n}",
+            "customer": f"C-{rng.randint(1, 20)}",
             "items": [{"sku": rng.choice(["book", "lamp", "desk"]), "qty": rng.randint(1, 3)}],
         }
         if kind == "declined card":

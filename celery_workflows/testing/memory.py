@@ -98,6 +98,7 @@ class _Job:
     compensates: str | None = None
     redriven_from: str | None = None
     limit_key: str = ""
+    coalesce_key: str = ""
 
 
 @dataclass
@@ -246,6 +247,7 @@ class InMemoryStore:
             compensates=job.compensates,
             redriven_from=job.redriven_from,
             limit_key=job.limit_key,
+            coalesce_key=job.coalesce_key,
         )
         if job.lease is not None:  # written claimed; its attempt counts from its outcome
             row.status, row.published_at = JobStatus.RUNNING, None
@@ -374,6 +376,7 @@ class InMemoryStore:
                 trace_id=job.trace_id,
                 compensates=job.compensates,
                 business_key=run.business_key if run else "",
+                coalesce_key=job.coalesce_key,
             )
 
     def _slots_in_use(self, queue: str, now: datetime) -> Counter[str]:
@@ -408,7 +411,18 @@ class InMemoryStore:
         job.available_at = now + _seconds(wait)
         published = wait <= PUBLISH_HORIZON_SECONDS
         job.published_at = job.available_at if published else None
-        return Held(HeldBy.RATE, retry_in=wait if published else 0.0)
+        return Held(HeldBy.RATE, retry_in=wait if published else None)
+
+    def newer_job(self, job: ClaimedJob) -> str | None:
+        with self._lock:
+            newer = [
+                j
+                for j in self._data.jobs.values()
+                if j.queue == job.queue
+                and j.coalesce_key == job.coalesce_key
+                and j.created_at > job.created_at
+            ]
+            return max(newer, key=lambda j: j.created_at).id if newer else None
 
     def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
         now = utcnow()

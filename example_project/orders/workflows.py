@@ -29,6 +29,7 @@ from celery_workflows import (
     Job,
     JobContext,
     Lifecycle,
+    Limits,
     NonRetryableError,
     RetryStrategy,
     WorkflowService,
@@ -49,6 +50,7 @@ class Order(BaseModel):
     orderId: str
     items: list[Item]
     card: str = "4242"
+    customer: str = "guest"
 
     @property
     def total(self) -> float:
@@ -170,6 +172,8 @@ def review_order(ctx: JobContext[Resources], job: Job[Order]) -> str:
     emits=["paymentProcessed"],
     lifecycle=Lifecycle(visibility_timeout=30, max_attempts=3, retry=QUICK_RETRY),
     compensate_with="refundPayment",
+    # the gateway's quota, for every worker together: 50 charges a second, evenly spaced
+    limits=Limits(rate="50/s"),
 )
 def process_payment(ctx: JobContext[Resources], job: Job[Order]) -> str:
     # job.id is stable across attempts: the gateway charges each order once
@@ -190,6 +194,21 @@ def create_shipment(ctx: JobContext[Resources], job: Job[Order]) -> str:
     tracking = ctx.resources.carrier.book(job.payload)
     ctx.emit("shipmentCreated", {"orderId": job.payload.orderId, "trackingId": tracking})
     return tracking
+
+
+@orders.queue_worker(
+    "recordPurchase",
+    "Add the order to the customer's history",
+    payload=Order,
+    # a read-modify-write of one customer's record: never two of one customer at once
+    limits=Limits(key="customer"),
+)
+def record_purchase(ctx: JobContext[Resources], job: Job[Order]) -> int:
+    key = f"customer:{job.payload.customer}"
+    history = ctx.shared_states.get_state(key, {"orders": []}) or {"orders": []}
+    history["orders"].append(job.payload.orderId)
+    ctx.shared_states.set_state(key, history)
+    return len(history["orders"])
 
 
 @orders.queue_worker("sendConfirmation", "Email the customer")
@@ -255,6 +274,7 @@ orders.subscribe("orderApproved", enqueue="processPayment")
 orders.subscribe("orderRejected", enqueue="declineOrder")
 orders.subscribe("approvalExpired", enqueue="declineOrder")
 orders.subscribe("paymentProcessed", enqueue="createShipment")
+orders.subscribe("paymentProcessed", enqueue="recordPurchase")
 orders.subscribe("shipmentCreated", enqueue="sendConfirmation")
 orders.subscribe("orderTimedOut", enqueue="notifyTimeout")
 orders.subscribe("backordersDue", enqueue="recheckBackorders")

@@ -86,3 +86,19 @@ def start(ctx: JobContext[Recorder], job: Job[Any]) -> None:
 lim.event("limKick")
 lim.subscribe("limKick", enqueue="start")
 lim.subscribe("started", enqueue="capped")
+
+
+@lim.queue_worker("sync_profile", "Debounced: runs for the last change of a user in a quiet second")
+def sync_profile(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    span(ctx, job, "sync_profile", job.payload["user"])
+
+
+@lim.queue_worker("page_team", "Throttled: pages a team at most once per 2 s window")
+def page_team(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    span(ctx, job, "page_team", job.payload["team"])
+
+
+lim.event("profileChanged")
+lim.subscribe("profileChanged", enqueue="sync_profile", debounce=1.0, key="user")
+lim.event("alertRaised")
+lim.subscribe("alertRaised", enqueue="page_team", throttle=2.0, key="team")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_workflows import Lifecycle, RetryStrategy, WorkflowService
+from celery_workflows import Lifecycle, Limits, RetryStrategy, WorkflowService
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -64,6 +64,11 @@ def test_every_django_setting_the_code_reads_is_documented():
         (
             "`@service.queue_worker(name, description, ...)`",
             list(inspect.signature(WorkflowService.queue_worker).parameters)[3:],
+        ),
+        ("`Limits`", [f.name for f in dataclasses.fields(Limits)]),
+        (
+            "`service.subscribe(event, ...)`",
+            list(inspect.signature(WorkflowService.subscribe).parameters)[2:],
         ),
         (
             "`service.schedule(name, ...)`",
