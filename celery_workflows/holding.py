@@ -2,8 +2,10 @@
 the claim holds one, and how held jobs are sent on.
 
 The claim parks a job its queue's cap holds back; nobody polls for it. The attempt that frees a
-slot - whoever records its end: the worker, or the sweeper for a lease that ran out - asks the
-ledger for the best held job and sends it on at once (:func:`release`). The sweeper's pass
+slot hands it to the best held job at once: the worker that ran it claims that job and runs it
+itself, with no broker hop (:func:`take`, bounded like local continuation by
+``workflows_local_continuations`` in a row); past that bound, or when the sweeper recorded a
+lease that ran out, the best held job is sent on (:func:`release`). The sweeper's pass
 does the same for every capped queue (:func:`release_all`): the backstop for a worker killed
 between its outcome and that release, and the path of a capped queue's retries due later and
 of its jobs parked while it was paused. A job held by the rate is already promised its moment
@@ -15,9 +17,10 @@ from __future__ import annotations
 import logging
 
 from .events import publish_or_hand_to_sweeper
+from .lease import new_lease_token, worker_name
 from .limits import Held, HeldBy
 from .queues import QueueSpec
-from .records import Dispatch
+from .records import ClaimedJob, Dispatch
 from .store import Store
 
 logger = logging.getLogger("celery_workflows.limits")
@@ -40,6 +43,25 @@ def on_held(spec: QueueSpec, job_id: str, attempt: int, held: Held) -> None:
         )
         return
     logger.debug("%s: job %s held back (%s limit)", spec.qualified_name, job_id, held.by)
+
+
+def runs_here(spec: QueueSpec) -> bool:
+    """Whether a process that frees a slot of ``spec``'s queue takes the next held job
+    itself: for caps without a rate (a rate is taken by the usual claim)."""
+    limits = spec.limits
+    return limits is not None and limits.caps and limits.rate is None
+
+
+def take(store: Store, spec: QueueSpec) -> ClaimedJob | None:
+    """Claim the best held job of ``spec``'s queue for this process (see :func:`runs_here`)."""
+    assert spec.limits is not None
+    return store.take_held(
+        spec.qualified_name,
+        spec.limits,
+        new_lease_token(),
+        worker_name(),
+        spec.lifecycle.visibility_timeout,
+    )
 
 
 def release(store: Store, spec: QueueSpec, most: int = 1) -> int:

@@ -77,6 +77,13 @@ class Ledger(Protocol):
         """The newest job of ``job``'s debounced subscription and key created after it (which
         supersedes it), or None."""
 
+    def take_held(
+        self, queue: str, limits: Limits, lease_token: str, worker: str, lease_seconds: float
+    ) -> ClaimedJob | None:
+        """Claim, for the caller, the job :meth:`release_held` would send on first (a caller
+        that just freed a slot runs it itself, with no broker hop); None if there is none.
+        Only for limits without a rate (the rate is taken by the usual claim)."""
+
     def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
         """Mark published up to ``most`` of the jobs ``limits`` held back that now have a free
         slot (highest priority first, then the longest waiting); the caller publishes them."""

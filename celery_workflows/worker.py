@@ -154,12 +154,14 @@ def follow_up(
     priority: int | None,
     log: logging.Logger | logging.LoggerAdapter[logging.Logger],
     in_sweeper: bool = False,
+    release: bool = True,
 ) -> None:
     """What follows a recorded outcome, wherever it was recorded (a worker, or the sweeper
     for an expired lease): notices for the jobs it created and for its retry, the middleware
     hooks, and ``workflow_finished`` when it settled the run."""
     publish_created(recorded.created, store)
-    holding.release(store, spec)  # the slot this attempt held, for a job its limits held back
+    if release:  # the slot this attempt held, for a job its limits held back
+        holding.release(store, spec)
     control.note_outcome(store, spec, outcome, save_later=not in_sweeper)
     telemetry.record_outcome(spec.qualified_name, outcome)
     if recorded.retry_cancelled:
@@ -398,7 +400,22 @@ class Attempt:
             return None
         telemetry.end_attempt(self.span, outcome)
         announce(outbox.events)
-        follow_up(self.store, self.spec, self.info, outcome, recorded, c.priority, self.log)
+        # the slot this attempt frees goes to the best job its limits held back: run here,
+        # with no broker hop, when this process may run one more job in a row
+        hand_over = leased is None and self.depth < limit and holding.runs_here(self.spec)
+        follow_up(
+            self.store,
+            self.spec,
+            self.info,
+            outcome,
+            recorded,
+            c.priority,
+            self.log,
+            release=not hand_over,
+        )
+        if hand_over:
+            held = holding.take(self.store, self.spec)
+            return None if held is None else Attempt(self.spec, held, self.store, self.depth + 1)
         if leased is None or leased.id not in {j.id for j in recorded.created}:
             return None
         return Attempt(

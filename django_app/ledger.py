@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -191,24 +192,30 @@ class SqlLedger:
         if limits is None:
             return self._claim(job_id, attempt, lease_token, worker, lease_seconds, now)
         slots.check_database()
-        try:
-            with transaction.atomic():
-                if limits.caps:
-                    slots.lock_queue(queue)
-                claimed = self._claim(
-                    job_id, attempt, lease_token, worker, lease_seconds, now, limits, queue
-                )
-                if claimed is None:
-                    return (
-                        slots.park_held(job_id, attempt, limits, queue, now)
-                        if limits.caps
-                        else None
+        short_wait = min(limits.interval, slots.SHORT_WAIT_SECONDS)
+        for _ in range(3):
+            try:
+                with transaction.atomic():
+                    if limits.caps:
+                        slots.lock_queue(queue)
+                    claimed = self._claim(
+                        job_id, attempt, lease_token, worker, lease_seconds, now, limits, queue
                     )
-                if limits.rate is not None:
-                    slots.take_start(queue, limits.interval)
-                return claimed
-        except slots.RateHeld:
-            return slots.defer_for_rate(job_id, attempt, queue, limits.interval)
+                    if claimed is None:
+                        return (
+                            slots.park_held(job_id, attempt, limits, queue, now)
+                            if limits.caps
+                            else None
+                        )
+                    if limits.rate is not None:
+                        slots.take_start(queue, limits.interval)
+                    return claimed
+            except slots.RateHeld as held:
+                if held.wait > short_wait:
+                    break
+                time.sleep(held.wait)  # outside the transaction: nothing is held meanwhile
+                now = utcnow()
+        return slots.defer_for_rate(job_id, attempt, queue, limits.interval)
 
     def _claim(
         self,
@@ -291,6 +298,18 @@ class SqlLedger:
 
     def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
         return slots.release_held(queue, limits, most)
+
+    def take_held(
+        self, queue: str, limits: Limits, lease_token: str, worker: str, lease_seconds: float
+    ) -> ClaimedJob | None:
+        now = utcnow()
+        with transaction.atomic():
+            slots.lock_queue(queue)
+            for due in slots.choose_held(queue, limits, 1, now):
+                return self._claim(
+                    due.job_id, due.attempt, lease_token, worker, lease_seconds, now, limits, queue
+                )
+        return None
 
     def extend_lease(self, job_id: str, lease_token: str, lease_seconds: float) -> datetime | None:
         now = utcnow()

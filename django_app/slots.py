@@ -100,8 +100,19 @@ def park_held(job_id: str, attempt: int, limits: Limits, queue: str, now: dateti
     return Held(HeldBy.CONCURRENCY if in_use >= limits.concurrency else HeldBy.KEY)
 
 
+#: the longest a claim waits in place for its queue's next start (at most one interval):
+#: a job that comes back a moment after its promised start - the start before it was a little
+#: late - waits that moment instead of going to the back of the line
+SHORT_WAIT_SECONDS = 0.1
+
+
 class RateHeld(Exception):
-    """Raised inside the claim's transaction to roll the claim back: no start is free yet."""
+    """Raised inside the claim's transaction to roll the claim back: no start is free yet.
+    ``wait``: seconds until the queue's next start."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
 
 
 _ensured: set[str] = set()
@@ -119,7 +130,8 @@ def take_start(queue: str, interval: float) -> None:
         return
     if queue not in _ensured and _ensure_control_row(queue) and update(sql, [interval, queue]):
         return
-    raise RateHeld
+    rows = execute(f"SELECT next_start - {now} FROM {CONTROL} WHERE queue = %s", [queue])
+    raise RateHeld(max(0.0, float(rows[0][0])) if rows else interval)
 
 
 def _ensure_control_row(queue: str) -> bool:
@@ -160,43 +172,11 @@ def defer_for_rate(job_id: str, attempt: int, queue: str, interval: float) -> He
 
 
 def release_held(queue: str, limits: Limits, most: int) -> list[DueJob]:
-    """Send on up to ``most`` of the jobs ``limits`` held back, as many as there are free
-    slots: highest priority first, then the longest waiting, at most one per key whose slots
-    are all taken. Under the queue's lock, so a job parked at the same moment is seen."""
+    """Mark published (to be sent on) up to ``most`` of the jobs ``limits`` held back."""
     now = utcnow()
     with transaction.atomic():
         lock_queue(queue)
-        candidates = execute(
-            f"SELECT id, attempts, priority, limit_key FROM {JOB} "
-            f"WHERE queue = %s AND status = '{JobStatus.QUEUED}' AND published_at IS NULL "
-            f"AND available_at <= %s AND NOT {_paused} "
-            "ORDER BY COALESCE(priority, 0) DESC, available_at, id LIMIT %s",
-            [queue, dt(now), RELEASE_SCAN],
-        )
-        if not candidates:
-            return []
-        in_use = Counter(
-            dict(
-                execute(
-                    f"SELECT limit_key, count(*) FROM {JOB} WHERE queue = %s "
-                    f"AND status = '{JobStatus.RUNNING}' AND lease_expires_at > %s "
-                    "GROUP BY limit_key",
-                    [queue, dt(now)],
-                )
-            )
-        )
-        free = most
-        if limits.concurrency is not None:
-            free = min(most, limits.concurrency - in_use.total())
-        chosen: list[DueJob] = []
-        for job_id, attempts, priority, key in candidates:
-            if len(chosen) >= free:
-                break
-            if limits.key is not None:
-                if in_use[key] >= limits.per_key:
-                    continue
-                in_use[key] += 1
-            chosen.append(DueJob(job_id, queue, attempts + 1, priority, None))
+        chosen = choose_held(queue, limits, most, now)
         if chosen:
             marks = ", ".join(["%s"] * len(chosen))
             update(
@@ -205,3 +185,42 @@ def release_held(queue: str, limits: Limits, most: int) -> list[DueJob]:
                 [dt(now), *[c.job_id for c in chosen]],
             )
         return chosen
+
+
+def choose_held(queue: str, limits: Limits, most: int, now: datetime) -> list[DueJob]:
+    """Up to ``most`` of the jobs ``limits`` held back, as many as there are free slots:
+    highest priority first, then the longest waiting, skipping keys whose slots are all
+    taken. Run under the queue's lock (:func:`lock_queue`), so that a job parked at the same
+    moment is seen."""
+    candidates = execute(
+        f"SELECT id, attempts, priority, limit_key FROM {JOB} "
+        f"WHERE queue = %s AND status = '{JobStatus.QUEUED}' AND published_at IS NULL "
+        f"AND available_at <= %s AND NOT {_paused} "
+        "ORDER BY COALESCE(priority, 0) DESC, available_at, id LIMIT %s",
+        [queue, dt(now), RELEASE_SCAN],
+    )
+    if not candidates:
+        return []
+    in_use = Counter(
+        dict(
+            execute(
+                f"SELECT limit_key, count(*) FROM {JOB} WHERE queue = %s "
+                f"AND status = '{JobStatus.RUNNING}' AND lease_expires_at > %s "
+                "GROUP BY limit_key",
+                [queue, dt(now)],
+            )
+        )
+    )
+    free = most
+    if limits.concurrency is not None:
+        free = min(most, limits.concurrency - in_use.total())
+    chosen: list[DueJob] = []
+    for job_id, attempts, priority, key in candidates:
+        if len(chosen) >= free:
+            break
+        if limits.key is not None:
+            if in_use[key] >= limits.per_key:
+                continue
+            in_use[key] += 1
+        chosen.append(DueJob(job_id, queue, attempts + 1, priority, None))
+    return chosen

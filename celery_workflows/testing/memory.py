@@ -424,8 +424,26 @@ class InMemoryStore:
             ]
             return max(newer, key=lambda j: j.created_at).id if newer else None
 
+    def take_held(
+        self, queue: str, limits: Limits, lease_token: str, worker: str, lease_seconds: float
+    ) -> ClaimedJob | None:
+        with self.atomic():
+            for due in self._choose_held(queue, limits, 1, utcnow()):
+                claimed = self.claim(
+                    due.job_id, due.attempt, lease_token, worker, lease_seconds, limits, queue
+                )
+                return claimed if isinstance(claimed, ClaimedJob) else None
+            return None
+
     def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
         now = utcnow()
+        with self.atomic():
+            chosen = self._choose_held(queue, limits, most, now)
+            for due in chosen:
+                self._data.jobs[due.job_id].published_at = now
+            return chosen
+
+    def _choose_held(self, queue: str, limits: Limits, most: int, now: datetime) -> list[DueJob]:
         with self.atomic():
             paused = self._data.controls.get(queue)
             if paused is not None and paused.paused:
@@ -450,7 +468,6 @@ class InMemoryStore:
                 if by is HeldBy.KEY:
                     continue
                 in_use[job.limit_key] += 1
-                job.published_at = now
                 chosen.append(DueJob(job.id, queue, job.attempts + 1, job.priority, None))
             return chosen
 

@@ -70,7 +70,15 @@ def test_a_concurrency_cap_holds_across_two_worker_processes(start_worker, redis
     from tests.proj.limited import lim
 
     for i in range(2):  # eight pool processes, a cap of three
-        start_worker(["lim.capped"], concurrency=4, name=f"cap{i}", extra_env=NO_SWEEPER_IN_TIME)
+        # no hand-over in the process that freed a slot: every held job goes back through
+        # the broker to whichever process takes it (the release, not the sweeper)
+        start_worker(
+            ["lim.capped"],
+            concurrency=4,
+            name=f"cap{i}",
+            continuations=0,
+            extra_env=NO_SWEEPER_IN_TIME,
+        )
     lim.enqueue_many("capped", [{"sleep": 0.3, "label": i} for i in range(18)])
     wait_for(lambda: all_succeeded("lim.capped", 18), timeout=60)
     done = spans(redis_client)
@@ -164,6 +172,8 @@ def test_held_jobs_start_highest_priority_first_when_the_slot_frees(start_worker
     done = sorted(spans(redis_client), key=lambda s: s["start"])
     assert [s["label"] for s in done] == ["first", 9, 5, 1, None]
     assert most_at_once(done) == 1
+    # each was handed the slot by the process that freed it: run there, no broker hop
+    assert len({s["pid"] for s in done}) == 1
 
 
 def test_slots_of_a_killed_worker_free_when_their_leases_expire(start_worker, redis_client):
@@ -191,8 +201,6 @@ def test_local_continuation_does_not_go_around_a_cap(start_worker, redis_client)
     wait_for(lambda: all_succeeded("lim.capped", 10), timeout=60)
     done = spans(redis_client)
     assert len(done) == 10 and most_at_once(done) == 3
-    # every capped job went through a claim: none was written claimed by the step before it
-    assert not Job.objects.filter(queue="lim.capped", published_at__isnull=True).exists()
 
 
 def test_the_dashboard_and_workflows_stats_show_limits_slots_in_use_and_jobs_held(
@@ -218,19 +226,22 @@ def test_the_dashboard_and_workflows_stats_show_limits_slots_in_use_and_jobs_hel
     wait_for(lambda: all_succeeded("lim.one_at_a_time", 4), timeout=30)
 
 
-def test_workflows_stats_shows_the_starts_a_rate_has_promised(start_worker, worker_env):
+def test_workflows_stats_shows_the_starts_a_rate_has_promised(worker_env):
+    """Jobs the rate held back have been promised starts up to ``rate_backlog``: stats counts
+    them from there (they wait, not charged, for their moment)."""
+    from django_app.models import QueueControl
     from tests.helpers import manage
-    from tests.proj.limited import lim
 
-    start_worker(["lim.paced"], concurrency=2, name="promised")
-    lim.enqueue_many("paced", [{"sleep": 0.0} for _ in range(120)])  # 6 s at 20/s
-    wait_for(lambda: Job.objects.filter(queue="lim.paced", status="succeeded").exists(), 20)
+    QueueControl.objects.update_or_create(
+        queue="lim.paced",
+        defaults={"rate_backlog": time.time() + 10.0},  # 200 starts at 20/s
+    )
     stats = manage(worker_env, "workflows", "stats", "--json")
     assert stats.returncode == 0, stats.stderr
     paced = next(q for q in json.loads(stats.stdout)["queues"] if q["queue"] == "lim.paced")
     assert paced["limits"] == "20/s"
-    assert paced["held"] > 0 and "the rate: starts promised for the next" in paced["held_why"]
-    wait_for(lambda: all_succeeded("lim.paced", 120), timeout=30)
+    assert 100 <= paced["held"] <= 200  # less what passed while manage.py started
+    assert paced["held_why"].startswith("the rate: starts promised for the next")
 
 
 def test_limits_on_a_database_that_cannot_enforce_them_stop_manage_py_with_e006(worker_env):
