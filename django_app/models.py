@@ -104,17 +104,12 @@ class Job(models.Model):
                 condition=models.Q(status=JobStatus.QUEUED),
                 name="cw_job_notices",
             ),
+            # also how a limited queue's claim counts its slots in use (the unexpired leases,
+            # a handful): no index of its own, which every claim of every queue would pay
             models.Index(
                 fields=["lease_expires_at"],
                 condition=models.Q(status=JobStatus.RUNNING),
                 name="cw_job_leases",
-            ),
-            # a limited queue's claim counts the slots in use of its queue (and key): the
-            # running rows only, a handful
-            models.Index(
-                fields=["queue", "limit_key"],
-                condition=models.Q(status=JobStatus.RUNNING),
-                name="cw_job_slots",
             ),
             # a debounced job looks for a newer one of its subscription and key
             models.Index(

@@ -126,6 +126,22 @@ def test_n_per_key_lets_n_of_one_key_run_at_once(start_worker, redis_client):
         assert most_at_once([s for s in done if s["key"] == tenant]) == 2, tenant
 
 
+def test_one_tenants_burst_leaves_a_slot_for_the_others(start_worker, redis_client):
+    from tests.proj.limited import lim
+
+    start_worker(["lim.shared"], concurrency=4, name="fair")
+    lim.enqueue_many("shared", [{"tenant": "big", "sleep": 0.3, "label": i} for i in range(12)])
+    time.sleep(0.5)  # the burst is running and waiting when the small tenant comes
+    lim.enqueue_many("shared", [{"tenant": "small", "sleep": 0.3, "label": i} for i in range(2)])
+    wait_for(lambda: all_succeeded("lim.shared", 14), timeout=60)
+    done = spans(redis_client)
+    big = [s for s in done if s["key"] == "big"]
+    small = [s for s in done if s["key"] == "small"]
+    assert most_at_once(big) == 2 and most_at_once(done) == 3
+    # the small tenant did not wait for the burst to drain: it ran beside it
+    assert max(s["end"] for s in small) < max(s["start"] for s in big)
+
+
 def test_a_payload_without_the_limit_key_is_refused_and_nothing_is_written():
     from celery_workflows import PayloadError
     from tests.proj.limited import lim
@@ -174,6 +190,21 @@ def test_held_jobs_start_highest_priority_first_when_the_slot_frees(start_worker
     assert most_at_once(done) == 1
     # each was handed the slot by the process that freed it: run there, no broker hop
     assert len({s["pid"] for s in done}) == 1
+
+
+def test_a_redriven_dead_letter_waits_for_a_slot_like_any_job(start_worker, redis_client):
+    from celery_workflows import redrive
+    from tests.proj.limited import lim
+
+    start_worker(["lim.one_at_a_time"], concurrency=2, name="redrive")
+    dead = lim.enqueue("one_at_a_time", {"fail": True, "label": "dead"}).job_id
+    wait_for(lambda: Job.objects.get(id=dead).status == "dead", timeout=20)
+    lim.enqueue("one_at_a_time", {"sleep": 1.5, "label": "blocker"})
+    wait_for(lambda: Job.objects.filter(status="running").exists(), timeout=20)
+    redrive(dead, {"sleep": 0.01, "label": "redriven"})
+    wait_for(lambda: all_succeeded("lim.one_at_a_time", 2), timeout=30)
+    done = {s["label"]: s for s in spans(redis_client)}
+    assert done["redriven"]["start"] >= done["blocker"]["end"]
 
 
 def test_slots_of_a_killed_worker_free_when_their_leases_expire(start_worker, redis_client):

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from celery_workflows import Job, JobContext, Lifecycle, Limits, WorkflowService
+from celery_workflows import Job, JobContext, Lifecycle, Limits, NonRetryableError, WorkflowService
 from tests.proj.celery_app import app
 from tests.proj.recorder import FAST_RETRY, Recorder, recorder
 
@@ -30,6 +30,8 @@ class CustomerUpdate(BaseModel):
 def span(ctx: JobContext[Recorder], job: Job[Any], queue: str, key: str = "") -> None:
     """Run for ``job.payload['sleep']`` seconds and note the span (start, end) in Redis."""
     payload = job.payload if isinstance(job.payload, dict) else job.payload.model_dump()
+    if payload.get("fail"):
+        raise NonRetryableError("asked to fail")
     start = time.time()
     time.sleep(float(payload.get("sleep", 0.2)))
     entry = {"job": job.id, "queue": queue, "key": key, "start": start, "end": time.time()}
@@ -64,6 +66,16 @@ def per_customer(ctx: JobContext[Recorder], job: Job[CustomerUpdate]) -> None:
 )
 def by_tenant(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     span(ctx, job, "by_tenant", str(job.payload["tenant"]))
+
+
+@lim.queue_worker(
+    "shared",
+    "Three at once in all, at most two of one tenant: a burst cannot take every slot",
+    lifecycle=SHORT_LEASE,
+    limits=Limits(concurrency=3, key="tenant", per_key=2),
+)
+def shared(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    span(ctx, job, "shared", str(job.payload["tenant"]))
 
 
 @lim.queue_worker("paced", "At most 20 starts a second", limits=Limits(rate="20/s"))
