@@ -15,6 +15,7 @@ by the claim; it is sent again for then.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
 from .events import publish_or_hand_to_sweeper
 from .lease import new_lease_token, worker_name
@@ -27,6 +28,8 @@ logger = logging.getLogger("celery_workflows.limits")
 
 #: held jobs the sweeper may send on per capped queue and pass
 SWEEP_RELEASE = 500
+#: the sweeper sends on only held jobs due at least this long (see :func:`release_all`)
+BACKSTOP_AFTER_SECONDS = 10.0
 
 
 def on_held(spec: QueueSpec, job_id: str, attempt: int, held: Held) -> None:
@@ -64,17 +67,23 @@ def take(store: Store, spec: QueueSpec) -> ClaimedJob | None:
     )
 
 
-def release(store: Store, spec: QueueSpec, most: int = 1) -> int:
+def release(
+    store: Store, spec: QueueSpec, most: int = 1, due_before: datetime | None = None
+) -> int:
     """Send on up to ``most`` held jobs of ``spec``'s queue that now have a slot; how many."""
     limits = spec.limits
     if limits is None or not limits.caps:
         return 0
-    due = store.release_held(spec.qualified_name, limits, most)
+    due = store.release_held(spec.qualified_name, limits, most, due_before)
     if due and publish_or_hand_to_sweeper(store, spec, [d.dispatch for d in due]):
         logger.debug("%s: %d held job(s) sent on", spec.qualified_name, len(due))
     return len(due)
 
 
-def release_all(store: Store, specs: list[QueueSpec]) -> int:
-    """The sweeper's pass over capped queues: send on every held job that has a slot."""
-    return sum(release(store, spec, SWEEP_RELEASE) for spec in specs)
+def release_all(store: Store, specs: list[QueueSpec], now: datetime) -> int:
+    """The sweeper's backstop over capped queues: send on the jobs held for at least
+    :data:`BACKSTOP_AFTER_SECONDS` that have a slot. Not the ones held a moment ago: a slot
+    that frees is handed over by the attempt that freed it, and a backstop that raced the
+    hand-over would send on the best held job while the hand-over took the next best."""
+    due_before = now - timedelta(seconds=BACKSTOP_AFTER_SECONDS)
+    return sum(release(store, spec, SWEEP_RELEASE, due_before) for spec in specs)

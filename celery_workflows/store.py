@@ -84,9 +84,12 @@ class Ledger(Protocol):
         that just freed a slot runs it itself, with no broker hop); None if there is none.
         Only for limits without a rate (the rate is taken by the usual claim)."""
 
-    def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
+    def release_held(
+        self, queue: str, limits: Limits, most: int, due_before: datetime | None = None
+    ) -> list[DueJob]:
         """Mark published up to ``most`` of the jobs ``limits`` held back that now have a free
-        slot (highest priority first, then the longest waiting); the caller publishes them."""
+        slot (highest priority first, then the longest waiting; with ``due_before``, only
+        jobs due since then); the caller publishes them."""
 
     def extend_lease(
         self, job_id: str, lease_token: str, lease_seconds: float

@@ -107,7 +107,7 @@ class Sweeper:
             if store.mark_published(job, now):
                 known[job.queue].publish(job.dispatch)
                 published += 1
-        published += holding.release_all(store, [known[q] for q in capped])
+        published += holding.release_all(store, [known[q] for q in capped], now)
         if expired:
             control.flush(store)  # what the expired leases counted (no timer thread here)
         return SweepReport(expired, published, settled)

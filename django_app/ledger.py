@@ -208,7 +208,8 @@ class SqlLedger:
                             else None
                         )
                     if limits.rate is not None:
-                        slots.take_start(queue, limits.interval)
+                        started = slots.take_start(job_id, queue, limits.interval)
+                        claimed = dataclasses.replace(claimed, started_at=started)
                     return claimed
             except slots.RateHeld as held:
                 if held.wait > short_wait:
@@ -296,8 +297,10 @@ class SqlLedger:
         )
         return str(rows[0][0]) if rows else None
 
-    def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
-        return slots.release_held(queue, limits, most)
+    def release_held(
+        self, queue: str, limits: Limits, most: int, due_before: datetime | None = None
+    ) -> list[DueJob]:
+        return slots.release_held(queue, limits, most, due_before)
 
     def take_held(
         self, queue: str, limits: Limits, lease_token: str, worker: str, lease_seconds: float

@@ -20,7 +20,7 @@ The clock is the database's, so workers on hosts whose clocks differ still keep 
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
@@ -118,18 +118,25 @@ class RateHeld(Exception):
 _ensured: set[str] = set()
 
 
-def take_start(queue: str, interval: float) -> None:
-    """Take the queue's next start under its rate, or raise :class:`RateHeld`."""
+def take_start(job_id: str, queue: str, interval: float) -> datetime:
+    """Take the queue's next start under its rate for ``job_id`` and record that moment (by
+    the database's clock) as the attempt's start; or raise :class:`RateHeld`."""
     d = dialect()
     now = d.epoch_now
     sql = (
         f"UPDATE {CONTROL} SET next_start = {d.greatest}(next_start, {now}) + %s "
-        f"WHERE queue = %s AND next_start <= {now}"
+        f"WHERE queue = %s AND next_start <= {now} RETURNING next_start - %s"
     )
-    if update(sql, [interval, queue]):
-        return
-    if queue not in _ensured and _ensure_control_row(queue) and update(sql, [interval, queue]):
-        return
+    params = [interval, queue, interval]
+    rows = execute(sql, params)
+    if not rows and queue not in _ensured and _ensure_control_row(queue):
+        rows = execute(sql, params)
+    if rows:
+        # the attempt's start is the moment the rate granted: starts of a paced queue, as the
+        # ledger records them, are never closer than its interval
+        started = datetime.fromtimestamp(float(rows[0][0]), UTC)
+        update(f"UPDATE {JOB} SET started_at = %s WHERE id = %s", [dt(started), job_id])
+        return started
     rows = execute(f"SELECT next_start - {now} FROM {CONTROL} WHERE queue = %s", [queue])
     raise RateHeld(max(0.0, float(rows[0][0])) if rows else interval)
 
@@ -171,12 +178,15 @@ def defer_for_rate(job_id: str, attempt: int, queue: str, interval: float) -> He
     return Held(HeldBy.RATE, retry_in=wait if published else None)
 
 
-def release_held(queue: str, limits: Limits, most: int) -> list[DueJob]:
-    """Mark published (to be sent on) up to ``most`` of the jobs ``limits`` held back."""
+def release_held(
+    queue: str, limits: Limits, most: int, due_before: datetime | None = None
+) -> list[DueJob]:
+    """Mark published (to be sent on) up to ``most`` of the jobs ``limits`` held back (with
+    ``due_before``: only jobs due since then)."""
     now = utcnow()
     with transaction.atomic():
         lock_queue(queue)
-        chosen = choose_held(queue, limits, most, now)
+        chosen = choose_held(queue, limits, most, now, due_before or now)
         if chosen:
             marks = ", ".join(["%s"] * len(chosen))
             update(
@@ -187,8 +197,11 @@ def release_held(queue: str, limits: Limits, most: int) -> list[DueJob]:
         return chosen
 
 
-def choose_held(queue: str, limits: Limits, most: int, now: datetime) -> list[DueJob]:
-    """Up to ``most`` of the jobs ``limits`` held back, as many as there are free slots:
+def choose_held(
+    queue: str, limits: Limits, most: int, now: datetime, due_by: datetime | None = None
+) -> list[DueJob]:
+    """Up to ``most`` of the jobs ``limits`` held back and due by ``due_by`` (default: now),
+    as many as there are free slots now:
     highest priority first, then the longest waiting, skipping keys whose slots are all
     taken. Run under the queue's lock (:func:`lock_queue`), so that a job parked at the same
     moment is seen."""
@@ -197,7 +210,7 @@ def choose_held(queue: str, limits: Limits, most: int, now: datetime) -> list[Du
         f"WHERE queue = %s AND status = '{JobStatus.QUEUED}' AND published_at IS NULL "
         f"AND available_at <= %s AND NOT {_paused} "
         "ORDER BY COALESCE(priority, 0) DESC, available_at, id LIMIT %s",
-        [queue, dt(now), RELEASE_SCAN],
+        [queue, dt(due_by or now), RELEASE_SCAN],
     )
     if not candidates:
         return []

@@ -435,15 +435,19 @@ class InMemoryStore:
                 return claimed if isinstance(claimed, ClaimedJob) else None
             return None
 
-    def release_held(self, queue: str, limits: Limits, most: int) -> list[DueJob]:
+    def release_held(
+        self, queue: str, limits: Limits, most: int, due_before: datetime | None = None
+    ) -> list[DueJob]:
         now = utcnow()
         with self.atomic():
-            chosen = self._choose_held(queue, limits, most, now)
+            chosen = self._choose_held(queue, limits, most, now, due_before or now)
             for due in chosen:
                 self._data.jobs[due.job_id].published_at = now
             return chosen
 
-    def _choose_held(self, queue: str, limits: Limits, most: int, now: datetime) -> list[DueJob]:
+    def _choose_held(
+        self, queue: str, limits: Limits, most: int, now: datetime, due_by: datetime | None = None
+    ) -> list[DueJob]:
         with self.atomic():
             paused = self._data.controls.get(queue)
             if paused is not None and paused.paused:
@@ -455,7 +459,7 @@ class InMemoryStore:
                     if j.queue == queue
                     and j.status == JobStatus.QUEUED
                     and j.published_at is None
-                    and j.available_at <= now
+                    and j.available_at <= (due_by or now)
                 ),
                 key=lambda j: (-(j.priority or 0), j.available_at, j.id),
             )
