@@ -184,6 +184,13 @@ def release_held(
     """Mark published (to be sent on) up to ``most`` of the jobs ``limits`` held back (with
     ``due_before``: only jobs due since then)."""
     now = utcnow()
+    if due_before is not None and not execute(
+        # the sweeper's backstop, each pass: no lock, no transaction while nothing waits
+        f"SELECT 1 FROM {JOB} WHERE queue = %s AND status = '{JobStatus.QUEUED}' "
+        "AND published_at IS NULL AND available_at <= %s LIMIT 1",
+        [queue, dt(due_before)],
+    ):
+        return []
     with transaction.atomic():
         lock_queue(queue)
         chosen = choose_held(queue, limits, most, now, due_before or now)

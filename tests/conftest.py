@@ -67,6 +67,7 @@ def _flush_despite_busy_workers() -> Iterator[None]:
     the session's worker processes keep sweeping and finishing jobs on the same database; now
     and then PostgreSQL picks the TRUNCATE as a deadlock's victim. It is tried again - that is
     the test database's housekeeping, not what a test checks."""
+    from django.core.management.base import CommandError
     from django.db import OperationalError
     from django.test import TransactionTestCase
 
@@ -77,8 +78,9 @@ def _flush_despite_busy_workers() -> Iterator[None]:
             try:
                 flush(self)
                 return
-            except OperationalError as exc:
-                if "deadlock" not in str(exc) or attempt == 2:
+            except (OperationalError, CommandError) as exc:
+                # flush reports the database's error as a CommandError caused by it
+                if "deadlock" not in f"{exc} {exc.__cause__}" or attempt == 2:
                     raise
 
     TransactionTestCase._fixture_teardown = retried  # type: ignore[method-assign]
