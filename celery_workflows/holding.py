@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from .errors import LedgerUnavailableError
 from .events import publish_or_hand_to_sweeper
 from .lease import new_lease_token, worker_name
 from .limits import Held, HeldBy
@@ -56,15 +57,23 @@ def runs_here(spec: QueueSpec) -> bool:
 
 
 def take(store: Store, spec: QueueSpec) -> ClaimedJob | None:
-    """Claim the best held job of ``spec``'s queue for this process (see :func:`runs_here`)."""
+    """Claim the best held job of ``spec``'s queue for this process (see :func:`runs_here`).
+    The attempt before it is already recorded: a ledger that does not answer now leaves the
+    held jobs to the sweeper's backstop rather than fail that attempt's task."""
     assert spec.limits is not None
-    return store.take_held(
-        spec.qualified_name,
-        spec.limits,
-        new_lease_token(),
-        worker_name(),
-        spec.lifecycle.visibility_timeout,
-    )
+    try:
+        return store.take_held(
+            spec.qualified_name,
+            spec.limits,
+            new_lease_token(),
+            worker_name(),
+            spec.lifecycle.visibility_timeout,
+        )
+    except LedgerUnavailableError:
+        logger.warning(
+            "%s: ledger unavailable; held jobs wait for the sweeper", spec.qualified_name
+        )
+        return None
 
 
 def release(

@@ -27,6 +27,8 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 from celery_workflows import graph, registry
 
+from . import slots
+
 
 @register()
 def check_workflow_graph(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -51,7 +53,7 @@ def check_workflow_graph(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
 @register()
 def check_limits_database(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     vendor = connections[DEFAULT_DB_ALIAS].vendor
-    if vendor in ("postgresql", "sqlite"):
+    if vendor in slots.VENDORS:
         return []
     return [
         Error(
