@@ -175,6 +175,39 @@ def test_a_rate_limit_spaces_starts_evenly_across_workers(start_worker, redis_cl
     assert set(Job.objects.filter(queue="lim.paced").values_list("attempts", flat=True)) == {1}
 
 
+def test_a_cap_and_a_rate_hold_together(start_worker, redis_client):
+    from tests.proj.limited import lim
+
+    for i in (0, 1):
+        start_worker(["lim.capped_and_paced"], concurrency=3, name=f"both{i}")
+    lim.enqueue_many("capped_and_paced", [{"sleep": 0.3, "label": i} for i in range(12)])
+    wait_for(lambda: all_succeeded("lim.capped_and_paced", 12), timeout=60)
+    done = spans(redis_client)
+    assert len(done) == 12 and most_at_once(done) == 2
+    jobs = Job.objects.filter(queue="lim.capped_and_paced")
+    starts = sorted(t.timestamp() for t in jobs.values_list("started_at", flat=True))
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.1 - 1e-5
+    assert set(jobs.values_list("attempts", flat=True)) == {1}
+
+
+def test_jobs_held_while_a_capped_queue_was_paused_start_once_it_is_resumed(
+    start_worker, redis_client
+):
+    """No attempt ends to hand their slot over: the sweeper's backstop sends them on."""
+    from celery_workflows import pause_queue, resume_queue
+    from tests.proj.limited import lim
+
+    start_worker(["lim.one_at_a_time"], concurrency=2, name="resumed")
+    pause_queue("lim.one_at_a_time", actor="test", reason="maintenance")
+    lim.enqueue_many("one_at_a_time", [{"sleep": 0.01, "label": i} for i in range(3)])
+    parked = Job.objects.filter(queue="lim.one_at_a_time", status="queued", published_at=None)
+    wait_for(lambda: parked.count() == 3, timeout=20)
+    time.sleep(1)
+    resume_queue("lim.one_at_a_time", actor="test")
+    wait_for(lambda: all_succeeded("lim.one_at_a_time", 3), timeout=45)
+    assert most_at_once(spans(redis_client)) == 1
+
+
 def test_held_jobs_start_highest_priority_first_when_the_slot_frees(start_worker, redis_client):
     from tests.proj.limited import lim
 

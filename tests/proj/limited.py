@@ -78,6 +78,15 @@ def shared(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     span(ctx, job, "shared", str(job.payload["tenant"]))
 
 
+@lim.queue_worker(
+    "capped_and_paced",
+    "Two at once, and ten starts a second",
+    limits=Limits(concurrency=2, rate="10/s"),
+)
+def capped_and_paced(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    span(ctx, job, "capped_and_paced")
+
+
 @lim.queue_worker("paced", "At most 20 starts a second", limits=Limits(rate="20/s"))
 def paced(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     span(ctx, job, "paced")
