@@ -365,6 +365,19 @@ def test_a_throttled_subscription_starts_one_job_per_key_and_window(start_worker
     assert Job.objects.filter(queue="lim.page_team").count() == 3
 
 
+def test_without_a_key_all_of_a_throttled_subscriptions_events_count_as_one(start_worker):
+    from tests.proj.limited import lim
+
+    start_worker(["lim.digest"], concurrency=2, name="digest")
+    while time.time() % 2.0 > 0.3:  # at the beginning of a 2 s window of the clock
+        time.sleep(0.02)
+    for team in ("a", "b", "c"):
+        lim.emit("digestDue", {"team": team, "sleep": 0})
+    wait_for(lambda: all_succeeded("lim.digest", 1), timeout=30)
+    time.sleep(0.5)  # nothing else comes
+    assert Job.objects.filter(queue="lim.digest").count() == 1
+
+
 def test_debounce_and_throttle_are_checked_when_the_subscription_is_declared():
     from celery_workflows import ConfigurationError, SubscriptionError
     from tests.proj.limited import lim

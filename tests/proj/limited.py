@@ -123,3 +123,12 @@ lim.event("profileChanged")
 lim.subscribe("profileChanged", enqueue="sync_profile", debounce=1.0, key="user")
 lim.event("alertRaised")
 lim.subscribe("alertRaised", enqueue="page_team", throttle=2.0, key="team")
+
+
+@lim.queue_worker("digest", "Throttled with no key: one digest per 2 s window in all")
+def digest(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    span(ctx, job, "digest")
+
+
+lim.event("digestDue")
+lim.subscribe("digestDue", enqueue="digest", throttle=2.0)
