@@ -28,6 +28,7 @@ undone first.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -121,8 +122,7 @@ def stop_workflow(correlation_id: str, reason: str, actor: str, event: str | Non
                 trace_id=trace or None,
             )
         )
-    outbox: Outbox = plan(events)
-    outbox = Outbox(events=outbox.events, jobs=outbox.jobs, stopping=True)
+    outbox: Outbox = dataclasses.replace(plan(events), stopping=True)
     created = store.stop_run(correlation_id, reason, actor, outbox, plan_next_undo)
     if created is None:
         return False

@@ -19,6 +19,7 @@ from . import registry, signals
 from .clock import utcnow
 from .errors import ConfigurationError
 from .ids import new_id
+from .joins import Arrival
 from .lifecycle import PUBLISH_HORIZON_SECONDS
 from .payloads import to_json, validated
 from .queues import QueueSpec
@@ -72,7 +73,8 @@ def plan(
     available_at: datetime | None = None,
     priority: int | None = None,
 ) -> Outbox:
-    """The outbox for ``events``: the events themselves and one job per matching subscription.
+    """The outbox for ``events``: the events themselves, one job per matching subscription and
+    an arrival per join they belong to (the ledger starts a join's job when it is complete).
 
     Each job's idempotency key is ``(event id, subscription)``, so writing the same event twice
     (a redelivered message, a retried emit) creates each job once. ``available_at`` holds the
@@ -81,12 +83,27 @@ def plan(
     subscription sets one.
     """
     jobs: list[NewJob] = []
+    arrivals: list[Arrival] = []
     now = utcnow()
     due = now if available_at is None else max(now, available_at)
     published = due <= now + timedelta(seconds=PUBLISH_HORIZON_SECONDS)
     hooks = registry.hooks()
     for event in events:
         for sub in registry.subscriptions_for(event.name):
+            if sub.all_of:
+                arrivals.append(
+                    Arrival(
+                        sub,
+                        event.correlation_id,
+                        event.id,
+                        event.trace_id,
+                        sub.priority if sub.priority is not None else priority,
+                        due,
+                        published,
+                    )
+                )
+                event.deliveries.append({"subscription": sub.name, "join": ", ".join(sub.all_of)})
+                continue
             if not sub.matches(event):
                 continue
             spec = registry.subscription_target(sub)
@@ -106,7 +123,9 @@ def plan(
             if sub.throttle:
                 delivery["throttle"] = job.idempotency_key or ""
             event.deliveries.append(delivery)
-    return Outbox(events=list(events), jobs=last_of_each_key(jobs), starts=starts)
+    return Outbox(
+        events=list(events), jobs=last_of_each_key(jobs), starts=starts, arrivals=arrivals
+    )
 
 
 def coalesced(sub: Subscription, event: Event, job: NewJob, now: datetime) -> NewJob:

@@ -27,6 +27,13 @@ class SubscriptionEdge:
     queue: str
     filtered: bool
     mapped: bool
+    #: the events of the join this edge is part of (empty: an ordinary subscription)
+    join: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The edge's event, marked when it is one of a join's: the step waits for them all."""
+        return f"{self.event} (join)" if self.join else self.event
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,9 @@ def describe() -> Graph:
         for w in sorted(registry.queues().values(), key=lambda w: w.qualified_name)
     )
     subs = tuple(
-        SubscriptionEdge(s.name, s.event, s.queue, s.when is not None, s.map is not None)
+        SubscriptionEdge(s.name, event, s.queue, s.when is not None, s.map is not None, s.all_of)
         for s in sorted(registry.subscriptions(), key=lambda s: s.name)
+        for event in s.events
     )
     events = sorted(
         {e for q in queues for e in q.emits}
@@ -129,7 +137,7 @@ def render(fmt: str = "text") -> str:
     g = describe()
     entries = sorted(started_from_outside() & {s.event for s in g.subscriptions})
     edges = [
-        (q.name, s.queue, s.event) for q in g.queues for s in g.subscriptions if s.event in q.emits
+        (q.name, s.queue, s.label) for q in g.queues for s in g.subscriptions if s.event in q.emits
     ]
     undo = [(q.name, c) for q in g.queues if (c := q.compensate_with)]
     starts = [(e, s.queue) for e in entries for s in g.subscriptions if s.event == e]

@@ -10,7 +10,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a type only: this module still imports nothing of the toolkit
+    from .joins import Arrival
 
 
 class JobStatus(StrEnum):
@@ -238,6 +241,9 @@ class Outbox:
     #: an approval gate the step opened: the run waits on it once the step's success is
     #: written (and only then: a failed or fenced attempt opens nothing)
     gate: dict[str, Any] | None = None
+    #: events of joins (:class:`~celery_workflows.joins.Arrival`): the ledger checks each
+    #: join under its run's lock once the events are written, and creates its job if complete
+    arrivals: list[Arrival] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.events or self.jobs)

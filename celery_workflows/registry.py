@@ -97,15 +97,19 @@ def register_subscription(sub: Subscription) -> None:
     if sub.name in _subscription_names:
         raise ConfigurationError(f"subscription {sub.name!r} is declared twice")
     _subscription_names.add(sub.name)
-    _subscriptions.setdefault(sub.event, []).append(sub)
+    for event in sub.events:
+        _subscriptions.setdefault(event, []).append(sub)
 
 
 def subscriptions_for(event: str) -> list[Subscription]:
+    """The subscriptions ``event`` feeds (a join among them for each of its events)."""
     return list(_subscriptions.get(event, ()))
 
 
 def subscriptions() -> list[Subscription]:
-    return [sub for subs in _subscriptions.values() for sub in subs]
+    """Every declared subscription, once (a join is listed under each of its events)."""
+    found = {sub.name: sub for subs in _subscriptions.values() for sub in subs}
+    return list(found.values())
 
 
 def subscription_count() -> int:

@@ -131,7 +131,7 @@ class WorkflowService(Generic[R]):
                     (s.name, sorted(s.emits), s.compensate_with or "", s.result_event or "")
                     for s in self._queues.values()
                 ),
-                "subscriptions": sorted((s.event, s.queue) for s in subscriptions),
+                "subscriptions": sorted(("+".join(s.events), s.queue) for s in subscriptions),
             }
             digest = hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:12]
             self._fingerprint = (key, digest)
@@ -366,6 +366,42 @@ class WorkflowService(Generic[R]):
             debounce=windows["debounce"],
             throttle=windows["throttle"],
             key=key,
+        )
+        registry.register_subscription(sub)
+        return sub
+
+    def join(
+        self,
+        events: Sequence[str],
+        *,
+        enqueue: str,
+        name: str | None = None,
+        priority: int | None = None,
+    ) -> Subscription:
+        """Enqueue a job on ``enqueue`` once *every one* of ``events`` has happened in a run -
+        in any order, on any workers - and only once per run. The job's payload maps each
+        event's name to its payload (the first of that name in the run), so its step's
+        payload schema can have one field per event. ``priority`` as for :meth:`subscribe`.
+
+        It is decided in the ledger, in the transaction that writes the event completing the
+        join, under the run's lock (see :mod:`celery_workflows.joins`): nothing polls, and
+        branches that finish at the same instant on two workers take turns.
+        """
+        names = tuple(events) if not isinstance(events, str) else ()
+        for event in names:
+            registry.check_name("event", event)
+        queue = enqueue if "." in enqueue else f"{self.name}.{enqueue}"
+        what = f"join of {list(names)} -> {queue}"
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigurationError(
+                f"{what}: a join waits for two or more different events, got {events!r}"
+            )
+        sub = Subscription(
+            name=name or f"{self.name}:{'+'.join(names)}->{queue}",
+            event=names[0],
+            queue=queue,
+            priority=priorities.check(what, priority),
+            all_of=names,
         )
         registry.register_subscription(sub)
         return sub

@@ -3,7 +3,8 @@
 A subscription turns one event into one job on a queue - optionally filtered (``when``) and
 with its payload mapped (``map``). Several subscriptions may share an event (fan-out). A
 handler-style subscription (:meth:`WorkflowService.on`) is a queue worker of its own, so side
-effects get the same lease, retry and dead-letter treatment as any step.
+effects get the same lease, retry and dead-letter treatment as any step. A join
+(:meth:`WorkflowService.join`) waits for all of several events of one run (:mod:`.joins`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class Subscription:
     throttle: float = 0.0
     #: event payload field (dotted) that keys debounce and throttle; None: one key for all
     key: str | None = None
+    #: a join: every one of these events of a run must have happened (``event`` is the first)
+    all_of: tuple[str, ...] = ()
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The events this subscription waits for: its event, or every event of its join."""
+        return self.all_of or (self.event,)
 
     def key_for(self, event: Event) -> str:
         """The debounce/throttle key of ``event`` ('' without a key field)."""

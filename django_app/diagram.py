@@ -45,7 +45,7 @@ def edges() -> list[Edge]:
     for q in g.queues:
         for sub in g.subscriptions:
             if sub.event in q.emits:
-                found.append(Edge(q.name, sub.queue, sub.event))
+                found.append(Edge(q.name, sub.queue, sub.label))
         if q.compensate_with:
             found.append(Edge(q.name, q.compensate_with, ""))
     return found

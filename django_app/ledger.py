@@ -36,7 +36,7 @@ from celery_workflows.store import UndoPlanner
 
 from . import slots
 from .models import Job, WorkflowRun
-from .outcomes import Attempted, write_outcome, write_rows
+from .outcomes import Attempted, lock_run, write_outcome, write_rows
 from .rows import dt, from_dt, from_json, job_values, js, run_values
 from .runcounters import RunDelta, change_run
 from .statements import (
@@ -71,6 +71,7 @@ CLAIM_FIELDS = [
 def forward_allowed(outbox: Outbox) -> Outbox:
     """``outbox`` without the forward jobs of runs that were stopped or are compensating."""
     forward = {j.correlation_id for j in outbox.jobs if j.compensates is None}
+    forward |= {a.correlation_id for a in outbox.arrivals}
     if not forward:
         return outbox
     blocked = set(
@@ -81,7 +82,8 @@ def forward_allowed(outbox: Outbox) -> Outbox:
     if not blocked:
         return outbox
     jobs = [j for j in outbox.jobs if j.compensates is not None or j.correlation_id not in blocked]
-    return dataclasses.replace(outbox, jobs=jobs)
+    arrivals = [a for a in outbox.arrivals if a.correlation_id not in blocked]
+    return dataclasses.replace(outbox, jobs=jobs, arrivals=arrivals)
 
 
 class SqlLedger:
@@ -346,14 +348,18 @@ class SqlLedger:
                     [run_values(e.correlation_id, outbox.starts, now) for e in outbox.events],
                     key="correlation_id",
                 )
+            # a join is checked under its run's lock (see celery_workflows.joins)
+            for correlation_id in sorted({a.correlation_id for a in outbox.arrivals}):
+                lock_run(correlation_id)
             created = write_rows(outbox, now)
             per_run = Counter(j.correlation_id for j in created)
             for correlation_id in sorted({e.correlation_id for e in outbox.events} | set(per_run)):
                 change_run(correlation_id, "", now, RunDelta(pending=per_run[correlation_id]))
-        if len(created) < len(outbox.jobs):
+        planned = {j.id for j in outbox.jobs}
+        if sum(j.id in planned for j in created) < len(planned):
             # skipped rows are duplicates of earlier writes - or this write, run again after
             # a lost reply: ids are fresh uuids, so a row with one of ours is ours
-            return existing(outbox.jobs)
+            return existing(outbox.jobs) + [j for j in created if j.id not in planned]
         return created
 
     def knows_job(self, job_id: str) -> bool:

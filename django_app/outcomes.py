@@ -25,7 +25,7 @@ from typing import Any
 
 from django.db import DataError, IntegrityError, ProgrammingError, transaction
 
-from celery_workflows import rules
+from celery_workflows import joins, rules
 from celery_workflows.clock import utcnow
 from celery_workflows.errors import LedgerWriteError
 from celery_workflows.records import (
@@ -125,6 +125,7 @@ def _one_statement_applies(
         and attempted.compensates is None
         and outbox.starts is None
         and outbox.gate is None
+        and not outbox.arrivals
         and not (undo is not None and outcome.status == JobStatus.DEAD)
         and _fits_one_statement(outbox)
     )
@@ -295,10 +296,22 @@ def stop_forward_jobs(jobs: list[RunJob], keep: str, now: datetime) -> int:
 
 def write_rows(outbox: Outbox, now: datetime) -> list[NewJob]:
     """Insert an outbox's events and jobs (skipping ones written before, by an earlier try or
-    a duplicate delivery); return the jobs this call created. Counts nothing on runs."""
+    a duplicate delivery) and the jobs of the joins its events complete (the caller holds
+    their runs' locks); return the jobs this call created. Counts nothing on runs."""
     insert_rows(EVENT, EVENT_COLUMNS, [event_values(e) for e in outbox.events])
-    created = insert_rows(JOB, JOB_COLUMNS, [job_values(j, now) for j in outbox.jobs])
-    return [j for j in outbox.jobs if j.id in created]
+    jobs = [*outbox.jobs, *joins.completed(outbox.arrivals, run_events)]
+    created = insert_rows(JOB, JOB_COLUMNS, [job_values(j, now) for j in jobs])
+    return [j for j in jobs if j.id in created]
+
+
+def run_events(correlation_id: str, names: tuple[str, ...]) -> list[joins.EventRow]:
+    """The run's events of these names, oldest first (for a join, under the run's lock)."""
+    rows = execute(
+        f"SELECT id, name, payload FROM {EVENT} WHERE correlation_id = %s "
+        f"AND name IN ({marks(len(names))}) ORDER BY emitted_at, id",
+        [correlation_id, *names],
+    )
+    return [(event_id, name, from_json(payload)) for event_id, name, payload in rows]
 
 
 def plan_undo(correlation_id: str, undo: UndoPlanner | None, now: datetime) -> list[NewJob]:
@@ -348,7 +361,9 @@ def _locked(
             stopped = stop_forward_jobs(run_jobs(attempted.correlation_id), attempted.job_id, now)
         if run.stopping and not outbox.stopping:
             # what the step emitted is recorded; the forward steps it would start are not
-            outbox = replace(outbox, jobs=[j for j in outbox.jobs if j.compensates is not None])
+            outbox = replace(
+                outbox, jobs=[j for j in outbox.jobs if j.compensates is not None], arrivals=[]
+            )
         created = write_rows(outbox, now) if outbox else []
         undone = plan_undo(attempted.correlation_id, undo, now) if fails or run.stopping else []
         if outbox.gate is not None and outcome.status == JobStatus.SUCCEEDED:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .. import rules
+from .. import joins, rules
 from ..clock import utcnow
 from ..errors import JobNotFoundError, NotDeadLetteredError, RenameError, WorkflowNotFoundError
 from ..ids import new_id
@@ -276,7 +276,17 @@ class InMemoryStore:
     def _write_rows(self, outbox: Outbox, now: datetime) -> list[NewJob]:
         for event in outbox.events:
             self._data.events.setdefault(event.id, copy.deepcopy(event))
-        return [job for job in outbox.jobs if self._insert(job, now)]
+        jobs = [*outbox.jobs, *joins.completed(outbox.arrivals, self._run_events)]
+        return [job for job in jobs if self._insert(job, now)]
+
+    def _run_events(self, correlation_id: str, names: tuple[str, ...]) -> list[joins.EventRow]:
+        found = [
+            e
+            for e in self._data.events.values()
+            if e.correlation_id == correlation_id and e.name in names
+        ]
+        found.sort(key=lambda e: (e.emitted_at, e.id))
+        return [(e.id, e.name, copy.deepcopy(e.payload)) for e in found]
 
     def _stop_forward(self, correlation_id: str, keep: str, now: datetime) -> int:
         cancel, ask = rules.stop_effects(self._run_jobs(correlation_id), keep)
@@ -563,7 +573,7 @@ class InMemoryStore:
                 stopped = self._stop_forward(correlation_id, job_id, now)
             if stopping and not outbox.stopping:
                 outbox = dataclasses.replace(
-                    outbox, jobs=[j for j in outbox.jobs if j.compensates is not None]
+                    outbox, jobs=[j for j in outbox.jobs if j.compensates is not None], arrivals=[]
                 )
             created = self._write_rows(outbox, now)
             undone = self._plan_undo(correlation_id, undo, now) if fails or stopping else []
@@ -624,6 +634,7 @@ class InMemoryStore:
                         for j in outbox.jobs
                         if j.compensates is not None or j.correlation_id not in blocked
                     ],
+                    arrivals=[a for a in outbox.arrivals if a.correlation_id not in blocked],
                 )
             if outbox.starts is not None:
                 for event in outbox.events:

@@ -1,0 +1,100 @@
+"""A join for the fan-in tests (:mod:`celery_workflows.joins`).
+
+    fanOrdered -> charge -fanCharged--\\
+    fanOrdered -> reserve -fanReserved-> (join) ship
+
+charge is undone by refund. The payload steers it: ``barrier: true`` makes charge and reserve
+of one run wait for each other in Redis, so that they finish at the same instant (on two
+workers when each consumes one of them); ``stallOnce: true`` makes charge's first attempt
+note ``fan:stalled:<order>`` and hang (a test kills its worker); ``reserveFails: true``
+dead-letters reserve. ship notes the payload it received in ``fan:shipped`` and each refund in
+``fan:refunded`` (the test Redis).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from celery_workflows import Job, JobContext, Lifecycle, NonRetryableError, WorkflowService
+from tests.proj.celery_app import app
+from tests.proj.recorder import FAST_RETRY, Recorder, recorder
+
+fan = WorkflowService("fan", app, resources=recorder, business_key="order")
+fan.event("fanOrdered")
+#: a short lease: a killed worker's attempt is taken over within seconds
+SHORT = Lifecycle(visibility_timeout=3, max_attempts=3, retry=FAST_RETRY)
+QUEUES = ["fan.charge", "fan.reserve", "fan.ship", "fan.refund"]
+
+
+def barrier(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    """Wait (up to 5 s) until both branches of this run got here."""
+    key = f"fan:barrier:{job.correlation_id}"
+    r = ctx.resources.redis
+    r.incr(key)
+    r.expire(key, 60)
+    until = time.monotonic() + 5
+    while int(r.get(key) or 0) < 2 and time.monotonic() < until:
+        time.sleep(0.0005)
+
+
+@fan.queue_worker("charge", "Charge the card", result_event="fanCharged", lifecycle=SHORT,
+                  compensate_with="refund")  # fmt: skip
+def charge(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
+    order = job.payload["order"]
+    if job.payload.get("stallOnce") and job.attempt == 1:
+        ctx.resources.redis.set(f"fan:stalled:{order}", job.id)
+        time.sleep(60)
+    if job.payload.get("barrier"):
+        barrier(ctx, job)
+    return {"order": order, "paid": job.payload.get("amount", 10)}
+
+
+@fan.queue_worker("reserve", "Reserve the stock", result_event="fanReserved", lifecycle=SHORT)
+def reserve(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
+    if job.payload.get("reserveFails"):
+        raise NonRetryableError("out of stock")
+    if job.payload.get("barrier"):
+        barrier(ctx, job)
+    return {"order": job.payload["order"], "sku": "A-1"}
+
+
+class Charged(BaseModel):
+    order: str
+    paid: int
+
+
+class Reserved(BaseModel):
+    order: str
+    sku: str
+
+
+class Shipment(BaseModel):
+    """What the join hands ship: one field per event it waited for."""
+
+    fanCharged: Charged
+    fanReserved: Reserved
+
+
+@fan.queue_worker("ship", "Ship once paid and reserved", payload=Shipment, lifecycle=SHORT)
+def ship(ctx: JobContext[Recorder], job: Job[Shipment]) -> None:
+    entry = {"run": job.correlation_id, "job": job.id, "payload": job.payload.model_dump()}
+    ctx.resources.redis.rpush("fan:shipped", json.dumps(entry))
+
+
+@fan.queue_worker("refund", "Refund the card", lifecycle=SHORT)
+def refund(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.redis.rpush("fan:refunded", job.payload["order"])
+
+
+fan.subscribe("fanOrdered", enqueue="charge")
+fan.subscribe("fanOrdered", enqueue="reserve")
+fan.join(["fanCharged", "fanReserved"], enqueue="ship")
+
+if os.environ.get("WORKFLOWS_TEST_LOOSE_JOIN"):
+    # for the check test: a join waiting for an event that nothing emits or declares
+    fan.join(["fanCharged", "fanInsured"], enqueue="ship", name="loose")
