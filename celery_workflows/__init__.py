@@ -27,6 +27,7 @@ from .errors import (
     WorkflowError,
     WorkflowNotFoundError,
 )
+from .gathers import Gather
 from .jobs import cancel, get_job, release_lease
 from .lifecycle import Jitter, Lifecycle, RetryStrategy
 from .limits import Limits
@@ -54,6 +55,7 @@ __all__ = [
     "EnqueueResult",
     "Event",
     "GateClosedError",
+    "Gather",
     "Jitter",
     "Job",
     "JobContext",

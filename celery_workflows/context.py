@@ -8,7 +8,7 @@ and the job controls (finish, retry, fail, dead-letter, extend the lease, check 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
@@ -62,6 +62,7 @@ class JobContext(Generic[R]):
         visibility_timeout: float,
         emit: Callable[[str, Any], Event],
         open_gate: Callable[[Gate], None],
+        start_map: Callable[[Iterable[Any]], int],
     ) -> None:
         self.job = job
         self.resources = resources
@@ -72,6 +73,7 @@ class JobContext(Generic[R]):
         self._visibility_timeout = visibility_timeout
         self._emit = emit
         self._open_gate = open_gate
+        self._start_map = start_map
         #: this run's own documents (deleted with the run when it is pruned)
         self.states = States(job.correlation_id, store)
         #: documents shared by every run (never pruned with a run); writes name this run
@@ -119,6 +121,18 @@ class JobContext(Generic[R]):
         payload that fails the event's schema raises ``PayloadValidationError`` here.
         """
         return self._emit(name, payload)
+
+    def map(self, items: Iterable[Any]) -> int:
+        """Start one branch job per item on this step's ``gather.each`` queue; once every
+        branch has ended, one job on ``gather.into`` receives all their results, in item
+        order (see :mod:`celery_workflows.gathers`). Returns the number of branches.
+
+        The branches are written with this attempt's success, in its transaction (a failed
+        attempt starts none; its next attempt maps again). Each item is checked against the
+        branch queue's schema here: a bad one raises ``PayloadValidationError`` and nothing
+        is started. No items: the gathering job starts at once, with empty results.
+        """
+        return self._start_map(items)
 
     def wait_for_human(
         self,

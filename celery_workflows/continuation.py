@@ -110,4 +110,5 @@ def claimed(job: NewJob, business_key: str) -> ClaimedJob:
         trace_id=job.trace_id,
         compensates=job.compensates,
         business_key=business_key,
+        gather_id=job.gather_id,
     )

@@ -69,6 +69,9 @@ def redrive(
             else store.run_trace(dead.correlation_id)
         ),
         priority=dead.priority,
+        # a re-driven branch of a map still counts on its gather, in its item's place
+        gather_id=dead.gather_id,
+        gather_index=dead.gather_index,
     )
     detail: dict[str, Any] = {"new_job_id": job.id}
     if edited:

@@ -162,11 +162,15 @@ def publish_created(jobs: list[NewJob], store: Controls) -> None:
     committed write into an error: the job is marked unpublished for the sweeper's next pass."""
     queues = registry.queues()
     now = utcnow()
-    due = [job for job in jobs if job.lease is None and job.published]
-    for job in due:
-        countdown = max(0.0, (job.available_at - now).total_seconds())
-        dispatch = Dispatch(job.id, job.queue, 1, job.priority, countdown)
-        if not publish_or_hand_to_sweeper(store, queues[job.queue], [dispatch]):
+    per_queue: dict[str, list[Dispatch]] = {}
+    for job in jobs:
+        if job.lease is None and job.published:
+            countdown = max(0.0, (job.available_at - now).total_seconds())
+            dispatch = Dispatch(job.id, job.queue, 1, job.priority, countdown)
+            per_queue.setdefault(job.queue, []).append(dispatch)
+    # a map's branches: over one broker connection
+    for queue, dispatches in per_queue.items():
+        if not publish_or_hand_to_sweeper(store, queues[queue], dispatches):
             return
 
 

@@ -18,6 +18,8 @@ class QueueNode:
     emits: tuple[str, ...]
     #: the queue whose job undoes this step (compensation), if declared
     compensate_with: str | None = None
+    #: a mapping step: the queue of its branches and the queue they gather into
+    gather: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,13 @@ class Graph:
 
 def describe() -> Graph:
     queues = tuple(
-        QueueNode(w.qualified_name, w.description, w.graph_emits, w.compensate_with)
+        QueueNode(
+            w.qualified_name,
+            w.description,
+            w.graph_emits,
+            w.compensate_with,
+            (w.gather.each, w.gather.into) if w.gather else None,
+        )
         for w in sorted(registry.queues().values(), key=lambda w: w.qualified_name)
     )
     subs = tuple(
@@ -72,17 +80,28 @@ def problems() -> list[str]:
     """Every declaration mistake found, one sentence each (empty when the graph is sound)."""
     known = registry.queues()
     declared = ", ".join(sorted(known)) or "none"
-    return [
-        f"subscription {s.name!r} to event {s.event!r} enqueues {s.queue!r}, which no "
-        f"service declares (declared: {declared})"
-        for s in registry.subscriptions()
-        if s.queue not in known
-    ] + [
-        f"queue {q.qualified_name!r} is compensated by {q.compensate_with!r}, which no service "
-        f"declares (declared: {declared})"
-        for q in known.values()
-        if q.compensate_with and q.compensate_with not in known
-    ]
+    return (
+        [
+            f"subscription {s.name!r} to event {s.event!r} enqueues {s.queue!r}, which no "
+            f"service declares (declared: {declared})"
+            for s in registry.subscriptions()
+            if s.queue not in known
+        ]
+        + [
+            f"queue {q.qualified_name!r} is compensated by {q.compensate_with!r}, which no service "
+            f"declares (declared: {declared})"
+            for q in known.values()
+            if q.compensate_with and q.compensate_with not in known
+        ]
+        + [
+            f"queue {q.qualified_name!r} gathers {role} {target!r}, which no service declares "
+            f"(declared: {declared})"
+            for q in known.values()
+            if q.gather
+            for role, target in (("each item on", q.gather.each), ("into", q.gather.into))
+            if target not in known
+        ]
+    )
 
 
 def validate() -> None:
@@ -140,12 +159,23 @@ def render(fmt: str = "text") -> str:
         (q.name, s.queue, s.label) for q in g.queues for s in g.subscriptions if s.event in q.emits
     ]
     undo = [(q.name, c) for q in g.queues if (c := q.compensate_with)]
+    edges += map_edges(g)
     starts = [(e, s.queue) for e in entries for s in g.subscriptions if s.event == e]
     if fmt == "mermaid":
         return _mermaid(g, starts, edges, undo)
     if fmt == "dot":
         return _dot(g, starts, edges, undo)
     return _text(g, starts, edges, undo)
+
+
+def map_edges(g: Graph) -> list[tuple[str, str, str]]:
+    """(source, target, label) of every mapping step to its branches, and of the branches to
+    the step they gather into."""
+    found = []
+    for q in g.queues:
+        if q.gather is not None:
+            found += [(q.name, q.gather[0], "map"), (q.gather[0], q.gather[1], "gather")]
+    return found
 
 
 def _text(

@@ -23,6 +23,7 @@ from .records import Dispatch, NewJob
 if TYPE_CHECKING:
     from celery import Task
 
+    from .gathers import Gather
     from .lifecycle import Lifecycle
     from .limits import Limits
 
@@ -56,6 +57,8 @@ class QueueSpec:
     compensate_with: str | None = None
     #: flow control across every worker (:mod:`celery_workflows.limits`); None: none
     limits: Limits | None = None
+    #: a mapping step: ``ctx.map(items)`` starts branches gathered into one job (:mod:`.gathers`)
+    gather: Gather | None = None
     task: Task[Any, Any] | None = None
 
     @property

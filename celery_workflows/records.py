@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # a type only: this module still imports nothing of the toolkit
+    from .gathers import GatherStart
     from .joins import Arrival
 
 
@@ -171,6 +172,9 @@ class NewJob:
     limit_key: str = ""
     #: a debounced subscription's name and key: only the newest of its jobs runs
     coalesce_key: str = ""
+    #: a branch of a map: its gather (the mapping job's id) and its item's index
+    gather_id: str | None = None
+    gather_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -244,9 +248,11 @@ class Outbox:
     #: events of joins (:class:`~celery_workflows.joins.Arrival`): the ledger checks each
     #: join under its run's lock once the events are written, and creates its job if complete
     arrivals: list[Arrival] = field(default_factory=list)
+    #: gathers the step's success opens (:mod:`celery_workflows.gathers`), with its branch jobs
+    gathers: list[GatherStart] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.jobs)
+        return bool(self.events or self.jobs or self.gathers)
 
 
 @dataclass(frozen=True)
@@ -295,6 +301,8 @@ class ClaimedJob:
     business_key: str = ""
     #: set for a job of a debounced subscription: a newer job with it supersedes this one
     coalesce_key: str = ""
+    #: set for a branch of a map: the gather its final outcome counts on
+    gather_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +335,9 @@ class JobRecord:
     priority: int | None = None
     #: when the current (or last) attempt started
     started_at: datetime | None = None
+    #: for a branch of a map: its gather and its item's index
+    gather_id: str | None = None
+    gather_index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -371,6 +382,8 @@ class ExpiredLease:
     correlation_id: str
     #: set when the expired job is a compensation
     compensates: str | None = None
+    #: set when the expired job is a branch of a map
+    gather_id: str | None = None
 
 
 @dataclass(frozen=True)

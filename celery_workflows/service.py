@@ -20,6 +20,7 @@ from .context import Job, JobContext
 from .enqueueing import after_insert, after_insert_many, prepare, start_time
 from .errors import ConfigurationError, RunAlreadyOpenError
 from .events import new_event, run_start_for, write_and_publish
+from .gathers import Gather
 from .ids import new_id
 from .lifecycle import Lifecycle
 from .limits import Limits, check_key_path
@@ -129,6 +130,7 @@ class WorkflowService(Generic[R]):
             shape = {
                 "queues": sorted(
                     (s.name, sorted(s.emits), s.compensate_with or "", s.result_event or "")
+                    + ((s.gather.each, s.gather.into) if s.gather else ())
                     for s in self._queues.values()
                 ),
                 "subscriptions": sorted(("+".join(s.events), s.queue) for s in subscriptions),
@@ -180,6 +182,7 @@ class WorkflowService(Generic[R]):
         continue_locally: bool | None = None,
         compensate_with: str | Handler | None = None,
         limits: Limits | None = None,
+        gather: Gather | None = None,
     ) -> Callable[[H], H]:
         """Declare ``name`` as a queue worker whose handler is the decorated function.
 
@@ -194,7 +197,10 @@ class WorkflowService(Generic[R]):
         declared as the queue ``undo_<name>``; it receives this step's payload. ``limits``
         caps how many of its attempts run at once and how fast they start, across every
         worker (:class:`~celery_workflows.limits.Limits`); a limited queue is never continued
-        locally.
+        locally. ``gather`` makes it a mapping step: its handler's ``ctx.map(items)`` starts one
+        job per item on ``gather.each`` and, once every one has ended, one job on
+        ``gather.into`` with all their results in item order
+        (:class:`~celery_workflows.gathers.Gather`).
         """
         registry.check_name("queue", name)
         if name in self._queues:
@@ -223,6 +229,10 @@ class WorkflowService(Generic[R]):
             registry.check_name("event", result_event)
 
         undo = self._compensation_queue(name, compensate_with, lifecycle)
+        if gather is not None and not isinstance(gather, Gather):
+            raise ConfigurationError(
+                f"queue {self.name}.{name}: gather must be a Gather, got {gather!r}"
+            )
 
         def decorate(handler: H) -> H:
             if not callable(handler):
@@ -243,6 +253,7 @@ class WorkflowService(Generic[R]):
                 emits=emitted,
                 result_event=result_event,
                 limits=limits,
+                gather=gather.qualified(self.name) if gather is not None else None,
             )
             spec.task = self._make_task(spec)
             self._queues[name] = spec

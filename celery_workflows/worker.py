@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import logging
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from .compensation import undo_planner
 from .context import Job, JobContext
 from .continuation import claimed, lease_one, max_continuations
 from .errors import (
+    ConfigurationError,
     DeadLetterRequested,
     FatalJobError,
     JobFinished,
@@ -38,6 +40,7 @@ from .errors import (
     SubscriptionError,
 )
 from .events import announce, check_emits, new_event, plan, publish_created
+from .gathers import GatherStart, branch_jobs, gathered_job
 from .intake import notice_problem, stored_body
 from .lease import LeaseAlarm, new_lease_token, worker_name
 from .lifecycle import after_failure
@@ -223,6 +226,8 @@ class Attempt:
         self.emitted: list[Event] = []
         #: the approval gate the handler asked for (opened with a successful outcome)
         self.gate: Gate | None = None
+        #: the items the handler mapped (branches started with a successful outcome)
+        self.mapped: list[Any] | None = None
         self.info = AttemptInfo(
             job_id=claimed.id,
             queue=spec.qualified_name,
@@ -278,6 +283,7 @@ class Attempt:
             visibility_timeout=self.spec.lifecycle.visibility_timeout,
             emit=self._emit,
             open_gate=self._open_gate,
+            start_map=self._start_map,
         )
         try:
             result = self.spec.handler(ctx, ctx.job)
@@ -326,12 +332,43 @@ class Attempt:
             if self.spec.result_event is not None:
                 events.append(self._new_event(self.spec.result_event, result))
             outbox = plan(events, priority=self.claimed.priority)
+            if self.mapped is not None:
+                outbox = self._with_branches(outbox)
         except (SubscriptionError, PayloadError) as exc:
             return self._failure(AttemptOutcome.FAILED, str(exc), exc)
         record = self._record(AttemptOutcome.SUCCEEDED, "", None)
         if self.gate is not None:
             outbox = dataclasses.replace(outbox, gate=self.gate.to_json())
         return Outcome(JobStatus.SUCCEEDED, record, result=result), outbox
+
+    def _start_map(self, items: Iterable[Any]) -> int:
+        gather = self.spec.gather
+        if gather is None:
+            raise ConfigurationError(
+                f"queue {self.spec.qualified_name}: ctx.map() needs "
+                "gather=Gather(each=..., into=...) on its queue_worker"
+            )
+        if self.mapped is not None:
+            raise ConfigurationError(
+                f"queue {self.spec.qualified_name}: ctx.map() was already called in this attempt"
+            )
+        each = registry.get_queue(gather.each)
+        self.mapped = [each.validate_payload(item) for item in items]
+        return len(self.mapped)
+
+    def _with_branches(self, outbox: Outbox) -> Outbox:
+        """``outbox`` with the gather the handler's ``ctx.map()`` opens and its branch jobs
+        (or, for no items, the gathering job itself)."""
+        assert self.spec.gather is not None and self.mapped is not None
+        c, gather, now = self.claimed, self.spec.gather, utcnow()
+        start = GatherStart(
+            c.id, c.correlation_id, gather.into, len(self.mapped), gather.on_failure,
+            c.trace_id, c.priority,
+        )  # fmt: skip
+        if not self.mapped:
+            return dataclasses.replace(outbox, jobs=[*outbox.jobs, gathered_job(start, [], now)])
+        branches = branch_jobs(start, gather.each, self.mapped, now)
+        return dataclasses.replace(outbox, jobs=[*outbox.jobs, *branches], gathers=[start])
 
     def _superseded(self, newer: str) -> tuple[Outcome, Outbox]:
         """A debounced job with a newer one of its subscription and key: done without running

@@ -48,6 +48,7 @@ def edges() -> list[Edge]:
                 found.append(Edge(q.name, sub.queue, sub.label))
         if q.compensate_with:
             found.append(Edge(q.name, q.compensate_with, ""))
+    found += [Edge(*edge) for edge in graph.map_edges(g)]
     return found
 
 

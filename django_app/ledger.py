@@ -65,6 +65,7 @@ CLAIM_FIELDS = [
     "trace_id",
     "compensates",
     "coalesce_key",
+    "gather_id",
 ]
 
 
@@ -289,6 +290,7 @@ class SqlLedger:
             compensates=row["compensates"],
             business_key=row["business_key"] or "",
             coalesce_key=row["coalesce_key"],
+            gather_id=row["gather_id"],
         )
 
     def newer_job(self, job: ClaimedJob) -> str | None:
@@ -330,7 +332,12 @@ class SqlLedger:
         self, job: ClaimedJob, outcome: Outcome, outbox: Outbox, undo: UndoPlanner | None = None
     ) -> Recorded | None:
         attempted = Attempted(
-            job.id, job.correlation_id, job.attempt, job.lease_token, job.compensates
+            job.id,
+            job.correlation_id,
+            job.attempt,
+            job.lease_token,
+            job.compensates,
+            gather_id=job.gather_id,
         )
         return write_outcome(attempted, outcome, outbox, undo)
 

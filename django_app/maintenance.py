@@ -51,6 +51,7 @@ class SweeperQueries:
                 priority=row.priority,
                 correlation_id=row.correlation_id,
                 compensates=row.compensates,
+                gather_id=row.gather_id,
             )
             for row in rows.only(
                 "id",
@@ -63,6 +64,7 @@ class SweeperQueries:
                 "priority",
                 "correlation_id",
                 "compensates",
+                "gather_id",
             )
         ]
 
@@ -76,6 +78,7 @@ class SweeperQueries:
             lease.lease_token,
             lease.compensates,
             held=False,
+            gather_id=lease.gather_id,
         )
         return write_outcome(attempted, outcome, Outbox(), undo)
 

@@ -73,6 +73,12 @@ class Job(models.Model):
         default="",
         help_text="debounced subscription and key: a newer job with it supersedes this one",
     )
+    gather_id = models.CharField(
+        max_length=32, null=True, blank=True, help_text="a branch of a map: its gather"
+    )
+    gather_index = models.PositiveIntegerField(
+        null=True, blank=True, help_text="a branch of a map: its item's index"
+    )
     created_at = models.DateTimeField()
 
     class Meta:
@@ -123,6 +129,12 @@ class Job(models.Model):
                 condition=models.Q(status=JobStatus.QUEUED, published_at__isnull=True),
                 name="cw_job_held",
             ),
+            # a complete gather reads its branches once, in item order
+            models.Index(
+                fields=["gather_id", "gather_index"],
+                condition=models.Q(gather_id__isnull=False),
+                name="cw_job_gather",
+            ),
             models.Index(
                 fields=["queue", "-finished_at"],
                 condition=models.Q(status=JobStatus.DEAD),
@@ -160,6 +172,28 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} {self.id} from {self.source}"
+
+
+class Gather(models.Model):
+    """A map's branches and where they gather: each branch's final outcome counts itself
+    here, and the one that counts the last writes the gathering job
+    (:mod:`celery_workflows.gathers`)."""
+
+    id = models.CharField(
+        primary_key=True, max_length=32, editable=False, help_text="the mapping job's id"
+    )
+    correlation_id = models.CharField(max_length=64, db_index=True)
+    into_queue = models.CharField(max_length=201, help_text="service.queue receiving the results")
+    total = models.PositiveIntegerField(help_text="branches")
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0, help_text="dead branches gathered without")
+    on_failure = models.CharField(max_length=16, help_text="what a dead branch means")
+    trace_id = models.CharField(max_length=64, blank=True, default="")
+    priority = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"gather {self.id}: {self.succeeded + self.failed}/{self.total} -> {self.into_queue}"
 
 
 class WorkflowRun(models.Model):

@@ -234,4 +234,6 @@ def job_record(row: Job) -> JobRecord:
         trace_id=row.trace_id,
         priority=row.priority,
         started_at=row.started_at,
+        gather_id=row.gather_id,
+        gather_index=row.gather_index,
     )

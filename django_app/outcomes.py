@@ -25,7 +25,7 @@ from typing import Any
 
 from django.db import DataError, IntegrityError, ProgrammingError, transaction
 
-from celery_workflows import joins, rules
+from celery_workflows import gathers, joins, rules
 from celery_workflows.clock import utcnow
 from celery_workflows.errors import LedgerWriteError
 from celery_workflows.records import (
@@ -42,11 +42,22 @@ from celery_workflows.store import UndoPlanner
 
 from .models import AuditEntry, Job
 from .models import Event as EventRow
-from .rows import dt, event_values, from_dt, from_json, job_values, js, outcome_changes
+from .rows import (
+    dt,
+    event_values,
+    from_dt,
+    from_json,
+    gather_values,
+    job_values,
+    js,
+    outcome_changes,
+)
 from .runcounters import RunDelta, change_run, run_change, settled_status
 from .statements import (
     EVENT,
     EVENT_COLUMNS,
+    GATHER,
+    GATHER_COLUMNS,
     JOB,
     JOB_COLUMNS,
     RUN,
@@ -76,6 +87,8 @@ class Attempted:
     #: the worker's own write, allowed only while its lease is unexpired; False: the sweeper
     #: settling a lease that expired (the token alone fences it)
     held: bool = True
+    #: set for a branch of a map: the gather its final outcome counts on
+    gather_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +139,8 @@ def _one_statement_applies(
         and outbox.starts is None
         and outbox.gate is None
         and not outbox.arrivals
+        and not outbox.gathers
+        and attempted.gather_id is None
         and not (undo is not None and outcome.status == JobStatus.DEAD)
         and _fits_one_statement(outbox)
     )
@@ -295,13 +310,53 @@ def stop_forward_jobs(jobs: list[RunJob], keep: str, now: datetime) -> int:
 
 
 def write_rows(outbox: Outbox, now: datetime) -> list[NewJob]:
-    """Insert an outbox's events and jobs (skipping ones written before, by an earlier try or
-    a duplicate delivery) and the jobs of the joins its events complete (the caller holds
-    their runs' locks); return the jobs this call created. Counts nothing on runs."""
+    """Insert an outbox's events, gathers and jobs (skipping ones written before, by an
+    earlier try or a duplicate delivery) and the jobs of the joins its events complete (the
+    caller holds their runs' locks); return the jobs this call created. Counts nothing on
+    runs."""
     insert_rows(EVENT, EVENT_COLUMNS, [event_values(e) for e in outbox.events])
+    insert_rows(GATHER, GATHER_COLUMNS, [gather_values(g, now) for g in outbox.gathers])
     jobs = [*outbox.jobs, *joins.completed(outbox.arrivals, run_events)]
     created = insert_rows(JOB, JOB_COLUMNS, [job_values(j, now) for j in jobs])
     return [j for j in jobs if j.id in created]
+
+
+def final_for_gather(outcome: Outcome, cancelled_retry: bool) -> bool:
+    """Whether an outcome counts a branch on its gather: it succeeded or died for good."""
+    return not cancelled_retry and outcome.status in (JobStatus.SUCCEEDED, JobStatus.DEAD)
+
+
+def count_branch(gather_id: str, succeeded: bool) -> gathers.Tally | None:
+    """Count a branch's final outcome on its gather (under the run's lock): a success always,
+    a dead branch only where the gather continues without it; the gather as it now stands."""
+    ok = int(succeeded)
+    update(
+        f"UPDATE {GATHER} SET succeeded = succeeded + %s, failed = failed + "
+        "CASE WHEN on_failure = 'continue' THEN %s ELSE 0 END WHERE id = %s",
+        [ok, 1 - ok, gather_id],
+    )
+    rows = execute(
+        "SELECT correlation_id, into_queue, total, on_failure, trace_id, priority, succeeded, "
+        f"failed FROM {GATHER} WHERE id = %s",
+        [gather_id],
+    )
+    if not rows:
+        return None
+    correlation_id, into, total, on_failure, trace_id, priority, done, failed = rows[0]
+    start = gathers.GatherStart(
+        gather_id, correlation_id, into, total, on_failure, trace_id or "", priority
+    )
+    return gathers.Tally(start, done, failed)
+
+
+def branches(gather_id: str) -> list[gathers.BranchRow]:
+    """A complete gather's branch jobs (re-driven ones too), in item order."""
+    rows = execute(
+        f"SELECT gather_index, status, result, dead_reason FROM {JOB} WHERE gather_id = %s "
+        "ORDER BY gather_index",
+        [gather_id],
+    )
+    return [(index, status, from_json(result), reason) for index, status, result, reason in rows]
 
 
 def run_events(correlation_id: str, names: tuple[str, ...]) -> list[joins.EventRow]:
@@ -353,6 +408,12 @@ def _locked(
             [*changes.values(), js(outcome.attempt.to_json()), *fence_params],
         ):
             return _written_before(attempted, outcome, outbox)
+        tally = None
+        if attempted.gather_id and forward and final_for_gather(outcome, cancelled_retry):
+            tally = count_branch(attempted.gather_id, outcome.status == JobStatus.SUCCEEDED)
+        # a dead branch of a gather that continues without it is not the run's failure
+        tolerated = dead and tally is not None and tally.tolerates_failure
+        dead = dead and not tolerated
         # in a service that compensates, a dead forward step stops its run
         fails = undo is not None and forward and dead and run.open and not run.stopping
         stopped = 0
@@ -362,9 +423,15 @@ def _locked(
         if run.stopping and not outbox.stopping:
             # what the step emitted is recorded; the forward steps it would start are not
             outbox = replace(
-                outbox, jobs=[j for j in outbox.jobs if j.compensates is not None], arrivals=[]
+                outbox,
+                jobs=[j for j in outbox.jobs if j.compensates is not None],
+                arrivals=[],
+                gathers=[],
             )
         created = write_rows(outbox, now) if outbox else []
+        if tally is not None and tally.complete and not (fails or run.stopping):
+            gathered = gathers.gathered_job(tally.start, branches(tally.start.id), now)
+            created += write_rows(Outbox(jobs=[gathered]), now)
         undone = plan_undo(attempted.correlation_id, undo, now) if fails or run.stopping else []
         if outbox.gate is not None and outcome.status == JobStatus.SUCCEEDED:
             _open_gate(attempted.correlation_id, outbox.gate)

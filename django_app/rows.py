@@ -13,6 +13,7 @@ from typing import Any
 from django.db import connection
 from django.utils.dateparse import parse_datetime
 
+from celery_workflows.gathers import GatherStart
 from celery_workflows.records import Event, JobStatus, NewJob, Outcome, RunStart, RunStatus
 
 
@@ -89,6 +90,8 @@ def job_values(job: NewJob, now: datetime) -> dict[str, Any]:
         "compensates": job.compensates,
         "limit_key": job.limit_key,
         "coalesce_key": job.coalesce_key,
+        "gather_id": job.gather_id,
+        "gather_index": job.gather_index,
         "created_at": dt(now),
     }
     if job.lease is not None:
@@ -105,6 +108,21 @@ def job_values(job: NewJob, now: datetime) -> dict[str, Any]:
             started_at=dt(job.lease.started_at),
         )
     return values
+
+
+def gather_values(start: GatherStart, now: datetime) -> dict[str, Any]:
+    return {
+        "id": start.id,
+        "correlation_id": start.correlation_id,
+        "into_queue": start.into,
+        "total": start.total,
+        "succeeded": 0,
+        "failed": 0,
+        "on_failure": start.on_failure,
+        "trace_id": start.trace_id,
+        "priority": start.priority,
+        "created_at": dt(now),
+    }
 
 
 def event_values(event: Event) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from celery_workflows.records import NewJob
 
 from .models import Event as EventRow
-from .models import Job, QueueControl, WorkflowRun
+from .models import Gather, Job, QueueControl, WorkflowRun
 
 
 def _columns(model: type[models.Model]) -> list[str]:
@@ -47,6 +47,8 @@ RUN = WorkflowRun._meta.db_table
 CONTROL = QueueControl._meta.db_table
 CONTROL_COLUMNS = _columns(QueueControl)
 RUN_COLUMNS = _columns(WorkflowRun)
+GATHER = Gather._meta.db_table
+GATHER_COLUMNS = _columns(Gather)
 
 
 def marks(n: int) -> str:

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .. import joins, rules
+from .. import gathers, joins, rules
 from ..clock import utcnow
 from ..errors import JobNotFoundError, NotDeadLetteredError, RenameError, WorkflowNotFoundError
+from ..gathers import GatherStart
 from ..ids import new_id
 from ..lifecycle import PUBLISH_HORIZON_SECONDS
 from ..limits import Held, HeldBy, Limits, held_by, paced
@@ -99,6 +100,8 @@ class _Job:
     redriven_from: str | None = None
     limit_key: str = ""
     coalesce_key: str = ""
+    gather_id: str | None = None
+    gather_index: int | None = None
 
 
 @dataclass
@@ -138,6 +141,8 @@ class _Data:
     minutes: dict[tuple[str, datetime], QueueMinute] = field(default_factory=dict)
     #: (correlation id, record)
     audit: list[tuple[str, AuditRecord]] = field(default_factory=list)
+    #: gather id -> (its start, [branches succeeded, dead branches gathered without])
+    gathers: dict[str, tuple[GatherStart, list[int]]] = field(default_factory=dict)
 
 
 class InMemoryStore:
@@ -248,6 +253,8 @@ class InMemoryStore:
             redriven_from=job.redriven_from,
             limit_key=job.limit_key,
             coalesce_key=job.coalesce_key,
+            gather_id=job.gather_id,
+            gather_index=job.gather_index,
         )
         if job.lease is not None:  # written claimed; its attempt counts from its outcome
             row.status, row.published_at = JobStatus.RUNNING, None
@@ -276,6 +283,8 @@ class InMemoryStore:
     def _write_rows(self, outbox: Outbox, now: datetime) -> list[NewJob]:
         for event in outbox.events:
             self._data.events.setdefault(event.id, copy.deepcopy(event))
+        for start in outbox.gathers:
+            self._data.gathers.setdefault(start.id, (start, [0, 0]))
         jobs = [*outbox.jobs, *joins.completed(outbox.arrivals, self._run_events)]
         return [job for job in jobs if self._insert(job, now)]
 
@@ -287,6 +296,17 @@ class InMemoryStore:
         ]
         found.sort(key=lambda e: (e.emitted_at, e.id))
         return [(e.id, e.name, copy.deepcopy(e.payload)) for e in found]
+
+    def _count_branch(self, gather_id: str, succeeded: bool) -> gathers.Tally | None:
+        found = self._data.gathers.get(gather_id)
+        if found is None:
+            return None
+        start, counts = found
+        if succeeded:
+            counts[0] += 1
+        elif start.on_failure == "continue":
+            counts[1] += 1
+        return gathers.Tally(start, counts[0], counts[1])
 
     def _stop_forward(self, correlation_id: str, keep: str, now: datetime) -> int:
         cancel, ask = rules.stop_effects(self._run_jobs(correlation_id), keep)
@@ -387,6 +407,7 @@ class InMemoryStore:
                 compensates=job.compensates,
                 business_key=run.business_key if run else "",
                 coalesce_key=job.coalesce_key,
+                gather_id=job.gather_id,
             )
 
     def _slots_in_use(self, queue: str, now: datetime) -> Counter[str]:
@@ -565,6 +586,15 @@ class InMemoryStore:
             else:
                 row.status, row.dead_reason = JobStatus.DEAD, outcome.reason
                 row.finished_at = outcome.attempt.finished_at
+            tally = None
+            if (
+                row.gather_id
+                and forward
+                and not cancelled_retry
+                and outcome.status != JobStatus.QUEUED
+            ):
+                tally = self._count_branch(row.gather_id, outcome.status == JobStatus.SUCCEEDED)
+            dead = dead and not (tally is not None and tally.tolerates_failure)
             fails = undo is not None and forward and dead and open_run and not stopping
             stopped = 0
             if fails:
@@ -573,9 +603,20 @@ class InMemoryStore:
                 stopped = self._stop_forward(correlation_id, job_id, now)
             if stopping and not outbox.stopping:
                 outbox = dataclasses.replace(
-                    outbox, jobs=[j for j in outbox.jobs if j.compensates is not None], arrivals=[]
+                    outbox,
+                    jobs=[j for j in outbox.jobs if j.compensates is not None],
+                    arrivals=[],
+                    gathers=[],
                 )
             created = self._write_rows(outbox, now)
+            if tally is not None and tally.complete and not (fails or stopping):
+                branches = sorted(
+                    (j.gather_index or 0, j.status.value, copy.deepcopy(j.result), j.dead_reason)
+                    for j in self._data.jobs.values()
+                    if j.gather_id == tally.start.id
+                )
+                gathered = gathers.gathered_job(tally.start, branches, now)
+                created += self._write_rows(Outbox(jobs=[gathered]), now)
             undone = self._plan_undo(correlation_id, undo, now) if fails or stopping else []
             if (
                 outbox.gate is not None
@@ -1247,6 +1288,8 @@ def _record(job: _Job) -> JobRecord:
         trace_id=job.trace_id,
         priority=job.priority,
         started_at=job.started_at,
+        gather_id=job.gather_id,
+        gather_index=job.gather_index,
     )
 
 

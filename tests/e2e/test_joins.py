@@ -1,7 +1,9 @@
-"""A join starts its step once every one of its events has happened in a run - once, even when
-the branches finish at the same instant on two workers, or a worker dies mid-branch.
+"""Fan-in on real workers. A join starts its step once every one of its events has happened in
+a run; a gather hands its step every branch's result in item order - each once, even when the
+branches finish at the same instant on two workers, or a worker dies mid-branch.
 
-The workflow is ``tests/proj/fanin.py``: charge and reserve run in parallel, ship joins them.
+The workflows are ``tests/proj/fanin.py``: charge and reserve run in parallel and ship joins
+them; split maps a batch of images onto resize branches that collect gathers.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import pytest
 from celery_workflows.testing import wait_for
 from django_app.models import Event, Job, WorkflowRun
 from tests.helpers import manage
-from tests.proj.fanin import QUEUES
+from tests.proj.fanin import MAP_QUEUES, QUEUES, STOP_QUEUES
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db")]
 
 
 @pytest.fixture(autouse=True)
 def _clean(redis_client: Any) -> None:
-    redis_client.delete("fan:shipped", "fan:refunded")
+    redis_client.delete("fan:shipped", "fan:refunded", "fan:collected")
 
 
 @pytest.fixture
@@ -138,3 +140,140 @@ def test_manage_check_warns_about_a_join_waiting_for_an_event_nothing_emits(work
     assert result.returncode == 0, result.stderr
     assert "celery_workflows.W002" in result.stderr
     assert "subscription 'loose' waits for event 'fanInsured'" in result.stderr
+
+
+# -- map and gather ---------------------------------------------------------------------------
+
+
+def collected(redis_client: Any) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in redis_client.lrange("fan:collected", 0, -1)]
+
+
+def images(n: int) -> list[str]:
+    return [f"img-{i:04d}.png" for i in range(n)]
+
+
+def expected_results(names: list[str]) -> list[dict[str, Any]]:
+    return [{"image": name, "size": len(name)} for name in names]
+
+
+def test_a_gather_receives_every_branchs_result_in_item_order_once(start_worker, redis_client):
+    from tests.proj.fanin import fan
+
+    # two workers finish branches side by side, each may continue into the next branch
+    start_worker(MAP_QUEUES, concurrency=3, name="mapper")
+    start_worker(["fan.resize"], concurrency=3, name="branches")
+    names = images(200)
+    started = fan.emit("fanBatch", {"images": names})
+    wait_for(lambda: ended(started), timeout=120)
+    assert run_of(started).status == "completed"
+    (entry,) = collected(redis_client)
+    assert entry["payload"] == {"results": expected_results(names), "failures": []}
+    branches = Job.objects.filter(correlation_id=started.correlation_id, queue="fan.resize")
+    assert sorted(branches.values_list("gather_index", flat=True)) == list(range(200))
+    assert set(branches.values_list("status", flat=True)) == {"succeeded"}
+    (collect,) = Job.objects.filter(correlation_id=started.correlation_id, queue="fan.collect")
+    assert collect.attempts == 1
+
+
+def test_an_empty_map_gathers_at_once(start_worker, redis_client):
+    from tests.proj.fanin import fan
+
+    start_worker(MAP_QUEUES, concurrency=2, name="empty")
+    started = fan.emit("fanBatch", {"images": []})
+    wait_for(lambda: ended(started), timeout=30)
+    assert [e["payload"] for e in collected(redis_client)] == [{"results": [], "failures": []}]
+
+
+def test_a_branch_killed_mid_handler_is_taken_over_and_gathered_once(start_worker, redis_client):
+    from tests.proj.fanin import fan
+
+    doomed = start_worker(MAP_QUEUES, concurrency=2, name="doomed")
+    names = images(12)
+    started = fan.emit("fanBatch", {"images": names, "stallOnce": 5, "sleep": 0.05})
+    wait_for(lambda: redis_client.get(f"fan:stalled:{names[5]}") is not None, timeout=30)
+    doomed.kill()  # SIGKILL with branches running and finishing
+    start_worker(MAP_QUEUES, concurrency=2, name="heir")
+    wait_for(lambda: ended(started), timeout=60)
+    assert run_of(started).status == "completed"
+    assert [e["payload"] for e in collected(redis_client)] == [
+        {"results": expected_results(names), "failures": []}
+    ]
+    stalled = Job.objects.get(correlation_id=started.correlation_id, gather_index=5)
+    assert stalled.attempts == 2
+
+
+def test_a_dead_branch_fails_the_run_and_cancels_the_queued_ones(start_worker, redis_client):
+    from tests.proj.fanin import fan
+
+    start_worker(MAP_QUEUES, concurrency=1, name="strict")
+    names = images(30)
+    started = fan.emit("fanBatch", {"images": names, "fail": [2], "sleep": 0.05})
+    wait_for(lambda: ended(started), timeout=60)
+    run = run_of(started)
+    assert run.status == "dead_lettered"  # nothing of it to undo
+    branches = Job.objects.filter(correlation_id=started.correlation_id, queue="fan.resize")
+    statuses = list(branches.values_list("status", flat=True))
+    assert statuses.count("dead") == 1
+    assert statuses.count("cancelled") > 0  # the branches still queued did not run
+    assert collected(redis_client) == []
+    assert not Job.objects.filter(correlation_id=started.correlation_id, queue="fan.collect")
+
+
+def test_a_lenient_gather_continues_with_the_failures_listed(start_worker, redis_client):
+    from tests.proj.fanin import fan
+
+    start_worker(MAP_QUEUES, concurrency=2, name="lenient")
+    names = images(10)
+    started = fan.emit("fanLenientBatch", {"images": names, "fail": [3, 7]})
+    wait_for(lambda: ended(started), timeout=60)
+    assert run_of(started).status == "completed"
+    (entry,) = collected(redis_client)
+    results = expected_results(names)
+    results[3] = results[7] = None
+    assert entry["payload"]["results"] == results
+    assert [f["index"] for f in entry["payload"]["failures"]] == [3, 7]
+    assert "cannot read img-0003.png" in entry["payload"]["failures"][0]["error"]
+    # the failed branches are in the dead-letter queue for an operator
+    dead = Job.objects.filter(correlation_id=started.correlation_id, status="dead")
+    assert sorted(dead.values_list("gather_index", flat=True)) == [3, 7]
+
+
+def test_cancelling_a_run_stops_its_queued_branches(start_worker, redis_client):
+    from celery_workflows import cancel_workflow
+    from tests.proj.fanin import fan
+
+    start_worker(MAP_QUEUES, concurrency=1, name="cancelled")
+    started = fan.emit("fanBatch", {"images": images(40), "sleep": 0.2})
+    wait_for(
+        lambda: Job.objects.filter(
+            correlation_id=started.correlation_id, queue="fan.resize", status="succeeded"
+        ).exists(),
+        timeout=30,
+    )
+    assert cancel_workflow(started.correlation_id, reason="customer left")
+    wait_for(lambda: ended(started), timeout=30)
+    branches = Job.objects.filter(correlation_id=started.correlation_id, queue="fan.resize")
+    statuses = list(branches.values_list("status", flat=True))
+    assert statuses.count("cancelled") > 20
+    assert collected(redis_client) == []
+
+
+def test_a_redriven_branch_counts_in_its_items_place(start_worker, redis_client):
+    from celery_workflows import redrive
+    from tests.proj.fanin import fanstop
+
+    start_worker(STOP_QUEUES, concurrency=2, name="redrive")
+    names = images(6)
+    started = fanstop.emit("fanstopBatch", {"images": names, "fail": [4]})
+    wait_for(lambda: ended(started), timeout=60)
+    assert run_of(started).status == "dead_lettered"  # the operator's turn
+    assert collected(redis_client) == []
+    dead = Job.objects.get(correlation_id=started.correlation_id, status="dead")
+    assert dead.gather_index == 4
+    redrive(dead.id, {"image": names[4]})  # the corrected payload
+    wait_for(lambda: ended(started), timeout=60)
+    assert run_of(started).status == "completed"
+    assert [e["payload"] for e in collected(redis_client)] == [
+        {"results": expected_results(names), "failures": []}
+    ]

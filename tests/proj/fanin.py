@@ -1,4 +1,4 @@
-"""A join for the fan-in tests (:mod:`celery_workflows.joins`).
+"""A join and a map for the fan-in tests (:mod:`celery_workflows.joins`, :mod:`.gathers`).
 
     fanOrdered -> charge -fanCharged--\\
     fanOrdered -> reserve -fanReserved-> (join) ship
@@ -9,6 +9,13 @@ workers when each consumes one of them); ``stallOnce: true`` makes charge's firs
 note ``fan:stalled:<order>`` and hang (a test kills its worker); ``reserveFails: true``
 dead-letters reserve. ship notes the payload it received in ``fan:shipped`` and each refund in
 ``fan:refunded`` (the test Redis).
+
+    fanBatch -> split -(map)-> resize x N -(gather)-> collect
+    fanLenientBatch -> splitLenient -(map)-> resize x N -(gather, continue)-> collect
+
+A batch's payload: ``images`` (one branch each), ``fail`` (indexes whose branch dead-letters),
+``stallOnce`` (an index whose first attempt notes ``fan:stalled:<image>`` and hangs) and
+``sleep`` (seconds each branch takes). collect notes what it received in ``fan:collected``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from celery_workflows import Job, JobContext, Lifecycle, NonRetryableError, WorkflowService
+from celery_workflows import (
+    Gather,
+    Job,
+    JobContext,
+    Lifecycle,
+    NonRetryableError,
+    WorkflowService,
+)
 from tests.proj.celery_app import app
 from tests.proj.recorder import FAST_RETRY, Recorder, recorder
 
@@ -29,6 +43,8 @@ fan.event("fanOrdered")
 #: a short lease: a killed worker's attempt is taken over within seconds
 SHORT = Lifecycle(visibility_timeout=3, max_attempts=3, retry=FAST_RETRY)
 QUEUES = ["fan.charge", "fan.reserve", "fan.ship", "fan.refund"]
+MAP_QUEUES = ["fan.split", "fan.splitLenient", "fan.resize", "fan.collect"]
+STOP_QUEUES = ["fanstop.split", "fanstop.resize", "fanstop.collect"]
 
 
 def barrier(ctx: JobContext[Recorder], job: Job[Any]) -> None:
@@ -91,6 +107,80 @@ def refund(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     ctx.resources.redis.rpush("fan:refunded", job.payload["order"])
 
 
+class Batch(BaseModel):
+    images: list[str]
+    fail: list[int] = []
+    stallOnce: int | None = None
+    sleep: float = 0.0
+
+
+def branches(batch: Batch) -> list[dict[str, Any]]:
+    return [
+        {
+            "image": image,
+            "fail": i in batch.fail,
+            "stall": i == batch.stallOnce,
+            "sleep": batch.sleep,
+        }
+        for i, image in enumerate(batch.images)
+    ]
+
+
+@fan.queue_worker("split", "One branch per image", payload=Batch, lifecycle=SHORT,
+                  gather=Gather(each="resize", into="collect"))  # fmt: skip
+def split(ctx: JobContext[Recorder], job: Job[Batch]) -> int:
+    return ctx.map(branches(job.payload))
+
+
+@fan.queue_worker("splitLenient", "One branch per image; gather without failed ones",
+                  payload=Batch, lifecycle=SHORT,
+                  gather=Gather(each="resize", into="collect", on_failure="continue"))  # fmt: skip
+def split_lenient(ctx: JobContext[Recorder], job: Job[Batch]) -> int:
+    return ctx.map(branches(job.payload))
+
+
+class Image(BaseModel):
+    image: str
+    fail: bool = False
+    stall: bool = False
+    sleep: float = 0.0
+
+
+@fan.queue_worker(
+    "resize",
+    "Resize one image",
+    payload=Image,
+    lifecycle=Lifecycle(visibility_timeout=3, max_attempts=2, retry=FAST_RETRY),
+)
+def resize(ctx: JobContext[Recorder], job: Job[Image]) -> dict[str, Any]:
+    image = job.payload
+    if image.stall and job.attempt == 1:
+        ctx.resources.redis.set(f"fan:stalled:{image.image}", job.id)
+        time.sleep(60)
+    if image.fail:
+        raise NonRetryableError(f"cannot read {image.image}")
+    time.sleep(image.sleep)
+    return {"image": image.image, "size": len(image.image)}
+
+
+@fan.queue_worker("collect", "Receive every branch's result", lifecycle=SHORT)
+def collect(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    entry = {"run": job.correlation_id, "payload": job.payload}
+    ctx.resources.redis.rpush("fan:collected", json.dumps(entry))
+
+
+#: the same map in a service that stops a failed run for an operator instead of compensating
+fanstop = WorkflowService("fanstop", app, resources=recorder, on_failure="stop")
+fanstop.queue_worker("split", payload=Batch, gather=Gather(each="resize", into="collect"))(split)
+fanstop.queue_worker("resize", payload=Image)(resize)
+fanstop.queue_worker("collect")(collect)
+fanstop.event("fanstopBatch")
+fanstop.subscribe("fanstopBatch", enqueue="split")
+
+fan.event("fanBatch")
+fan.event("fanLenientBatch")
+fan.subscribe("fanBatch", enqueue="split")
+fan.subscribe("fanLenientBatch", enqueue="splitLenient")
 fan.subscribe("fanOrdered", enqueue="charge")
 fan.subscribe("fanOrdered", enqueue="reserve")
 fan.join(["fanCharged", "fanReserved"], enqueue="ship")

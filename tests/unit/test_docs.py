@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_workflows import Lifecycle, Limits, RetryStrategy, WorkflowService
+from celery_workflows import Gather, Lifecycle, Limits, RetryStrategy, WorkflowService
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -66,6 +66,11 @@ def test_every_django_setting_the_code_reads_is_documented():
             list(inspect.signature(WorkflowService.queue_worker).parameters)[3:],
         ),
         ("`Limits`", [f.name for f in dataclasses.fields(Limits)]),
+        ("`Gather`", [f.name for f in dataclasses.fields(Gather)]),
+        (
+            "`service.join(events, ...)`",
+            list(inspect.signature(WorkflowService.join).parameters)[2:],
+        ),
         (
             "`service.subscribe(event, ...)`",
             list(inspect.signature(WorkflowService.subscribe).parameters)[2:],
