@@ -20,13 +20,14 @@ listed. The ``into`` step's payload is ``{"results": [...], "failures": [{"index
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from . import registry
+from .clock import utcnow
 from .errors import ConfigurationError
-from .records import NewJob
+from .records import ClaimedJob, NewJob, Outbox
 
 #: what a branch that dead-letters means for its gather
 ON_BRANCH_FAILURE = ("fail", "continue")
@@ -90,6 +91,25 @@ class Tally:
     @property
     def tolerates_failure(self) -> bool:
         return self.start.on_failure == "continue"
+
+
+def with_branches(outbox: Outbox, mapping: ClaimedJob, gather: Gather, items: list[Any]) -> Outbox:
+    """``outbox`` of the mapping job's success with the gather ``ctx.map(items)`` opens and
+    its branch jobs - or, for no items, the gathering job itself."""
+    start = GatherStart(
+        mapping.id,
+        mapping.correlation_id,
+        gather.into,
+        len(items),
+        gather.on_failure,
+        mapping.trace_id,
+        mapping.priority,
+    )
+    now = utcnow()
+    if not items:
+        return replace(outbox, jobs=[*outbox.jobs, gathered_job(start, [], now)])
+    branches = branch_jobs(start, gather.each, items, now)
+    return replace(outbox, jobs=[*outbox.jobs, *branches], gathers=[start])
 
 
 def branch_jobs(

@@ -40,7 +40,7 @@ from .errors import (
     SubscriptionError,
 )
 from .events import announce, check_emits, new_event, plan, publish_created
-from .gathers import GatherStart, branch_jobs, gathered_job
+from .gathers import with_branches
 from .intake import notice_problem, stored_body
 from .lease import LeaseAlarm, new_lease_token, worker_name
 from .lifecycle import after_failure
@@ -333,7 +333,8 @@ class Attempt:
                 events.append(self._new_event(self.spec.result_event, result))
             outbox = plan(events, priority=self.claimed.priority)
             if self.mapped is not None:
-                outbox = self._with_branches(outbox)
+                assert self.spec.gather is not None
+                outbox = with_branches(outbox, self.claimed, self.spec.gather, self.mapped)
         except (SubscriptionError, PayloadError) as exc:
             return self._failure(AttemptOutcome.FAILED, str(exc), exc)
         record = self._record(AttemptOutcome.SUCCEEDED, "", None)
@@ -355,20 +356,6 @@ class Attempt:
         each = registry.get_queue(gather.each)
         self.mapped = [each.validate_payload(item) for item in items]
         return len(self.mapped)
-
-    def _with_branches(self, outbox: Outbox) -> Outbox:
-        """``outbox`` with the gather the handler's ``ctx.map()`` opens and its branch jobs
-        (or, for no items, the gathering job itself)."""
-        assert self.spec.gather is not None and self.mapped is not None
-        c, gather, now = self.claimed, self.spec.gather, utcnow()
-        start = GatherStart(
-            c.id, c.correlation_id, gather.into, len(self.mapped), gather.on_failure,
-            c.trace_id, c.priority,
-        )  # fmt: skip
-        if not self.mapped:
-            return dataclasses.replace(outbox, jobs=[*outbox.jobs, gathered_job(start, [], now)])
-        branches = branch_jobs(start, gather.each, self.mapped, now)
-        return dataclasses.replace(outbox, jobs=[*outbox.jobs, *branches], gathers=[start])
 
     def _superseded(self, newer: str) -> tuple[Outcome, Outbox]:
         """A debounced job with a newer one of its subscription and key: done without running

@@ -35,6 +35,7 @@ from celery_workflows.clock import utcnow
 from celery_workflows.compensation import stop_workflow, undo_planner
 from celery_workflows.deadletter import redrive
 from celery_workflows.events import new_event, plan, run_start_for
+from celery_workflows.gathers import with_branches
 from celery_workflows.lifecycle import after_failure
 from celery_workflows.records import (
     AttemptOutcome,
@@ -49,7 +50,7 @@ from celery_workflows.retention import prune_finished_runs
 from celery_workflows.store import configure, get_store
 from celery_workflows.sweeper import settle_expired
 from celery_workflows.testing.memory import InMemoryStore
-from tests.proj.interleavings import LIFECYCLE, QUEUES, UNDONE, prop
+from tests.proj.interleavings import BRANCHES, LIFECYCLE, QUEUES, UNDONE, prop
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
 
@@ -88,7 +89,7 @@ class Interleavings(RuleBasedStateMachine):
             run = self.store.get_workflow(correlation_id)
             found += sorted(
                 (h for h in run.history if h.kind == "job" and status in (None, h.status)),
-                key=lambda h: h.name,
+                key=lambda h: (h.name, repr(h.payload), h.status),  # branches: by item
             )
         return found
 
@@ -177,6 +178,9 @@ class Interleavings(RuleBasedStateMachine):
                 )
             )
         outbox = plan(events, priority=claim.priority)
+        if claim.queue == "prop.c":  # ctx.map() of two items
+            items = [{"item": i} for i in range(BRANCHES)]
+            outbox = with_branches(outbox, claim, prop.queue("c").gather, items)
         if gate and claim.queue == "prop.a":
             expires = timedelta(microseconds=1) if len(self.runs) % 2 else None  # some expire
             opened = new_gate(
@@ -380,6 +384,25 @@ class Interleavings(RuleBasedStateMachine):
             assert {h.compensates for h in done} == set(finished), f"not every step undone: {run}"
             order = [h.compensates for h in sorted(done, key=_finished)]
             assert order == sorted(finished, key=lambda i: finished[i], reverse=True), run
+
+    @invariant()
+    def a_gather_starts_its_step_once_and_only_when_every_branch_succeeded(self) -> None:
+        for correlation_id in self.runs:
+            run = self.store.get_workflow(correlation_id)
+            jobs = [h for h in run.history if h.kind == "job"]
+            gathered = [h for h in jobs if h.name == "prop.f"]
+            assert len(gathered) <= 1, f"a gather started its step twice: {run}"
+            # an item is done when a job of it (the first, or one re-driven) succeeded
+            done = {
+                h.payload["item"] for h in jobs if h.name == "prop.e" and h.status == "succeeded"
+            }
+            every = done == set(range(BRANCHES))
+            if gathered:
+                assert every, f"gathered before every branch succeeded: {run}"
+                results = gathered[0].payload["results"]
+                assert len(results) == BRANCHES and not gathered[0].payload["failures"], run
+            elif every:  # the last branch's outcome found the run stopping
+                assert correlation_id in self.stopped, f"every branch done, nothing gathered: {run}"
 
     @invariant()
     def every_operator_action_is_audited(self) -> None:

@@ -2,7 +2,7 @@
 in for workers; no worker consumes these queues).
 
     propStarted -> a -aDone-> b   (a and b are undone by undo_a and undo_b)
-                         \\-> c
+                         \\-> c -(map: two branches)-> e, e -(gather)-> f
     a may open an approval gate: propApproved -> d, propRejected ends the flow
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from celery_workflows import Job, JobContext, Lifecycle, RetryStrategy, WorkflowService
+from celery_workflows import Gather, Job, JobContext, Lifecycle, RetryStrategy, WorkflowService
 from tests.proj.celery_app import app
 
 prop = WorkflowService("prop", app, business_key="key")
@@ -34,7 +34,12 @@ for _name, _undo in (("a", "undo_a"), ("b", "undo_b"), ("c", None), ("d", None))
         emits=["aDone", "propApproved", "propRejected"] if _name == "a" else [],
         lifecycle=LIFECYCLE,
         compensate_with=_undo,
+        gather=Gather(each="e", into="f") if _name == "c" else None,
     )(_nothing)
+for _name in ("e", "f"):
+    prop.queue_worker(_name, f"step {_name}", lifecycle=LIFECYCLE)(_nothing)
+#: how many branches c's success maps onto e
+BRANCHES = 2
 for _undo in ("undo_a", "undo_b"):
     prop.queue_worker(_undo, f"undoes {_undo[-1]}", lifecycle=LIFECYCLE)(_nothing)
 
