@@ -20,6 +20,11 @@ machine's noise hits both sides alike. Each scenario ends with one line:
   second seen (both must equal the limit, never exceed it), the capped throughput against
   the ideal (4 / 20 ms = 200/s), the same jobs on an unlimited queue (``unlimited``) and on
   plain Celery's 8 processes (``celery``: Celery has no global cap);
+- ``fanout``: one step maps N do-nothing branches (``ctx.map``) gathered into one step, against
+  a plain Celery ``chord`` of N tasks with the Redis result backend (which counts the header's
+  results natively), in branches/s; ``gather_hop`` is the time from the last branch's end to the
+  gathering step's start; ``join_hop`` the same for a join of two events
+  (``service.join``; plain Celery: a chord of two), one at a time on idle workers;
 - ``workflow4``: W four-step workflows, linked by events and subscriptions (plain Celery: by
   ``apply_async()`` at the end of each step), all enqueued at once - a backlog. ``hop`` is the
   time from one step's hand-over to the next step's start (steps 2-4), sampled on 10 % of the
@@ -69,14 +74,14 @@ def clear_ledger() -> None:
     (index scans over dead entries) as no production ledger, vacuumed as usual, would be."""
     from django.db import connection
 
-    from django_app.models import Event, Job, WorkflowRun
+    from django_app.models import Event, Gather, Job, WorkflowRun
 
     # a round ends when the last step's handler has counted, a moment before its outcome is
     # written: let those outcomes land first (emptied under them, they would be rejected)
     deadline = time.monotonic() + 10
     while Job.objects.filter(status="running").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    tables = ", ".join(model._meta.db_table for model in (Job, Event, WorkflowRun))
+    tables = ", ".join(model._meta.db_table for model in (Job, Event, WorkflowRun, Gather))
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {tables}")
 
@@ -404,18 +409,91 @@ def scenario_limits(n: int, rounds: int) -> None:
             worker.stop()
 
 
+def fanout_round(side: str, n: int) -> tuple[float, list[float]]:
+    """One fan-out of ``n`` do-nothing branches and its gather: branches/s, and the gather's
+    hop (last branch's end to the gathering step's start)."""
+    from bench.work import counter
+
+    key, hops = f"bench:{uuid.uuid4().hex}", f"hops:{uuid.uuid4().hex}"
+    start = time.perf_counter()
+    if side == "toolkit":
+        from bench.celery_app import bench
+
+        bench.enqueue("fanout", {"n": n, "counter": key, "hops": hops})
+    else:
+        from bench.plain_app import start_chord
+
+        start_chord(n, key, hops)
+    wait_counter(key, 1)
+    return n / (time.perf_counter() - start), [float(x) for x in counter.lrange(hops, 0, -1)]
+
+
+def join_hops(side: str, count: int) -> list[float]:
+    """Two branches and their join, one at a time on idle workers: the join's hop."""
+    from bench.work import counter
+
+    key, hops = f"bench:{uuid.uuid4().hex}", f"hops:{uuid.uuid4().hex}"
+    for i in range(count):
+        if side == "toolkit":
+            from bench.celery_app import bench
+
+            bench.emit("joinStarted", {"counter": key, "hops": hops})
+        else:
+            from celery import chord
+
+            from bench.plain_app import QUEUE, plain_branch, plain_gather
+
+            pair = [plain_branch.s({}).set(queue=QUEUE) for _ in range(2)]
+            chord(pair)(plain_gather.s(key, hops).set(queue=QUEUE))
+        wait_counter(key, i + 1)
+    return [float(x) for x in counter.lrange(hops, 0, -1)]
+
+
+def scenario_fanout(n: int, rounds: int, idle: int) -> None:
+    fanout_round("celery", 100)  # warm both paths
+    fanout_round("toolkit", 100)
+    t, c, hops_t, hops_c = [], [], [], []
+    for _ in range(rounds):
+        rate, hops = fanout_round("celery", n)
+        c.append(rate)
+        hops_c += hops
+        rate, hops = fanout_round("toolkit", n)
+        t.append(rate)
+        hops_t += hops
+        clear_ledger()
+    join_c, join_t = join_hops("celery", idle), join_hops("toolkit", idle)
+    clear_ledger()
+    tm, cm = statistics.median(t), statistics.median(c)
+    print(
+        f"  fanout: toolkit rounds {[round(x) for x in t]}, celery rounds "
+        f"{[round(x) for x in c]} (branches/s)"
+    )
+    print(
+        f"BENCH fanout toolkit={tm:.0f} celery={cm:.0f} ratio={tm / cm:.2f} "
+        f"gather_hop_p50_ms={statistics.median(hops_t):.2f} "
+        f"celery_gather_hop_p50_ms={statistics.median(hops_c):.2f} "
+        f"join_hop_p50_ms={statistics.median(join_t):.2f} "
+        f"celery_join_hop_p50_ms={statistics.median(join_c):.2f} "
+        f"join_hop_p99_ms={pct(join_t, 0.99):.2f} celery_join_hop_p99_ms={pct(join_c, 0.99):.2f} "
+        f"n={n} rounds={rounds} joins={idle} workers={WORKERS}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=2000, help="jobs per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("-w", type=int, default=2000, help="workflows per workflow4 round")
     parser.add_argument("--idle", type=int, default=60, help="workflows run one at a time")
+    parser.add_argument("--branches", type=int, default=1000, help="branches per fan-out")
     parser.add_argument(
-        "--only", choices=["jobs", "batch", "workflow4", "limits"], help="one scenario"
+        "--only",
+        choices=["jobs", "batch", "workflow4", "limits", "fanout"],
+        help="one scenario",
     )
     args = parser.parse_args()
     setup()
-    from bench.celery_app import QUEUES
+    from bench.celery_app import FANOUT_QUEUES, QUEUES
     from bench.plain_app import QUEUE
     from bench.work import counter
     from celery_workflows.testing import WorkerProcess
@@ -425,7 +503,7 @@ def main() -> None:
     env = {"PYTHONPATH": str(ROOT)}
     toolkit = WorkerProcess(
         "bench.celery_app",
-        QUEUES,
+        [*QUEUES, *FANOUT_QUEUES],
         concurrency=WORKERS,
         log_path="/tmp/cw-bench-toolkit.log",
         env=env,
@@ -449,6 +527,8 @@ def main() -> None:
             scenario_workflow4(args.w, args.rounds, args.idle, pids)
         if args.only in (None, "limits"):
             scenario_limits(args.n // 4, args.rounds)
+        if args.only in (None, "fanout"):
+            scenario_fanout(args.branches, args.rounds, args.idle)
     finally:
         toolkit.stop()
         plain.stop()

@@ -37,3 +37,14 @@ def timed(payload: dict[str, Any]) -> None:
         time.sleep(payload["io_ms"] / 1000)
     counter.rpush(payload["spans"], f"{start},{time.time()}")
     counter.incr(payload["counter"])
+
+
+def branch_result(payload: dict[str, Any]) -> dict[str, float]:
+    """A branch of the fan-out scenario: no work; its end is stamped for the gather's hop."""
+    return {"t": time.time()}
+
+
+def gathered(results: list[dict[str, float]], counter_key: str, hops: str) -> None:
+    """The fan-in: the hop is the time since the last branch ended."""
+    counter.rpush(hops, round((time.time() - max(r["t"] for r in results)) * 1000, 3))
+    counter.incr(counter_key)

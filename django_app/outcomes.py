@@ -330,16 +330,16 @@ def count_branch(gather_id: str, succeeded: bool) -> gathers.Tally | None:
     """Count a branch's final outcome on its gather (under the run's lock): a success always,
     a dead branch only where the gather continues without it; the gather as it now stands."""
     ok = int(succeeded)
-    update(
+    sql = (
         f"UPDATE {GATHER} SET succeeded = succeeded + %s, failed = failed + "
-        "CASE WHEN on_failure = 'continue' THEN %s ELSE 0 END WHERE id = %s",
-        [ok, 1 - ok, gather_id],
+        "CASE WHEN on_failure = 'continue' THEN %s ELSE 0 END WHERE id = %s"
     )
-    rows = execute(
-        "SELECT correlation_id, into_queue, total, on_failure, trace_id, priority, succeeded, "
-        f"failed FROM {GATHER} WHERE id = %s",
-        [gather_id],
-    )
+    fields = "correlation_id, into_queue, total, on_failure, trace_id, priority, succeeded, failed"
+    if dialect().returning:
+        rows = execute(f"{sql} RETURNING {fields}", [ok, 1 - ok, gather_id])
+    else:
+        update(sql, [ok, 1 - ok, gather_id])
+        rows = execute(f"SELECT {fields} FROM {GATHER} WHERE id = %s", [gather_id])
     if not rows:
         return None
     correlation_id, into, total, on_failure, trace_id, priority, done, failed = rows[0]
