@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,23 @@ def place_orders() -> int:
         print(f"  refused at the door: {order_id}: {reason}")
     statuses = wait_settled(list(placed), timeout=float(os.environ.get("DEMO_TIMEOUT", "240")))
     counts = summary(list(placed), placed)
+
+    shipped = next(
+        cid
+        for cid, kind in placed.items()
+        if kind == "in stock" and statuses.get(cid) == "completed"
+    )
+    run = get_workflow(shipped)
+    print(f"\nAn order in stock, {run.business_key} ({run.status}): payment and packing side by")
+    print("side, the shipment once both were done (a join), then the confirmation:")
+    steps = sorted(
+        (datetime.fromisoformat(h.attempts[0]["started_at"]), h.name, h.status)
+        for h in run.history
+        if h.kind == "job" and h.attempts
+    )
+    for at, name, status in steps:
+        after = (at - steps[0][0]).total_seconds() * 1000
+        print(f"   {name:<28} {status:<10} started +{after:6.1f} ms")
 
     declined = next(cid for cid, kind in placed.items() if kind == "declined card")
     run = get_workflow(declined)

@@ -5,9 +5,12 @@ event; subscriptions decide what runs next. No step calls another.
     inventoryReserved    -> reviewOrder         (orders above 500 wait for a manager, 24 h)
     inventoryUnavailable -> notifyBackorder     (remembered; re-checked every night)
     orderApproved        -> processPayment      (charges the card; undone by refundPayment)
+                         -> packOrder           (the warehouse packs it, meanwhile)
     orderRejected        -> declineOrder        (stops the order: its steps are undone)
     approvalExpired      -> declineOrder
-    paymentProcessed     -> createShipment      (books the carrier; undone by cancelShipment)
+    paymentProcessed + orderPacked (a join: both, in any order)
+                         -> createShipment      (books the carrier; undone by cancelShipment)
+    paymentProcessed     -> recordPurchase      (the customer's history, one at a time)
     shipmentCreated      -> sendConfirmation
     orderTimedOut        -> notifyTimeout       (an order not done within two days)
     backordersDue        -> recheckBackorders   (the nightly schedule)
@@ -182,18 +185,38 @@ def process_payment(ctx: JobContext[Resources], job: Job[Order]) -> str:
     return payment_id
 
 
+class Parcel(BaseModel):
+    orderId: str
+    parcels: int
+
+
+@orders.queue_worker("packOrder", "Pick and pack the parcels", payload=Order, emits=["orderPacked"])
+def pack_order(ctx: JobContext[Resources], job: Job[Order]) -> int:
+    parcels = max(1, sum(i.qty for i in job.payload.items) // 10)
+    ctx.emit("orderPacked", Parcel(orderId=job.payload.orderId, parcels=parcels).model_dump())
+    return parcels
+
+
+class ReadyToShip(BaseModel):
+    """What the join of payment and packing hands the shipment: each event's payload."""
+
+    paymentProcessed: Order
+    orderPacked: Parcel
+
+
 @orders.queue_worker(
     "createShipment",
-    "Book the carrier",
-    payload=Order,
+    "Book the carrier once paid and packed",
+    payload=ReadyToShip,
     emits=["shipmentCreated"],
     lifecycle=Lifecycle(max_attempts=2, retry=QUICK_RETRY),
     compensate_with="cancelShipment",
 )
-def create_shipment(ctx: JobContext[Resources], job: Job[Order]) -> str:
-    tracking = ctx.resources.carrier.book(job.payload)
-    ctx.emit("shipmentCreated", {"orderId": job.payload.orderId, "trackingId": tracking})
-    return tracking
+def create_shipment(ctx: JobContext[Resources], job: Job[ReadyToShip]) -> str:
+    order = job.payload.paymentProcessed
+    tracking = ctx.resources.carrier.book(order)
+    ctx.emit("shipmentCreated", {"orderId": order.orderId, "trackingId": tracking})
+    return f"{tracking} ({job.payload.orderPacked.parcels} parcel(s))"
 
 
 @orders.queue_worker(
@@ -262,18 +285,19 @@ def refund_payment(ctx: JobContext[Resources], job: Job[Order]) -> str:
     return f"refunded {job.payload.orderId}"
 
 
-@orders.queue_worker("cancelShipment", "Cancel the carrier booking", payload=Order)
-def cancel_shipment(ctx: JobContext[Resources], job: Job[Order]) -> str:
-    return f"shipment of {job.payload.orderId} cancelled"
+@orders.queue_worker("cancelShipment", "Cancel the carrier booking", payload=ReadyToShip)
+def cancel_shipment(ctx: JobContext[Resources], job: Job[ReadyToShip]) -> str:
+    return f"shipment of {job.payload.orderPacked.orderId} cancelled"
 
 
 orders.subscribe("orderPlaced", enqueue="validateInventory")
 orders.subscribe("inventoryReserved", enqueue="reviewOrder")
 orders.subscribe("inventoryUnavailable", enqueue="notifyBackorder")
 orders.subscribe("orderApproved", enqueue="processPayment")
+orders.subscribe("orderApproved", enqueue="packOrder")
 orders.subscribe("orderRejected", enqueue="declineOrder")
 orders.subscribe("approvalExpired", enqueue="declineOrder")
-orders.subscribe("paymentProcessed", enqueue="createShipment")
+orders.join(["paymentProcessed", "orderPacked"], enqueue="createShipment")
 orders.subscribe("paymentProcessed", enqueue="recordPurchase")
 orders.subscribe("shipmentCreated", enqueue="sendConfirmation")
 orders.subscribe("orderTimedOut", enqueue="notifyTimeout")

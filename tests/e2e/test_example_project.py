@@ -148,6 +148,7 @@ def test_make_admin_shows_the_full_diagram_and_a_manager_approves_the_large_orde
         "validateInventory",
         "reviewOrder",
         "processPayment",
+        "packOrder",
         "createShipment",
         "sendConfirmation",
         "notifyBackorder",
@@ -215,7 +216,9 @@ def test_the_example_graph_prints_as_text_mermaid_and_dot(tmp_path):
     assert "  undone by order.refundPayment" in text
     mermaid = graph("mermaid")
     assert mermaid.startswith("flowchart LR")
-    assert "order_processPayment -->|paymentProcessed| order_createShipment" in mermaid
+    # the shipment joins payment and packing: an arrow from each, marked as a join
+    assert "order_processPayment -->|paymentProcessed (join)| order_createShipment" in mermaid
+    assert "order_packOrder -->|orderPacked (join)| order_createShipment" in mermaid
     assert "order_createShipment -.->|undo| order_cancelShipment" in mermaid
     dot = graph("dot")
     assert '"order.reviewOrder" -> "order.declineOrder" [label="orderRejected"];' in dot
