@@ -8,12 +8,14 @@ and the job controls (finish, retry, fail, dead-letter, extend the lease, check 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
 from .approvals import Gate, new_gate
+from .clock import utcnow
 from .coroutines import to_async
 from .errors import (
     DeadLetterRequested,
@@ -28,6 +30,8 @@ from .store import Store
 
 P = TypeVar("P")
 R = TypeVar("R")
+#: seconds between two progress writes of one attempt (a report in between is not written)
+PROGRESS_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class JobContext(Generic[R]):
         self._emit = emit
         self._open_gate = open_gate
         self._start_map = start_map
+        #: when this attempt's progress was last written (monotonic seconds)
+        self._progress_written = -PROGRESS_INTERVAL
         #: this run's own documents (deleted with the run when it is pruned)
         self.states = States(job.correlation_id, store)
         #: documents shared by every run (never pruned with a run); writes name this run
@@ -121,6 +127,25 @@ class JobContext(Generic[R]):
         payload that fails the event's schema raises ``PayloadValidationError`` here.
         """
         return self._emit(name, payload)
+
+    def progress(self, fraction: float, message: str = "") -> bool:
+        """Report how far this attempt is: ``fraction`` from 0 to 1 and a line of text, shown
+        by ``get_workflow()``, the JSON view and the run's admin page while it runs.
+
+        Written at once, fenced by the lease - but at most once per half second, so a loop
+        may call it per item: a call within half a second of the last write is not written
+        (False), unless it reports completion (``fraction`` 1). Returns whether it was."""
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise ValueError(f"progress fraction must be a number from 0 to 1, got {fraction!r}")
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"progress fraction must be from 0 to 1, got {fraction!r}")
+        now = time.monotonic()
+        if fraction < 1 and now - self._progress_written < PROGRESS_INTERVAL:
+            return False
+        self._progress_written = now
+        report = {"fraction": float(fraction), "message": str(message)[:200]}
+        report["at"] = utcnow().isoformat()
+        return self._store.report_progress(self.job.id, self._claimed.lease_token, report)
 
     def map(self, items: Iterable[Any]) -> int:
         """Start one branch job per item on this step's ``gather.each`` queue; once every
@@ -220,6 +245,10 @@ class JobContext(Generic[R]):
             expires_in=expires_in,
             timeout_event=timeout_event,
         )
+
+    async def aprogress(self, fraction: float, message: str = "") -> bool:
+        """:meth:`progress`, awaitable."""
+        return await to_async(self.progress)(fraction, message)
 
     async def aextend_lease(self, seconds: float | None = None) -> datetime:
         """:meth:`extend_lease`, awaitable."""

@@ -411,6 +411,8 @@ class HistoryEntry:
     caused_by: str | None = None
     #: for a compensation job: the job whose work it undid
     compensates: str | None = None
+    #: for a job: what its attempt last reported (``fraction``, ``message``, ``at``), if any
+    progress: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,10 @@ class Ledger(Protocol):
         self, job_id: str, lease_token: str, lease_seconds: float
     ) -> datetime | None: ...
 
+    def report_progress(self, job_id: str, lease_token: str, progress: dict[str, Any]) -> bool:
+        """Note what the attempt holding ``lease_token`` reports; False if it holds none."""
+        ...
+
     def record_outcome(
         self, job: ClaimedJob, outcome: Outcome, outbox: Outbox, undo: UndoPlanner | None = None
     ) -> Recorded | None:

@@ -250,6 +250,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                     "payload_json": json.dumps(h.payload, indent=2),
                     "result_json": json.dumps(h.result),
                     "undoes": queue_of.get(h.compensates or "", ""),
+                    "percent": round(100 * h.progress["fraction"]) if h.progress else None,
                 }
                 for h in status.history
             ],

@@ -328,6 +328,15 @@ class SqlLedger:
         )
         return expires if fenced else None
 
+    def report_progress(self, job_id: str, lease_token: str, progress: dict[str, Any]) -> bool:
+        return bool(
+            update(
+                f"UPDATE {JOB} SET progress = %s WHERE id = %s "
+                f"AND status = '{JobStatus.RUNNING}' AND lease_token = %s",
+                [js(progress), job_id, lease_token],
+            )
+        )
+
     def record_outcome(
         self, job: ClaimedJob, outcome: Outcome, outbox: Outbox, undo: UndoPlanner | None = None
     ) -> Recorded | None:

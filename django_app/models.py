@@ -79,6 +79,9 @@ class Job(models.Model):
     gather_index = models.PositiveIntegerField(
         null=True, blank=True, help_text="a branch of a map: its item's index"
     )
+    progress = models.JSONField(
+        null=True, blank=True, help_text="what the running attempt last reported: fraction, text"
+    )
     created_at = models.DateTimeField()
 
     class Meta:

@@ -49,6 +49,7 @@ def history(correlation_id: str) -> list[HistoryEntry]:
             error=j.dead_reason,
             caused_by=j.caused_by,
             compensates=j.compensates,
+            progress=j.progress,
         )
         for j in Job.objects.filter(correlation_id=correlation_id).order_by("created_at")
     ]

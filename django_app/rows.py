@@ -92,6 +92,7 @@ def job_values(job: NewJob, now: datetime) -> dict[str, Any]:
         "coalesce_key": job.coalesce_key,
         "gather_id": job.gather_id,
         "gather_index": job.gather_index,
+        "progress": None,
         "created_at": dt(now),
     }
     if job.lease is not None:

@@ -102,6 +102,7 @@ class _Job:
     coalesce_key: str = ""
     gather_id: str | None = None
     gather_index: int | None = None
+    progress: dict[str, Any] | None = None
 
 
 @dataclass
@@ -515,6 +516,15 @@ class InMemoryStore:
             assert job is not None
             job.lease_expires_at = now + _seconds(lease_seconds)
             return job.lease_expires_at
+
+    def report_progress(self, job_id: str, lease_token: str, progress: dict[str, Any]) -> bool:
+        with self.atomic():
+            job = self._data.jobs.get(job_id)
+            if not self._holds(job, lease_token, None):
+                return False
+            assert job is not None
+            job.progress = copy.deepcopy(progress)
+            return True
 
     @staticmethod
     def _holds(job: _Job | None, token: str, now: datetime | None) -> bool:
@@ -1070,6 +1080,7 @@ class InMemoryStore:
                 j.dead_reason,
                 j.caused_by,
                 j.compensates,
+                copy.deepcopy(j.progress),
             )
             for j in self._data.jobs.values()
             if j.correlation_id == cid

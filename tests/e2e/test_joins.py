@@ -277,3 +277,37 @@ def test_a_redriven_branch_counts_in_its_items_place(start_worker, redis_client)
     assert [e["payload"] for e in collected(redis_client)] == [
         {"results": expected_results(names), "failures": []}
     ]
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+
+def test_a_running_steps_progress_shows_in_get_workflow_the_json_view_and_the_admin(
+    start_worker, redis_client
+):
+    from celery_workflows import get_workflow
+    from tests.helpers import staff
+    from tests.proj.fanin import fan
+
+    start_worker(["fan.longTask"], concurrency=1, name="progress")
+    run = fan.enqueue("longTask", {}).correlation_id
+    reported = wait_for(lambda: redis_client.get(f"fan:progress:{run}"), timeout=30)
+    assert json.loads(reported) == [True, False]  # the second report came too soon
+
+    (job,) = [h for h in get_workflow(run).history if h.kind == "job"]
+    assert job.status == "running"
+    assert (job.progress["fraction"], job.progress["message"]) == (0.25, "1 of 4 files <b>")
+    client = staff("watcher", "view_workflowrun")
+    shown = client.get(f"/workflows/runs/{run}.json").json()
+    (entry,) = [h for h in shown["history"] if h["kind"] == "job"]
+    assert entry["progress"]["fraction"] == 0.25
+    page = client.get(f"/admin/celery_workflows/workflowrun/{run}/change/").content.decode()
+    assert '<progress max="1" value="0.25">' in page
+    assert "25 % - 1 of 4 files &lt;b&gt;" in page  # the step's text, escaped
+
+    redis_client.set(f"fan:go:{run}", "1")
+    wait_for(lambda: get_workflow(run).status == "completed", timeout=30)
+    (job,) = [h for h in get_workflow(run).history if h.kind == "job"]
+    assert (job.progress["fraction"], job.progress["message"]) == (1.0, "all 4 files")
+    page = client.get(f"/admin/celery_workflows/workflowrun/{run}/change/").content.decode()
+    assert "<progress" not in page  # shown while it runs

@@ -169,6 +169,19 @@ def collect(ctx: JobContext[Recorder], job: Job[Any]) -> None:
     ctx.resources.redis.rpush("fan:collected", json.dumps(entry))
 
 
+@fan.queue_worker("longTask", "Reports its progress, then waits for the test's go", lifecycle=SHORT)
+def long_task(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    r, run = ctx.resources.redis, job.correlation_id
+    first = ctx.progress(0.25, "1 of 4 files <b>")
+    again = ctx.progress(0.3, "a moment later")  # within half a second: not written
+    r.set(f"fan:progress:{run}", json.dumps([first, again]))
+    until = time.monotonic() + 30
+    while r.get(f"fan:go:{run}") is None and time.monotonic() < until:
+        time.sleep(0.02)
+    ctx.progress(1, "all 4 files")
+    return "done"
+
+
 #: the same map in a service that stops a failed run for an operator instead of compensating
 fanstop = WorkflowService("fanstop", app, resources=recorder, on_failure="stop")
 fanstop.queue_worker("split", payload=Batch, gather=Gather(each="resize", into="collect"))(split)
