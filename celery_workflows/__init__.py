@@ -1,6 +1,7 @@
 """celery-workflows: durable multi-step workflows on the Celery app you already run."""
 
 from .approvals import decide
+from .callbacks import deliver
 from .compensation import cancel_workflow
 from .context import Job, JobContext
 from .control import pause_queue, resume_queue
@@ -92,6 +93,7 @@ __all__ = [
     "cancel",
     "cancel_workflow",
     "decide",
+    "deliver",
     "discard",
     "emit",
     "get_job",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import registry, telemetry
@@ -41,6 +41,11 @@ class Gate:
     traceparent: str | None = None
     #: the priority of the step that opened it: the decision's jobs inherit it
     priority: int | None = None
+    #: a gate that waits for an event from outside (not a decision): its name
+    awaits: str | None = None
+    #: for such a gate: an event of that name in the run since then (the step's job was
+    #: created) counts, even one that came before the gate opened
+    since: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,6 +90,47 @@ def new_gate(
         timeout_event=(timeout_event or reject_event) if expires_in else None,
         traceparent=telemetry.current_traceparent(),
         priority=priority,
+    )
+
+
+def new_event_gate(
+    correlation_id: str,
+    job_id: str,
+    since: datetime,
+    event: str,
+    timeout: timedelta | None,
+    timeout_event: str | None,
+    payload: Any,
+    priority: int | None = None,
+) -> Gate:
+    """The gate a step opens to wait for ``event`` from outside (see
+    :meth:`JobContext.wait_for_event`), validated now; written with the step's success."""
+    registry.check_name("event", event)
+    if timeout_event is not None:
+        registry.check_name("event", timeout_event)
+    if (timeout is None) != (timeout_event is None):
+        raise ConfigurationError(
+            f"waiting for {event!r}: timeout and timeout_event go together (a wait that can "
+            "time out must say what its timeout emits)"
+        )
+    if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
+        raise ConfigurationError(
+            f"waiting for {event!r}: timeout must be a positive timedelta, got {timeout!r}"
+        )
+    now = utcnow()
+    return Gate(
+        prompt=f"waiting for {event}",
+        approve_event="",
+        reject_event="",
+        payload=to_json(f"waiting for {event!r}", payload),
+        opened_by_job=job_id,
+        opened_at=now.isoformat(),
+        expires_at=(now + timeout).isoformat() if timeout else None,
+        timeout_event=timeout_event,
+        traceparent=telemetry.current_traceparent(),
+        priority=priority,
+        awaits=event,
+        since=since.isoformat(),
     )
 
 

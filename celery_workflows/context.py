@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
-from .approvals import Gate, new_gate
+from .approvals import Gate, new_event_gate, new_gate
 from .clock import utcnow
 from .coroutines import to_async
 from .errors import (
@@ -186,6 +186,37 @@ class JobContext(Generic[R]):
             payload,
             expires_in,
             timeout_event,
+            self._claimed.priority,
+        )
+        self._open_gate(gate)
+
+    def wait_for_event(
+        self,
+        event: str,
+        *,
+        timeout: timedelta | None = None,
+        timeout_event: str | None = None,
+        payload: Any = None,
+    ) -> None:
+        """Park the workflow until ``event`` comes from outside for this run - a payment
+        provider's webhook, a carrier's notice - emitted with the run's correlation id or
+        delivered by its business key (:func:`celery_workflows.deliver`, or the webhook view
+        of :func:`django_app.webhooks.event_webhook`). Its subscriptions then continue the run.
+
+        The general form of :meth:`wait_for_human`, fenced and durable like it: the run shows
+        as ``waiting`` once this step's success is recorded, and an event that came before
+        that (since this job was created) counts - it does not wait for a second one. With
+        ``timeout``, a run still waiting then emits ``timeout_event`` (with ``payload``)
+        instead, once, audited as ``expire``.
+        """
+        gate = new_event_gate(
+            self.job.correlation_id,
+            self.job.id,
+            self._claimed.created_at,
+            event,
+            timeout,
+            timeout_event,
+            payload,
             self._claimed.priority,
         )
         self._open_gate(gate)

@@ -659,7 +659,13 @@ def emit(
     later = None if delay is None and eta is None else start_time(f"event {name!r}", delay, eta)
     store = get_store()
     starts = run_start_for(event, deadline)
-    if correlation_id is not None or _duplicates_allowed(starts):
+    if correlation_id is not None:
+        with store.atomic():
+            # a run waiting for this very event from outside goes on (ctx.wait_for_event)
+            store.close_gate(correlation_id, source, "arrive", f"{name} arrived", awaits=name)
+            write_and_publish(store, [event], starts, later, priority)
+        return event
+    if _duplicates_allowed(starts):
         write_and_publish(store, [event], starts, later, priority)
         return event
     with store.atomic():

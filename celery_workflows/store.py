@@ -236,10 +236,17 @@ class Runs(Protocol):
         write on the run's behalf from outside any attempt (a stop, a redrive) continues."""
 
     def close_gate(
-        self, correlation_id: str, actor: str, action: str, comment: str, expired: bool = False
+        self,
+        correlation_id: str,
+        actor: str,
+        action: str,
+        comment: str,
+        expired: bool = False,
+        awaits: str = "",
     ) -> dict[str, Any] | None:
         """Close the run's open gate (once, audited as ``action``) and set it running; return
-        the gate. With ``expired``, only if the gate's expiry has passed."""
+        the gate. With ``expired``, only if the gate's expiry has passed (a gate of either
+        kind); otherwise only a gate that ``awaits`` this event ("": a decision's gate)."""
 
     def run_status(self, correlation_id: str) -> RunStatus | None: ...
 

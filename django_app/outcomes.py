@@ -452,7 +452,14 @@ def _locked(
 
 
 def _open_gate(correlation_id: str, gate: dict[str, Any]) -> None:
-    """The run waits on ``gate`` - if it is still running (not stopped meanwhile)."""
+    """The run waits on ``gate`` - if it is still running (not stopped meanwhile), and, for a
+    gate that awaits an event from outside, unless that event already came (a webhook can
+    beat the outcome of the step that asked for it)."""
+    if gate.get("awaits") and execute(
+        f"SELECT 1 FROM {EVENT} WHERE correlation_id = %s AND name = %s AND emitted_at >= %s",
+        [correlation_id, gate["awaits"], dt(datetime.fromisoformat(gate["since"]))],
+    ):
+        return
     expires = gate.get("expires_at")
     update(
         f"UPDATE {RUN} SET status = '{RunStatus.WAITING}', waiting_for = %s, "

@@ -52,7 +52,13 @@ class RunRecords:
         return newest or ""
 
     def close_gate(
-        self, correlation_id: str, actor: str, action: str, comment: str, expired: bool = False
+        self,
+        correlation_id: str,
+        actor: str,
+        action: str,
+        comment: str,
+        expired: bool = False,
+        awaits: str = "",
     ) -> dict[str, Any] | None:
         runs = WorkflowRun.objects.select_for_update().filter(
             correlation_id=correlation_id, status=RunStatus.WAITING
@@ -61,6 +67,8 @@ class RunRecords:
             runs = runs.filter(gate_expires_at__lte=utcnow())
         run = runs.first()
         if run is None or not run.waiting_for:
+            return None
+        if not expired and (run.waiting_for.get("awaits") or "") != awaits:
             return None
         gate = dict(run.waiting_for)
         WorkflowRun.objects.filter(correlation_id=correlation_id).update(

@@ -517,6 +517,18 @@ class InMemoryStore:
             job.lease_expires_at = now + _seconds(lease_seconds)
             return job.lease_expires_at
 
+    def _arrived_before(self, correlation_id: str, gate: dict[str, Any]) -> bool:
+        """Whether the event an event gate awaits already happened in the run (since ``since``)."""
+        if not gate.get("awaits"):
+            return False
+        since = datetime.fromisoformat(gate["since"])
+        return any(
+            e.correlation_id == correlation_id
+            and e.name == gate["awaits"]
+            and e.emitted_at >= since
+            for e in self._data.events.values()
+        )
+
     def report_progress(self, job_id: str, lease_token: str, progress: dict[str, Any]) -> bool:
         with self.atomic():
             job = self._data.jobs.get(job_id)
@@ -634,6 +646,7 @@ class InMemoryStore:
                 and run is not None
                 and run.status == RunStatus.RUNNING
                 and not run.ended_by
+                and not self._arrived_before(correlation_id, outbox.gate)
             ):
                 expires = outbox.gate.get("expires_at")
                 run.status, run.waiting_for = RunStatus.WAITING, dict(outbox.gate)
@@ -1118,13 +1131,21 @@ class InMemoryStore:
         )
 
     def close_gate(
-        self, correlation_id: str, actor: str, action: str, comment: str, expired: bool = False
+        self,
+        correlation_id: str,
+        actor: str,
+        action: str,
+        comment: str,
+        expired: bool = False,
+        awaits: str = "",
     ) -> dict[str, Any] | None:
         with self.atomic():
             run = self._data.runs.get(correlation_id)
             if run is None or run.status != RunStatus.WAITING or not run.waiting_for:
                 return None
             if expired and (run.gate_expires_at is None or run.gate_expires_at > utcnow()):
+                return None
+            if not expired and (run.waiting_for.get("awaits") or "") != awaits:
                 return None
             gate = dict(run.waiting_for)
             run.status, run.waiting_for, run.gate_expires_at = RunStatus.RUNNING, None, None

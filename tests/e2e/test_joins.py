@@ -311,3 +311,91 @@ def test_a_running_steps_progress_shows_in_get_workflow_the_json_view_and_the_ad
     assert (job.progress["fraction"], job.progress["message"]) == (1.0, "all 4 files")
     page = client.get(f"/admin/celery_workflows/workflowrun/{run}/change/").content.decode()
     assert "<progress" not in page  # shown while it runs
+
+
+# -- waiting for an event from outside ----------------------------------------------------------
+
+
+def psp_post(client: Any, body: Any, secret: str | None = None) -> Any:
+    """POST ``body`` to the test project's payment webhook, signed with ``secret``."""
+    import hashlib
+    import hmac
+
+    from tests.proj.urls import PSP_SECRET
+
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    signature = hmac.new((secret or PSP_SECRET).encode(), raw, hashlib.sha256).hexdigest()
+    return client.post(
+        "/hooks/psp/", raw, content_type="application/json", HTTP_X_SIGNATURE=signature
+    )
+
+
+def test_a_run_waits_for_a_verified_webhook_then_goes_on(start_worker, redis_client):
+    from django.test import Client
+
+    from celery_workflows import GateClosedError, decide, get_workflow
+    from tests.proj.fanin import CHECKOUT_QUEUES, fan
+
+    redis_client.delete("fan:fulfilled")
+    start_worker(CHECKOUT_QUEUES, concurrency=1, name="checkout")
+    run = fan.emit("fanCheckout", {"order": "o-hook"}).correlation_id
+    waiting = wait_for(lambda: get_workflow(run).status == "waiting" and get_workflow(run))
+    assert waiting.waiting_for["awaits"] == "pspConfirmed"
+    with pytest.raises(GateClosedError):  # no one decides it: it waits for the event
+        decide(run, approve=True, actor="ops")
+    from tests.helpers import staff
+
+    page = staff("ops", "view_workflowrun", "change_workflowrun").get(
+        f"/admin/celery_workflows/workflowrun/{run}/change/"
+    )
+    assert "Waiting for <strong>pspConfirmed</strong>" in page.content.decode()
+    assert b"cw-approve" not in page.content  # no decision buttons
+
+    client = Client()
+    confirmed = {"order": "o-hook", "amount": 42}
+    # refused requests record nothing, and the run goes on waiting
+    assert psp_post(client, confirmed, secret="forged").status_code == 403
+    assert psp_post(client, b"not json").status_code == 400
+    assert psp_post(client, {"amount": 42}).status_code == 400
+    assert psp_post(client, {"order": "o-unknown"}).status_code == 404
+    assert client.get("/hooks/psp/").status_code == 405
+    assert get_workflow(run).status == "waiting"
+    assert not Event.objects.filter(correlation_id=run, name="pspConfirmed").exists()
+
+    answer = psp_post(client, confirmed)
+    assert answer.status_code == 202, answer.content
+    assert answer.json()["correlation_id"] == run
+    wait_for(lambda: get_workflow(run).status == "completed", timeout=30)
+    assert [json.loads(x) for x in redis_client.lrange("fan:fulfilled", 0, -1)] == [confirmed]
+    assert [a.action for a in get_workflow(run).audit] == ["arrive"]
+
+
+def test_a_wait_that_times_out_emits_its_timeout_event_once(start_worker, redis_client):
+    from celery_workflows import get_workflow
+    from tests.proj.fanin import CHECKOUT_QUEUES, fan
+
+    redis_client.delete("fan:abandoned")
+    start_worker(CHECKOUT_QUEUES, concurrency=1, name="timeout")
+    run = fan.emit("fanCheckout", {"order": "o-late", "timeout": 1}).correlation_id
+    wait_for(lambda: get_workflow(run).status == "completed", timeout=30)
+    abandoned = [json.loads(x) for x in redis_client.lrange("fan:abandoned", 0, -1)]
+    assert [a["order"] for a in abandoned] == ["o-late"]
+    assert [a.action for a in get_workflow(run).audit] == ["expire"]
+    # the webhook that comes too late finds no open run
+    from django.test import Client
+
+    assert psp_post(Client(), {"order": "o-late"}).status_code == 404
+
+
+def test_an_event_that_beats_the_steps_own_outcome_is_not_waited_for_again(
+    start_worker, redis_client
+):
+    from celery_workflows import get_workflow
+    from tests.proj.fanin import CHECKOUT_QUEUES, fan
+
+    redis_client.delete("fan:fulfilled")
+    start_worker(CHECKOUT_QUEUES, concurrency=1, name="fastpsp")
+    run = fan.emit("fanCheckout", {"order": "o-fast", "fastProvider": True}).correlation_id
+    wait_for(lambda: get_workflow(run).status == "completed", timeout=30)
+    fulfilled = [json.loads(x) for x in redis_client.lrange("fan:fulfilled", 0, -1)]
+    assert fulfilled == [{"order": "o-fast", "fast": True}]

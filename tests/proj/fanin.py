@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -34,6 +35,7 @@ from celery_workflows import (
     Lifecycle,
     NonRetryableError,
     WorkflowService,
+    deliver,
 )
 from tests.proj.celery_app import app
 from tests.proj.recorder import FAST_RETRY, Recorder, recorder
@@ -180,6 +182,39 @@ def long_task(ctx: JobContext[Recorder], job: Job[Any]) -> str:
         time.sleep(0.02)
     ctx.progress(1, "all 4 files")
     return "done"
+
+
+@fan.queue_worker("requestPayment", "Ask the payment provider; wait for its webhook",
+                  lifecycle=SHORT, emits=["pspConfirmed", "pspTimedOut"])  # fmt: skip
+def request_payment(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    timeout = job.payload.get("timeout")
+    if job.payload.get("fastProvider"):  # the webhook beats this step's own outcome
+        deliver("pspConfirmed", {"order": job.payload["order"], "fast": True},
+                correlation_id=job.correlation_id, source="psp")  # fmt: skip
+    ctx.wait_for_event(
+        "pspConfirmed",
+        timeout=timedelta(seconds=timeout) if timeout else None,
+        timeout_event="pspTimedOut" if timeout else None,
+        payload={"order": job.payload["order"]},
+    )
+
+
+@fan.queue_worker("fulfil", "Paid: fulfil the order", lifecycle=SHORT)
+def fulfil(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.redis.rpush("fan:fulfilled", json.dumps(job.payload))
+
+
+@fan.queue_worker("abandon", "No payment in time", lifecycle=SHORT)
+def abandon(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.redis.rpush("fan:abandoned", json.dumps(job.payload))
+
+
+fan.event("fanCheckout")
+fan.event("pspConfirmed")
+fan.subscribe("fanCheckout", enqueue="requestPayment")
+fan.subscribe("pspConfirmed", enqueue="fulfil")
+fan.subscribe("pspTimedOut", enqueue="abandon")
+CHECKOUT_QUEUES = ["fan.requestPayment", "fan.fulfil", "fan.abandon"]
 
 
 #: the same map in a service that stops a failed run for an operator instead of compensating
