@@ -126,6 +126,9 @@ def stop_workflow(correlation_id: str, reason: str, actor: str, event: str | Non
     created = store.stop_run(correlation_id, reason, actor, outbox, plan_next_undo)
     if created is None:
         return False
+    # its child runs stop with it (the sweeper stops any this misses: see children.py)
+    for child in store.open_children(correlation_id):
+        stop_workflow(child, f"its parent run {correlation_id} was stopped", actor)
 
     def after_commit() -> None:
         publish_created(created, store)

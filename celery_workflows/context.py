@@ -67,6 +67,7 @@ class JobContext(Generic[R]):
         emit: Callable[[str, Any], Event],
         open_gate: Callable[[Gate], None],
         start_map: Callable[[Iterable[Any]], int],
+        start_child: Callable[[str, Any, str, str | None], str],
     ) -> None:
         self.job = job
         self.resources = resources
@@ -78,6 +79,7 @@ class JobContext(Generic[R]):
         self._emit = emit
         self._open_gate = open_gate
         self._start_map = start_map
+        self._start_child = start_child
         #: when this attempt's progress was last written (monotonic seconds)
         self._progress_written = -PROGRESS_INTERVAL
         #: this run's own documents (deleted with the run when it is pruned)
@@ -189,6 +191,22 @@ class JobContext(Generic[R]):
             self._claimed.priority,
         )
         self._open_gate(gate)
+
+    def start_child(
+        self, event: str, payload: Any, *, done_event: str, failed_event: str | None = None
+    ) -> str:
+        """Start a child workflow - the run that emitting ``event`` with ``payload`` starts, of
+        this service or another - and make this run wait for its end. Returns the child's
+        correlation id. ``event`` must be in this step's ``emits``.
+
+        The child is written with this attempt's success, in its transaction (a failed attempt
+        starts none). When the child run ends, ``done_event`` (it completed) or
+        ``failed_event`` (compensated, dead-lettered or cancelled; default: ``done_event``)
+        is emitted in this run with ``{"child", "status", "result", "error"}`` - the result of
+        the child's last step. Stopping this run stops the child (which compensates as its
+        service says). One wait per attempt: a decision, an event or a child.
+        """
+        return self._start_child(event, payload, done_event, failed_event)
 
     def wait_for_event(
         self,

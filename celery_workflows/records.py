@@ -132,6 +132,8 @@ class RunStart:
     deadline_at: datetime | None = None
     #: the definition version of the service that started it (WorkflowService.version)
     version: str = ""
+    #: the run whose step started this one as its child (:mod:`celery_workflows.children`)
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,9 @@ class Outbox:
     #: an approval gate the step opened: the run waits on it once the step's success is
     #: written (and only then: a failed or fenced attempt opens nothing)
     gate: dict[str, Any] | None = None
+    #: child runs the step's success starts (each an outbox with ``starts``; see
+    #: :mod:`celery_workflows.children`): written in the same transaction
+    children: list[Outbox] = field(default_factory=list)
     #: events of joins (:class:`~celery_workflows.joins.Arrival`): the ledger checks each
     #: join under its run's lock once the events are written, and creates its job if complete
     arrivals: list[Arrival] = field(default_factory=list)
@@ -265,6 +270,8 @@ class Recorded:
     run_status: RunStatus | None = None
     #: the attempt failed in a run that was stopped: instead of a retry the job was cancelled
     retry_cancelled: bool = False
+    #: when this write settled a child run: its parent, which learns of the end
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -449,6 +456,10 @@ class WorkflowStatus:
     ended_by: str = ""
     #: the definition version the run started with (see WorkflowService.version)
     definition_version: str = ""
+    #: the run whose step started this one as its child, if one did
+    parent_id: str | None = None
+    #: the runs this one's steps started as children: correlation id and status, oldest first
+    children: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def dead_letters(self) -> list[HistoryEntry]:
@@ -463,6 +474,18 @@ class WorkflowStatus:
         for entry in data["audit"]:
             entry["at"] = entry["at"].isoformat()
         return data
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How a child run ended, as its parent learns it."""
+
+    parent: str
+    status: RunStatus
+    #: the result of its last job
+    result: Any = None
+    #: why it did not complete: a dead step's reason, or why it was stopped ("" if it did)
+    error: str = ""
 
 
 @dataclass(frozen=True)

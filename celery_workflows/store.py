@@ -36,6 +36,7 @@ from .records import (
     QueueControl,
     QueueMinute,
     Recorded,
+    RunEnd,
     RunStatus,
     StateValue,
     WorkflowStatus,
@@ -234,6 +235,18 @@ class Runs(Protocol):
     def run_trace(self, correlation_id: str) -> str:
         """The newest traceparent a job of the run was written under ("" if none): what a
         write on the run's behalf from outside any attempt (a stop, a redrive) continues."""
+
+    def run_end(self, correlation_id: str) -> RunEnd | None:
+        """How the run ended, if it has and it is a child run (None otherwise)."""
+
+    def ended_children(self, limit: int) -> list[str]:
+        """Child runs that ended while their parent still waits (the sweeper's backstop)."""
+
+    def open_children(self, correlation_id: str) -> list[str]:
+        """The run's child runs that are still open."""
+
+    def orphaned_children(self, limit: int) -> list[tuple[str, str]]:
+        """(child, parent) of open child runs whose parent was stopped or is failing."""
 
     def close_gate(
         self,

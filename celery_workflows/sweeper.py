@@ -9,7 +9,8 @@ It is what makes the ledger, not the broker, the source of truth. Each pass:
 2. publishes jobs that are due but have no live notice in the broker: delayed jobs whose time
    has come, and jobs whose notice was lost (publish failed after commit, broker lost it) -
    only as many as the broker's queue cannot still be holding;
-3. stops runs past their deadline and closes approval gates past their expiry;
+3. stops runs past their deadline and closes approval gates past their expiry; tells waiting
+   parents of child runs that ended and stops the children of stopped parents;
 4. the backstop: settles runs left open with nothing pending - which no correct write leaves,
    so each is logged and counted as a bug.
 
@@ -29,6 +30,7 @@ from typing import Any
 
 from . import control, holding, registry, signals, telemetry
 from .approvals import expire_gate
+from .children import report_ends
 from .clock import utcnow
 from .compensation import stop_workflow, undo_planner
 from .control import running_queues
@@ -124,6 +126,7 @@ class Sweeper:
         for correlation_id in store.expired_gates(now, BATCH_SIZE):
             if expire_gate(correlation_id) is not None:
                 logger.info("approval gate of workflow %s expired unanswered", correlation_id)
+        report_ends(store, BATCH_SIZE)
 
     def _idle_grace(self) -> float:
         if self.idle_run_grace is None:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from . import control, coroutines, holding, registry, signals, telemetry
 from .approvals import Gate
+from .children import new_child, notify_parent
 from .clock import utcnow
 from .compensation import undo_planner
 from .context import Job, JobContext
@@ -206,6 +207,11 @@ def follow_up(
             status=str(recorded.run_status),
             last_job_id=info.job_id,
         )
+    if recorded.parent is not None:  # a child run ended: its parent goes on
+        try:
+            notify_parent(info.correlation_id, recorded.parent)
+        except Exception:
+            log.exception("parent run %s not told of its child's end: the sweeper tells it")
 
 
 @dataclass(frozen=True)
@@ -228,6 +234,8 @@ class Attempt:
         self.gate: Gate | None = None
         #: the items the handler mapped (branches started with a successful outcome)
         self.mapped: list[Any] | None = None
+        #: the child runs the handler started (written with a successful outcome)
+        self.children: list[Outbox] = []
         self.info = AttemptInfo(
             job_id=claimed.id,
             queue=spec.qualified_name,
@@ -284,6 +292,7 @@ class Attempt:
             emit=self._emit,
             open_gate=self._open_gate,
             start_map=self._start_map,
+            start_child=self._start_child,
         )
         try:
             result = self.spec.handler(ctx, ctx.job)
@@ -339,7 +348,7 @@ class Attempt:
             return self._failure(AttemptOutcome.FAILED, str(exc), exc)
         record = self._record(AttemptOutcome.SUCCEEDED, "", None)
         if self.gate is not None:
-            outbox = dataclasses.replace(outbox, gate=self.gate.to_json())
+            outbox = dataclasses.replace(outbox, gate=self.gate.to_json(), children=self.children)
         return Outcome(JobStatus.SUCCEEDED, record, result=result), outbox
 
     def _start_map(self, items: Iterable[Any]) -> int:
@@ -507,7 +516,23 @@ class Attempt:
             )
 
     def _open_gate(self, gate: Gate) -> None:
+        if self.gate is not None and self.gate != gate:
+            raise ConfigurationError(
+                f"queue {self.spec.qualified_name}: one attempt waits for one thing - a "
+                "decision, an event or a child run - and it already waits"
+            )
         self.gate = gate
+
+    def _start_child(
+        self, event: str, payload: Any, done_event: str, failed_event: str | None
+    ) -> str:
+        check_emits(self.spec.qualified_name, self.spec.emits, event)
+        child, gate = new_child(
+            self.claimed, self.spec.qualified_name, event, payload, done_event, failed_event
+        )
+        self._open_gate(gate)
+        self.children.append(child)
+        return child.events[0].correlation_id
 
     def _emit(self, name: str, payload: Any) -> Event:
         check_emits(self.spec.qualified_name, self.spec.emits, name)

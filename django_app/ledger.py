@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
 
 from celery_workflows.clock import utcnow
 from celery_workflows.ids import new_id
@@ -30,15 +29,13 @@ from celery_workflows.records import (
     Outbox,
     Outcome,
     Recorded,
-    RunStatus,
 )
 from celery_workflows.store import UndoPlanner
 
 from . import slots
-from .models import Job, WorkflowRun
-from .outcomes import Attempted, lock_run, write_outcome, write_rows
+from .models import Job
+from .outcomes import Attempted, write_from_outside, write_outcome
 from .rows import dt, from_dt, from_json, job_values, js, run_values
-from .runcounters import RunDelta, change_run
 from .statements import (
     CONTROL,
     JOB,
@@ -48,7 +45,6 @@ from .statements import (
     batches,
     dialect,
     execute,
-    existing,
     insert_rows,
     update,
 )
@@ -67,24 +63,6 @@ CLAIM_FIELDS = [
     "coalesce_key",
     "gather_id",
 ]
-
-
-def forward_allowed(outbox: Outbox) -> Outbox:
-    """``outbox`` without the forward jobs of runs that were stopped or are compensating."""
-    forward = {j.correlation_id for j in outbox.jobs if j.compensates is None}
-    forward |= {a.correlation_id for a in outbox.arrivals}
-    if not forward:
-        return outbox
-    blocked = set(
-        WorkflowRun.objects.filter(correlation_id__in=forward)
-        .filter(Q(status=RunStatus.COMPENSATING) | ~Q(ended_by=""))
-        .values_list("correlation_id", flat=True)
-    )
-    if not blocked:
-        return outbox
-    jobs = [j for j in outbox.jobs if j.compensates is not None or j.correlation_id not in blocked]
-    arrivals = [a for a in outbox.arrivals if a.correlation_id not in blocked]
-    return dataclasses.replace(outbox, jobs=jobs, arrivals=arrivals)
 
 
 class SqlLedger:
@@ -354,29 +332,7 @@ class SqlLedger:
         """Insert ``outbox`` (events from outside any attempt: ``emit()``, a decision, an
         event from another service) and count its jobs on their runs. A run it touches that
         is left with nothing pending settles here (an event nothing subscribes to, say)."""
-        outbox = outbox if outbox.stopping else forward_allowed(outbox)
-        now = utcnow()
-        with transaction.atomic(savepoint=False):
-            if outbox.starts is not None:
-                insert_rows(
-                    RUN,
-                    RUN_COLUMNS,
-                    [run_values(e.correlation_id, outbox.starts, now) for e in outbox.events],
-                    key="correlation_id",
-                )
-            # a join is checked under its run's lock (see celery_workflows.joins)
-            for correlation_id in sorted({a.correlation_id for a in outbox.arrivals}):
-                lock_run(correlation_id)
-            created = write_rows(outbox, now)
-            per_run = Counter(j.correlation_id for j in created)
-            for correlation_id in sorted({e.correlation_id for e in outbox.events} | set(per_run)):
-                change_run(correlation_id, "", now, RunDelta(pending=per_run[correlation_id]))
-        planned = {j.id for j in outbox.jobs}
-        if sum(j.id in planned for j in created) < len(planned):
-            # skipped rows are duplicates of earlier writes - or this write, run again after
-            # a lost reply: ids are fresh uuids, so a row with one of ours is ours
-            return existing(outbox.jobs) + [j for j in created if j.id not in planned]
-        return created
+        return write_from_outside(outbox)
 
     def knows_job(self, job_id: str) -> bool:
         return bool(execute(f"SELECT 1 FROM {JOB} WHERE id = %s", [job_id]))

@@ -241,6 +241,13 @@ class WorkflowRun(models.Model):
 
     #: the definition version the run started with (WorkflowService.version)
     definition_version = models.CharField(max_length=64, blank=True, default="")
+    parent_id = models.CharField(
+        max_length=64,
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="the run whose step started this one as its child",
+    )
 
     class Meta:
         ordering = ["-started_at"]

@@ -19,11 +19,13 @@ of :mod:`.operations`, so no two writes of one run can deadlock.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from django.db import DataError, IntegrityError, ProgrammingError, transaction
+from django.db.models import Q
 
 from celery_workflows import gathers, joins, rules
 from celery_workflows.clock import utcnow
@@ -40,7 +42,7 @@ from celery_workflows.records import (
 from celery_workflows.rules import RunJob
 from celery_workflows.store import UndoPlanner
 
-from .models import AuditEntry, Job
+from .models import AuditEntry, Job, WorkflowRun
 from .models import Event as EventRow
 from .rows import (
     dt,
@@ -51,8 +53,16 @@ from .rows import (
     job_values,
     js,
     outcome_changes,
+    run_values,
 )
-from .runcounters import RunDelta, change_run, run_change, settled_status
+from .runcounters import (
+    SETTLED_FIELDS,
+    RunDelta,
+    change_run,
+    change_run_ended,
+    run_change,
+    settled_status,
+)
 from .statements import (
     EVENT,
     EVENT_COLUMNS,
@@ -61,6 +71,7 @@ from .statements import (
     JOB,
     JOB_COLUMNS,
     RUN,
+    RUN_COLUMNS,
     cast_row,
     dialect,
     execute,
@@ -138,6 +149,7 @@ def _one_statement_applies(
         and attempted.compensates is None
         and outbox.starts is None
         and outbox.gate is None
+        and not outbox.children
         and not outbox.arrivals
         and not outbox.gathers
         and attempted.gather_id is None
@@ -209,25 +221,28 @@ def _in_one_statement(
         params += [r[c] for r in rows for c in columns]
     final = outcome.status != JobStatus.QUEUED
     inserted = "(SELECT count(*) FROM jb)" if outbox.jobs else "0"
-    settle = "NULL, NULL"
+    settle = "NULL, NULL, NULL"
     if final or outbox.jobs:
         delta = RunDelta(
             pending=f"{inserted} - {int(final)}", dead=int(outcome.status == JobStatus.DEAD)
         )
         run_sql, run_params = run_change(attempted.correlation_id, attempted.job_id, now, delta)
         parts.append(
-            f", run AS ({run_sql} AND EXISTS (SELECT 1 FROM done) RETURNING status, last_job_id)"
+            f", run AS ({run_sql} AND EXISTS (SELECT 1 FROM done) RETURNING {SETTLED_FIELDS})"
         )
         params += run_params
-        settle = "(SELECT status FROM run), (SELECT last_job_id FROM run)"
+        settle = ", ".join(f"(SELECT {f} FROM run)" for f in SETTLED_FIELDS.split(", "))
     created = "(SELECT array_agg(id) FROM jb)" if outbox.jobs else "NULL"
     parts.append(f" SELECT (SELECT count(*) FROM done), {created}, {settle}")
     ((won, ids, *run_row),) = execute("".join(parts), params)
     if not won:
         return None
     created_ids = set(ids or ())
+    settled = settled_status([run_row], attempted.job_id)
     return Recorded(
-        [j for j in outbox.jobs if j.id in created_ids], settled_status([run_row], attempted.job_id)
+        [j for j in outbox.jobs if j.id in created_ids],
+        settled,
+        parent=run_row[2] if settled is not None else None,
     )
 
 
@@ -307,6 +322,54 @@ def stop_forward_jobs(jobs: list[RunJob], keep: str, now: datetime) -> int:
             [True, *ask],
         )
     return cancelled
+
+
+def forward_allowed(outbox: Outbox) -> Outbox:
+    """``outbox`` without the forward jobs of runs that were stopped or are compensating."""
+    forward = {j.correlation_id for j in outbox.jobs if j.compensates is None}
+    forward |= {a.correlation_id for a in outbox.arrivals}
+    if not forward:
+        return outbox
+    blocked = set(
+        WorkflowRun.objects.filter(correlation_id__in=forward)
+        .filter(Q(status=RunStatus.COMPENSATING) | ~Q(ended_by=""))
+        .values_list("correlation_id", flat=True)
+    )
+    if not blocked:
+        return outbox
+    jobs = [j for j in outbox.jobs if j.compensates is not None or j.correlation_id not in blocked]
+    arrivals = [a for a in outbox.arrivals if a.correlation_id not in blocked]
+    return replace(outbox, jobs=jobs, arrivals=arrivals)
+
+
+def write_from_outside(outbox: Outbox) -> list[NewJob]:
+    """Insert ``outbox`` (events from outside any attempt: ``emit()``, a decision, an event
+    from another service, a child run a step starts) and count its jobs on their runs. A run
+    it touches that is left with nothing pending settles here (an event nothing subscribes
+    to, say)."""
+    outbox = outbox if outbox.stopping else forward_allowed(outbox)
+    now = utcnow()
+    with transaction.atomic(savepoint=False):
+        if outbox.starts is not None:
+            insert_rows(
+                RUN,
+                RUN_COLUMNS,
+                [run_values(e.correlation_id, outbox.starts, now) for e in outbox.events],
+                key="correlation_id",
+            )
+        # a join is checked under its run's lock (see celery_workflows.joins)
+        for correlation_id in sorted({a.correlation_id for a in outbox.arrivals}):
+            lock_run(correlation_id)
+        created = write_rows(outbox, now)
+        per_run = Counter(j.correlation_id for j in created)
+        for correlation_id in sorted({e.correlation_id for e in outbox.events} | set(per_run)):
+            change_run(correlation_id, "", now, RunDelta(pending=per_run[correlation_id]))
+    planned = {j.id for j in outbox.jobs}
+    if sum(j.id in planned for j in created) < len(planned):
+        # skipped rows are duplicates of earlier writes - or this write, run again after
+        # a lost reply: ids are fresh uuids, so a row with one of ours is ours
+        return existing(outbox.jobs) + [j for j in created if j.id not in planned]
+    return created
 
 
 def write_rows(outbox: Outbox, now: datetime) -> list[NewJob]:
@@ -435,6 +498,11 @@ def _locked(
         undone = plan_undo(attempted.correlation_id, undo, now) if fails or run.stopping else []
         if outbox.gate is not None and outcome.status == JobStatus.SUCCEEDED:
             _open_gate(attempted.correlation_id, outbox.gate)
+        # child runs count their jobs on themselves, not on this run
+        started = []
+        if outbox.children and outcome.status == JobStatus.SUCCEEDED and not run.stopping:
+            for child in outbox.children:
+                started += write_from_outside(child)
         delta = rules.outcome_delta(
             final=outcome.status != JobStatus.QUEUED or cancelled_retry,
             dead=dead,
@@ -445,10 +513,12 @@ def _locked(
             stopped=stopped,
             cancelled_retry=cancelled_retry,
         )
-        settled = change_run(
+        settled, parent = change_run_ended(
             attempted.correlation_id, attempted.job_id, now, RunDelta(**asdict(delta))
         )
-    return Recorded([*created, *undone], settled, retry_cancelled=cancelled_retry)
+    return Recorded(
+        [*created, *undone, *started], settled, retry_cancelled=cancelled_retry, parent=parent
+    )
 
 
 def _open_gate(correlation_id: str, gate: dict[str, Any]) -> None:

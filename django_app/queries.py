@@ -89,4 +89,11 @@ def workflow_status(run: WorkflowRun) -> WorkflowStatus:
         deadline_at=run.deadline_at,
         ended_by=run.ended_by,
         definition_version=run.definition_version,
+        parent_id=run.parent_id,
+        children=[
+            {"correlation_id": c, "name": n, "status": s}
+            for c, n, s in WorkflowRun.objects.filter(parent_id=run.correlation_id)
+            .order_by("started_at")
+            .values_list("correlation_id", "name", "status")
+        ],
     )

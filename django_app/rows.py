@@ -58,6 +58,7 @@ def run_values(
         "gate_expires_at": None,
         "ended_by": "",
         "definition_version": starts.version,
+        "parent_id": starts.parent,
     }
 
 

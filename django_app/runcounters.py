@@ -78,20 +78,33 @@ def run_change(
     return sql, [dt(now), job_id, correlation_id]
 
 
+#: what a run's change returns: enough to tell whether it settled, and whose child it is
+SETTLED_FIELDS = "status, last_job_id, parent_id"
+
+
 def change_run(
     correlation_id: str, job_id: str, now: datetime, delta: RunDelta
 ) -> RunStatus | None:
     """Apply :func:`run_change` now; return the run's final status if this settled it."""
+    return change_run_ended(correlation_id, job_id, now, delta)[0]
+
+
+def change_run_ended(
+    correlation_id: str, job_id: str, now: datetime, delta: RunDelta
+) -> tuple[RunStatus | None, str | None]:
+    """:func:`change_run`, and the run's parent if this settled a child run (whose parent
+    learns of it: :mod:`celery_workflows.children`)."""
     sql, params = run_change(correlation_id, job_id, now, delta)
     if dialect().returning:
-        rows = execute(f"{sql} RETURNING status, last_job_id", params)
+        rows = execute(f"{sql} RETURNING {SETTLED_FIELDS}", params)
     elif update(sql, params):
         rows = execute(
-            f"SELECT status, last_job_id FROM {RUN} WHERE correlation_id = %s", [correlation_id]
+            f"SELECT {SETTLED_FIELDS} FROM {RUN} WHERE correlation_id = %s", [correlation_id]
         )
     else:
         rows = []
-    return settled_status(rows, job_id)
+    status = settled_status(rows, job_id)
+    return status, rows[0][2] if status is not None else None
 
 
 def settled_status(rows: list[Any], job_id: str) -> RunStatus | None:

@@ -6,10 +6,16 @@ from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 
 from celery_workflows.clock import utcnow
-from celery_workflows.records import OPEN_RUN_STATUSES, RunStatus, StateValue, WorkflowStatus
+from celery_workflows.records import (
+    OPEN_RUN_STATUSES,
+    RunEnd,
+    RunStatus,
+    StateValue,
+    WorkflowStatus,
+)
 
 from .models import AuditEntry, Job, ScheduleFire, StateDocument, WorkflowRun
 from .queries import find_run, workflow_status
@@ -50,6 +56,51 @@ class RunRecords:
             .first()
         )
         return newest or ""
+
+    def run_end(self, correlation_id: str) -> RunEnd | None:
+        run = (
+            WorkflowRun.objects.filter(correlation_id=correlation_id, parent_id__isnull=False)
+            .only("parent_id", "status", "last_job_id", "ended_by")
+            .first()
+        )
+        if run is None or not RunStatus(run.status).is_final or not run.parent_id:
+            return None
+        last = Job.objects.filter(id=run.last_job_id).values_list("result", flat=True).first()
+        error = run.ended_by
+        if run.status != RunStatus.COMPLETED and not error:
+            error = (
+                Job.objects.filter(correlation_id=correlation_id, status="dead")
+                .order_by("finished_at")
+                .values_list("dead_reason", flat=True)
+                .first()
+            ) or ""
+        return RunEnd(run.parent_id, RunStatus(run.status), last, error)
+
+    def ended_children(self, limit: int) -> list[str]:
+        waiting = WorkflowRun.objects.filter(status=RunStatus.WAITING).values("correlation_id")
+        return list(
+            WorkflowRun.objects.filter(parent_id__in=waiting, finished_at__isnull=False)
+            .order_by("finished_at")
+            .values_list("correlation_id", flat=True)[:limit]
+        )
+
+    def open_children(self, correlation_id: str) -> list[str]:
+        return list(
+            WorkflowRun.objects.filter(
+                parent_id=correlation_id, status__in=list(OPEN_RUN_STATUSES), ended_by=""
+            ).values_list("correlation_id", flat=True)
+        )
+
+    def orphaned_children(self, limit: int) -> list[tuple[str, str]]:
+        stopping = WorkflowRun.objects.filter(
+            Q(status=RunStatus.COMPENSATING) | ~Q(ended_by="") | Q(finished_at__isnull=False)
+        ).exclude(status=RunStatus.COMPLETED)
+        rows = WorkflowRun.objects.filter(
+            parent_id__in=stopping.values("correlation_id"),
+            status__in=list(OPEN_RUN_STATUSES),
+            ended_by="",
+        ).values_list("correlation_id", "parent_id")[:limit]
+        return [(child, parent or "") for child, parent in rows]
 
     def close_gate(
         self,

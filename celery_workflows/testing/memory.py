@@ -57,6 +57,7 @@ from ..records import (
     QueueControl,
     QueueMinute,
     Recorded,
+    RunEnd,
     RunStart,
     RunStatus,
     StateValue,
@@ -125,6 +126,7 @@ class _Run:
     compensation_jobs: int = 0
     failed_compensations: int = 0
     ended_by: str = ""
+    parent_id: str | None = None
 
 
 @dataclass
@@ -225,6 +227,7 @@ class InMemoryStore:
                 now,
                 starts.deadline_at,
                 starts.version,
+                parent_id=starts.parent,
             )
 
     def _insert(self, job: NewJob, now: datetime) -> bool:
@@ -662,7 +665,14 @@ class InMemoryStore:
                 cancelled_retry=cancelled_retry,
             )
             settled = self._change_run(correlation_id, job_id, now, **dataclasses.asdict(delta))
-        return Recorded([*created, *undone], settled, retry_cancelled=cancelled_retry)
+            parent = run.parent_id if settled is not None and run is not None else None
+            started = []  # child runs: counted on themselves
+            if outbox.children and outcome.status == JobStatus.SUCCEEDED and not stopping:
+                for child in outbox.children:
+                    started += self.write_outbox(child)
+        return Recorded(
+            [*created, *undone, *started], settled, retry_cancelled=cancelled_retry, parent=parent
+        )
 
     def _written_before(
         self,
@@ -1128,7 +1138,58 @@ class InMemoryStore:
             deadline_at=run.deadline_at,
             ended_by=run.ended_by,
             definition_version=run.definition_version,
+            parent_id=run.parent_id,
+            children=[
+                {"correlation_id": c.correlation_id, "name": c.name, "status": str(c.status)}
+                for c in sorted(self._data.runs.values(), key=lambda r: r.started_at)
+                if c.parent_id == cid
+            ],
         )
+
+    def run_end(self, correlation_id: str) -> RunEnd | None:
+        run = self._data.runs.get(correlation_id)
+        if run is None or not run.parent_id or not run.status.is_final:
+            return None
+        last = self._data.jobs.get(run.last_job_id)
+        error = run.ended_by
+        if run.status != RunStatus.COMPLETED and not error:
+            dead = sorted(
+                (j for j in self._data.jobs.values()
+                 if j.correlation_id == correlation_id and j.status == JobStatus.DEAD),
+                key=lambda j: j.finished_at or j.created_at,
+            )  # fmt: skip
+            error = dead[0].dead_reason if dead else ""
+        result = copy.deepcopy(last.result) if last is not None else None
+        return RunEnd(run.parent_id, run.status, result, error)
+
+    def ended_children(self, limit: int) -> list[str]:
+        runs = self._data.runs
+        return [
+            r.correlation_id
+            for r in runs.values()
+            if r.parent_id in runs
+            and runs[r.parent_id].status == RunStatus.WAITING
+            and r.finished_at is not None
+        ][:limit]
+
+    def open_children(self, correlation_id: str) -> list[str]:
+        return [
+            r.correlation_id
+            for r in self._data.runs.values()
+            if r.parent_id == correlation_id and r.status in OPEN_RUN_STATUSES and not r.ended_by
+        ]
+
+    def orphaned_children(self, limit: int) -> list[tuple[str, str]]:
+        runs = self._data.runs
+        found = []
+        for r in runs.values():
+            parent = runs.get(r.parent_id or "")
+            if parent is None or r.status not in OPEN_RUN_STATUSES or r.ended_by:
+                continue
+            stopping = parent.status == RunStatus.COMPENSATING or bool(parent.ended_by)
+            if stopping or (parent.status.is_final and parent.status != RunStatus.COMPLETED):
+                found.append((r.correlation_id, parent.correlation_id))
+        return found[:limit]
 
     def close_gate(
         self,

@@ -399,3 +399,106 @@ def test_an_event_that_beats_the_steps_own_outcome_is_not_waited_for_again(
     wait_for(lambda: get_workflow(run).status == "completed", timeout=30)
     fulfilled = [json.loads(x) for x in redis_client.lrange("fan:fulfilled", 0, -1)]
     assert fulfilled == [{"order": "o-fast", "fast": True}]
+
+
+# -- child workflows ----------------------------------------------------------------------------
+
+
+def children_noted(redis_client: Any) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in redis_client.lrange("fan:children", 0, -1)]
+
+
+@pytest.fixture
+def parent_and_child_workers(start_worker, redis_client):  # type: ignore[no-untyped-def]
+    from tests.proj.fanin import BILLING_QUEUES, PARENT_QUEUES
+
+    redis_client.delete("fan:children", "fan:voided")
+    start_worker(PARENT_QUEUES, concurrency=1, name="parent")
+    return start_worker(BILLING_QUEUES, concurrency=2, name="billing")
+
+
+def test_a_parent_waits_for_its_child_run_and_receives_its_result(
+    parent_and_child_workers, redis_client
+):
+    from celery_workflows import get_workflow
+    from tests.helpers import staff
+    from tests.proj.fanin import fan
+
+    parent = fan.emit("fanParent", {"order": "o-child"}).correlation_id
+    wait_for(lambda: get_workflow(parent).status == "completed", timeout=30)
+    (child,) = get_workflow(parent).children
+    assert child["name"] == "billing" and child["status"] == "completed"
+    assert get_workflow(child["correlation_id"]).parent_id == parent
+    (noted,) = children_noted(redis_client)
+    assert noted == {
+        "done": True,
+        "child": child["correlation_id"],
+        "status": "completed",
+        "result": {"invoice": "INV-o-child", "sent": True},  # the child's last step's result
+        "error": "",
+    }
+    assert [a.action for a in get_workflow(parent).audit] == ["child"]
+    # the admin links them both ways, and the parent's diagram draws the child's first step
+    client = staff("ops2", "view_workflowrun")
+    page = client.get(f"/admin/celery_workflows/workflowrun/{parent}/change/").content.decode()
+    assert f"/admin/celery_workflows/workflowrun/{child['correlation_id']}/change/" in page
+    assert 'data-queue="billing.invoice"' in page
+    page = client.get(
+        f"/admin/celery_workflows/workflowrun/{child['correlation_id']}/change/"
+    ).content.decode()
+    assert f"/admin/celery_workflows/workflowrun/{parent}/change/" in page
+
+
+def test_a_child_that_fails_is_reported_to_its_parent_as_its_failed_event(
+    parent_and_child_workers, redis_client
+):
+    from celery_workflows import get_workflow
+    from tests.proj.fanin import fan
+
+    parent = fan.emit("fanParent", {"order": "o-bad", "fail": True}).correlation_id
+    wait_for(lambda: get_workflow(parent).status == "completed", timeout=30)
+    (noted,) = children_noted(redis_client)
+    assert noted["done"] is False and noted["status"] == "dead_lettered"
+    assert "no billing address" in noted["error"]
+
+
+def test_cancelling_the_parent_stops_and_compensates_its_child(
+    parent_and_child_workers, redis_client
+):
+    from celery_workflows import cancel_workflow, get_workflow
+    from tests.proj.fanin import fan
+
+    parent = fan.emit("fanParent", {"order": "o-cancel", "slow": 20}).correlation_id
+
+    def sending() -> str | None:
+        children = get_workflow(parent).children
+        if not children:
+            return None
+        child = get_workflow(children[0]["correlation_id"])
+        running = [h for h in child.history if h.name == "billing.sendInvoice"]
+        return child.correlation_id if running and running[0].status == "running" else None
+
+    child = wait_for(sending, timeout=30)
+    assert get_workflow(parent).status == "waiting"
+    assert cancel_workflow(parent, actor="ops", reason="customer left")
+    wait_for(lambda: get_workflow(child).status == "compensated", timeout=30)
+    assert redis_client.lrange("fan:voided", 0, -1) == [b"o-cancel"]  # the invoice undone
+    assert get_workflow(parent).status in ("cancelled", "compensated")
+    assert "its parent run" in get_workflow(child).ended_by
+    assert children_noted(redis_client) == []  # a stopped parent goes on with nothing
+
+
+def test_a_child_stopped_without_a_worker_is_reported_by_the_sweeper(start_worker, redis_client):
+    """No worker runs billing: the child's job waits; an operator cancels the child run, which
+    settles in the stop itself (no step outcome to tell the parent) - the sweeper tells it."""
+    from celery_workflows import cancel_workflow, get_workflow
+    from tests.proj.fanin import PARENT_QUEUES, fan
+
+    redis_client.delete("fan:children")
+    start_worker(PARENT_QUEUES, concurrency=1, name="parent-only")
+    parent = fan.emit("fanParent", {"order": "o-orphan"}).correlation_id
+    children = wait_for(lambda: get_workflow(parent).children, timeout=30)
+    assert cancel_workflow(children[0]["correlation_id"], actor="ops", reason="not needed")
+    wait_for(lambda: get_workflow(parent).status == "completed", timeout=30)
+    (noted,) = children_noted(redis_client)
+    assert noted["status"] == "cancelled" and noted["error"] == "not needed"

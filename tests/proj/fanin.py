@@ -217,6 +217,68 @@ fan.subscribe("pspTimedOut", enqueue="abandon")
 CHECKOUT_QUEUES = ["fan.requestPayment", "fan.fulfil", "fan.abandon"]
 
 
+# -- child workflows: fan's delegate starts a run of billing and waits for its end
+#
+#    fanParent -> delegate -(start_child invoiceRequested)-> billing: invoice -> sendInvoice
+#    invoiceDone -> afterInvoice, invoiceFailed -> invoiceLost (the child's end, in fan's run)
+#
+# the child's payload: ``fail`` dead-letters invoice; ``slow`` seconds makes sendInvoice take
+# that long (it stops early when asked to cancel). invoice is undone by voidInvoice.
+
+billing = WorkflowService("billing", app, resources=recorder, business_key="order")
+BILLING_QUEUES = ["billing.invoice", "billing.sendInvoice", "billing.voidInvoice"]
+
+
+@fan.queue_worker("delegate", "Have billing invoice it; wait for the child run", lifecycle=SHORT,
+                  emits=["invoiceRequested", "invoiceDone", "invoiceFailed"])  # fmt: skip
+def delegate(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    return ctx.start_child(
+        "invoiceRequested", job.payload, done_event="invoiceDone", failed_event="invoiceFailed"
+    )
+
+
+@billing.queue_worker("invoice", "Write the invoice", lifecycle=SHORT,
+                      result_event="invoiceWritten", compensate_with="voidInvoice")  # fmt: skip
+def invoice(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
+    if job.payload.get("fail"):
+        raise NonRetryableError("no billing address")
+    return {**job.payload, "invoice": f"INV-{job.payload['order']}"}
+
+
+@billing.queue_worker("sendInvoice", "Send it", lifecycle=SHORT)
+def send_invoice(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
+    until = time.monotonic() + float(job.payload.get("slow", 0))
+    while time.monotonic() < until:
+        if ctx.cancel_requested:
+            raise NonRetryableError("cancelled while sending")
+        time.sleep(0.05)
+    return {"invoice": job.payload["invoice"], "sent": True}
+
+
+@billing.queue_worker("voidInvoice", "Void the invoice", lifecycle=SHORT)
+def void_invoice(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.redis.rpush("fan:voided", job.payload["order"])
+
+
+@fan.queue_worker("afterInvoice", "The child completed", lifecycle=SHORT)
+def after_invoice(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.redis.rpush("fan:children", json.dumps({"done": True, **job.payload}))
+
+
+@fan.queue_worker("invoiceLost", "The child failed", lifecycle=SHORT)
+def invoice_lost(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.redis.rpush("fan:children", json.dumps({"done": False, **job.payload}))
+
+
+fan.event("fanParent")
+fan.subscribe("fanParent", enqueue="delegate")
+fan.subscribe("invoiceDone", enqueue="afterInvoice")
+fan.subscribe("invoiceFailed", enqueue="invoiceLost")
+billing.subscribe("invoiceRequested", enqueue="invoice")
+billing.subscribe("invoiceWritten", enqueue="sendInvoice")
+PARENT_QUEUES = ["fan.delegate", "fan.afterInvoice", "fan.invoiceLost"]
+
+
 #: the same map in a service that stops a failed run for an operator instead of compensating
 fanstop = WorkflowService("fanstop", app, resources=recorder, on_failure="stop")
 fanstop.queue_worker("split", payload=Batch, gather=Gather(each="resize", into="collect"))(split)
