@@ -20,6 +20,7 @@ from .errors import (
     PayloadTooLargeError,
     PayloadValidationError,
     RenameError,
+    RerunRefusedError,
     RunAlreadyOpenError,
     StateConflictError,
     StoreNotConfiguredError,
@@ -44,6 +45,7 @@ from .records import (
 )
 from .registry import add_middleware
 from .renames import rename_event, rename_queue
+from .reruns import rerun
 from .service import WorkflowService, emit
 from .states import States, states
 from .status import get_workflow
@@ -77,6 +79,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PayloadValidationError",
     "RenameError",
+    "RerunRefusedError",
     "RetryStrategy",
     "RunAlreadyOpenError",
     "RunStatus",
@@ -104,6 +107,7 @@ __all__ = [
     "release_lease",
     "rename_event",
     "rename_queue",
+    "rerun",
     "resume_queue",
     "states",
     "sweep_once",

@@ -70,6 +70,10 @@ class NotDeadLetteredError(WorkflowError):
     """Only a dead-lettered job can be re-driven or discarded."""
 
 
+class RerunRefusedError(WorkflowError):
+    """A run cannot be rerun from that step (it is still open, or earlier steps were undone)."""
+
+
 class NotRedrivableError(WorkflowError):
     """This dead letter cannot be re-driven: its workflow's compensation already undid the work
     it would continue. Start a new run instead."""

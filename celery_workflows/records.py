@@ -477,6 +477,19 @@ class WorkflowStatus:
 
 
 @dataclass(frozen=True)
+class CopiedStep:
+    """A completed step of a run, copied into a rerun of it: its recorded result is kept and
+    it is not run again (a new row in the new run, succeeded)."""
+
+    job: NewJob
+    result: Any
+    attempts: int
+    attempt_log: list[dict[str, Any]]
+    finished_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class RunEnd:
     """How a child run ended, as its parent learns it."""
 

@@ -25,8 +25,10 @@ from .errors import StoreNotConfiguredError
 from .limits import Held, Limits
 from .records import (
     ClaimedJob,
+    CopiedStep,
     DueJob,
     EnqueueResult,
+    Event,
     ExpiredLease,
     JobRecord,
     JobStatus,
@@ -186,6 +188,18 @@ class Operations(Protocol):
         """Replace dead letter ``job_id`` by ``new_job`` (once) and reopen its run."""
 
     def discard(self, job_id: str, actor: str) -> None: ...
+
+    def start_rerun(
+        self,
+        of: str,
+        copies: list[CopiedStep],
+        events: list[Event],
+        job: NewJob,
+        actor: str,
+        detail: dict[str, Any],
+    ) -> EnqueueResult:
+        """Start ``job``'s new run (``job.starts``) with ``copies`` recorded as its completed
+        steps and ``events`` as theirs, audited on both runs, in one transaction."""
 
     def request_cancel(self, job_id: str, actor: str) -> JobStatus: ...
 

@@ -28,6 +28,7 @@ from django.utils.html import format_html
 from celery_workflows import (
     GateClosedError,
     PayloadError,
+    RerunRefusedError,
     RunStatus,
     WorkflowError,
     cancel_workflow,
@@ -36,6 +37,7 @@ from celery_workflows import (
     pause_queue,
     redrive,
     registry,
+    rerun,
     resume_queue,
 )
 from celery_workflows.deadletter import KEEP_PAYLOAD, compensation_started, redrive_refusal
@@ -269,6 +271,10 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 and not status.ended_by
                 and request.user.has_perm("celery_workflows.cancel_workflowrun")
             ),
+            "can_rerun": (
+                RunStatus(status.status).is_final
+                and request.user.has_perm("celery_workflows.rerun_workflowrun")
+            ),
         }
 
     def get_urls(self) -> list[Any]:
@@ -282,6 +288,11 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 "<str:object_id>/cancel/",
                 self.admin_site.admin_view(self.cancel_view),
                 name="celery_workflows_workflowrun_cancel",
+            ),
+            path(
+                "<str:object_id>/rerun/",
+                self.admin_site.admin_view(self.rerun_view),
+                name="celery_workflows_workflowrun_rerun",
             ),
             *super().get_urls(),
         ]
@@ -311,6 +322,38 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
             )
         return HttpResponseRedirect(
             reverse("admin:celery_workflows_workflowrun_change", args=[run.correlation_id])
+        )
+
+    def rerun_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Start a new run of a finished one from a step, its payload kept or edited; the
+        earlier steps' results are copied, not run again (:mod:`celery_workflows.reruns`)."""
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        if not request.user.has_perm("celery_workflows.rerun_workflowrun"):
+            raise PermissionDenied
+        run = get_object_or_404(WorkflowRun, pk=object_id)
+        back = reverse("admin:celery_workflows_workflowrun_change", args=[run.correlation_id])
+        payload: Any = KEEP_PAYLOAD
+        text = request.POST.get("payload", "").strip()
+        if text:
+            try:
+                payload = json.loads(text)
+            except json.JSONDecodeError as exc:
+                self.message_user(request, f"Payload is not valid JSON: {exc}", messages.ERROR)
+                return HttpResponseRedirect(back)
+        try:
+            new = rerun(
+                run.correlation_id,
+                request.POST.get("from_job", ""),
+                payload,
+                actor=request.user.get_username(),
+            )
+        except (RerunRefusedError, PayloadError) as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(back)
+        self.message_user(request, f"Rerun started as run {new}.", messages.SUCCESS)
+        return HttpResponseRedirect(
+            reverse("admin:celery_workflows_workflowrun_change", args=[new])
         )
 
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:

@@ -254,6 +254,7 @@ class WorkflowRun(models.Model):
         permissions = [
             ("decide_workflowrun", "Can approve or reject waiting workflow runs"),
             ("cancel_workflowrun", "Can cancel workflow runs (their completed steps are undone)"),
+            ("rerun_workflowrun", "Can rerun finished workflow runs from a step"),
         ]
         indexes = [
             # the admin orders runs by -started_at with the primary key as tie-breaker

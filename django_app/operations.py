@@ -14,6 +14,7 @@ from celery_workflows.clock import utcnow
 from celery_workflows.errors import JobNotFoundError, NotDeadLetteredError, RenameError
 from celery_workflows.records import (
     OPEN_RUN_STATUSES,
+    CopiedStep,
     EnqueueResult,
     JobRecord,
     JobStatus,
@@ -21,12 +22,17 @@ from celery_workflows.records import (
     Outbox,
     RunStatus,
 )
+from celery_workflows.records import (
+    Event as EventRecord,
+)
 from celery_workflows.store import UndoPlanner
 
 from .ledger import SqlLedger
 from .models import AuditEntry, Event, Job, StateDocument, WorkflowRun
 from .outcomes import lock_run, stop
+from .rows import dt, event_values, job_values, js
 from .runcounters import RunDelta, change_run
+from .statements import EVENT, EVENT_COLUMNS, JOB, JOB_COLUMNS, insert_rows
 
 
 class OperatorActions:
@@ -69,6 +75,37 @@ class OperatorActions:
             SqlLedger().insert_job(new_job)
             AuditEntry.record(new_job.correlation_id, job_id, "redrive", actor, **detail)
         return EnqueueResult(new_job.id, True, new_job.correlation_id)
+
+    def start_rerun(
+        self,
+        of: str,
+        copies: list[CopiedStep],
+        events: list[EventRecord],
+        job: NewJob,
+        actor: str,
+        detail: dict[str, Any],
+    ) -> EnqueueResult:
+        now = utcnow()
+        with transaction.atomic():
+            insert_rows(EVENT, EVENT_COLUMNS, [event_values(e) for e in events])
+            result = SqlLedger().insert_job(job)  # the new run, with its one pending job
+            rows = []
+            for copy in copies:
+                values = job_values(copy.job, now)
+                values.update(
+                    status=JobStatus.SUCCEEDED.value,
+                    attempts=copy.attempts,
+                    result=js(copy.result),
+                    attempt_log=js(copy.attempt_log),
+                    finished_at=dt(copy.finished_at),
+                    published_at=None,
+                    created_at=dt(copy.created_at),
+                )
+                rows.append(values)
+            insert_rows(JOB, JOB_COLUMNS, rows)
+            AuditEntry.record(job.correlation_id, job.id, "rerun", actor, **detail)
+            AuditEntry.record(of, "", "rerun", actor, **detail)
+        return result
 
     def discard(self, job_id: str, actor: str) -> None:
         with transaction.atomic():

@@ -44,6 +44,7 @@ from ..records import (
     AttemptRecord,
     AuditRecord,
     ClaimedJob,
+    CopiedStep,
     DueJob,
     EnqueueResult,
     Event,
@@ -922,6 +923,31 @@ class InMemoryStore:
             self.insert_job(new_job)
             self._audit(new_job.correlation_id, job_id, "redrive", actor, **detail)
         return EnqueueResult(new_job.id, True, new_job.correlation_id)
+
+    def start_rerun(
+        self,
+        of: str,
+        copies: list[CopiedStep],
+        events: list[Event],
+        job: NewJob,
+        actor: str,
+        detail: dict[str, Any],
+    ) -> EnqueueResult:
+        now = utcnow()
+        with self.atomic():
+            for event in events:
+                self._data.events[event.id] = copy.deepcopy(event)
+            result = self.insert_job(job)
+            for step in copies:
+                self._insert(step.job, now)
+                row = self._data.jobs[step.job.id]
+                row.status, row.attempts = JobStatus.SUCCEEDED, step.attempts
+                row.result, row.attempt_log = copy.deepcopy(step.result), list(step.attempt_log)
+                row.finished_at, row.created_at = step.finished_at, step.created_at
+                row.published_at = None
+            self._audit(job.correlation_id, job.id, "rerun", actor, **detail)
+            self._audit(of, "", "rerun", actor, **detail)
+        return result
 
     def discard(self, job_id: str, actor: str) -> None:
         with self.atomic():

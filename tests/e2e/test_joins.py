@@ -502,3 +502,126 @@ def test_a_child_stopped_without_a_worker_is_reported_by_the_sweeper(start_worke
     wait_for(lambda: get_workflow(parent).status == "completed", timeout=30)
     (noted,) = children_noted(redis_client)
     assert noted["status"] == "cancelled" and noted["error"] == "not needed"
+
+
+# -- rerun from a step --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rr_worker(start_worker, redis_client):  # type: ignore[no-untyped-def]
+    from tests.proj.fanin import RR_QUEUES
+
+    redis_client.delete("rr:first", "rr:second", "rr:third")
+    return start_worker(RR_QUEUES, concurrency=1, name="rerun")
+
+
+def failed_rr_run(key: str) -> str:
+    from celery_workflows import get_workflow
+    from tests.proj.fanin import rr
+
+    run = rr.emit("rrStarted", {"order": key, "bad": True}).correlation_id
+    wait_for(lambda: get_workflow(run).status == "dead_lettered", timeout=30)
+    return run
+
+
+def test_a_rerun_from_the_failed_step_keeps_the_earlier_results(rr_worker, redis_client):
+    from celery_workflows import get_workflow, rerun
+
+    old = failed_rr_run("o-rerun")
+    second = next(h for h in get_workflow(old).history if h.name == "rr.second")
+    new = rerun(old, second.id, {"order": "o-rerun", "customer": "C-7"}, actor="ops")
+    wait_for(lambda: get_workflow(new).status == "completed", timeout=30)
+    run = get_workflow(new)
+    assert run.business_key == "o-rerun" and run.started_by == f"rerun of {old} from rr.second"
+    steps = {h.name: h for h in run.history if h.kind == "job"}
+    assert set(steps) == {"rr.first", "rr.second", "rr.third"}
+    assert steps["rr.first"].result == {"order": "o-rerun", "bad": True, "customer": "C-7"}
+    assert steps["rr.third"].result == "shipped o-rerun to C-7"
+    # the earlier step kept its result and did not run again; the failed one ran twice
+    assert [int(redis_client.get(f"rr:{s}")) for s in ("first", "second", "third")] == [1, 2, 1]
+    # audited on both runs, with the payload before and after
+    (new_audit,) = run.audit
+    assert new_audit.action == "rerun" and new_audit.actor == "ops"
+    assert new_audit.detail["payload_before"]["bad"] is True
+    assert [a.action for a in get_workflow(old).audit] == ["rerun"]
+    assert get_workflow(old).status == "dead_lettered"  # the old run is left as it was
+
+
+def test_a_rerun_is_refused_for_an_open_run_an_unknown_step_and_a_bad_payload(
+    rr_worker, redis_client
+):
+    from celery_workflows import PayloadError, RerunRefusedError, rerun
+    from tests.proj.fanin import rr
+
+    old = failed_rr_run("o-refused")
+    with pytest.raises(RerunRefusedError, match=r"no forward step 'rr\.nope'"):
+        rerun(old, "rr.nope")
+    with pytest.raises(PayloadError):
+        rerun(old, "rr.second", {"order": {"not": "json-serialisable", "x": object()}})
+    open_run = rr.emit("rrStarted", {"order": "o-open"}, delay=3600).correlation_id
+    with pytest.raises(RerunRefusedError, match="only a finished run"):
+        rerun(open_run, "rr.first")
+    assert WorkflowRun.objects.filter(business_key="o-refused").count() == 1  # nothing written
+
+
+def test_a_rerun_after_an_undone_step_is_refused(start_worker, redis_client):
+    from celery_workflows import RerunRefusedError, rerun
+    from tests.proj.fanin import QUEUES, fan
+
+    start_worker(QUEUES, concurrency=2, name="undone")
+    redis_client.delete("fan:refunded")
+    run = fan.emit("fanOrdered", {"order": "o-undone", "reserveFails": True})
+    wait_for(lambda: ended(run), timeout=30)
+    assert run_of(run).status == "compensated"
+    with pytest.raises(RerunRefusedError, match=r"fan\.charge .* was undone"):
+        rerun(run.correlation_id, "fan.reserve")
+
+
+def test_operators_rerun_from_the_admin_with_permission_and_from_manage_py(
+    rr_worker, worker_env, redis_client
+):
+    from celery_workflows import get_workflow
+    from tests.helpers import manage, staff
+
+    old = failed_rr_run("o-admin")
+    second = next(h for h in get_workflow(old).history if h.name == "rr.second")
+    url = f"/admin/celery_workflows/workflowrun/{old}/rerun/"
+    form = {"from_job": second.id, "payload": json.dumps({"order": "o-admin", "customer": "C"})}
+    viewer = staff("viewer", "view_workflowrun")
+    assert b"Rerun from here" not in viewer.get(url.replace("rerun/", "change/")).content
+    assert viewer.post(url, form).status_code == 403
+    operator = staff("operator", "view_workflowrun", "rerun_workflowrun")
+    assert b"Rerun from here" in operator.get(url.replace("rerun/", "change/")).content
+    answer = operator.post(url, form)
+    assert answer.status_code == 302
+    new = answer["Location"].rstrip("/").split("/")[-2]
+    wait_for(lambda: get_workflow(new).status == "completed", timeout=30)
+    assert get_workflow(new).audit[0].actor == "operator"
+
+    result = manage(worker_env, "workflows", "rerun", old, "--from", "rr.second", "--payload",
+                    '{"order": "o-admin", "customer": "D"}', "--actor", "ops-shell")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    newer = result.stdout.split()[-1]
+    wait_for(lambda: get_workflow(newer).status == "completed", timeout=30)
+    assert get_workflow(newer).audit[0].actor == "ops-shell"
+    bad = manage(worker_env, "workflows", "rerun", old, "--from", "rr.nope")
+    assert bad.returncode != 0 and "no forward step 'rr.nope'" in bad.stderr
+
+
+def test_a_rerun_from_one_branch_of_a_join_counts_the_kept_branchs_event(
+    start_worker, redis_client
+):
+    from celery_workflows import get_workflow, rerun
+    from tests.proj.fanin import fan
+
+    start_worker(QUEUES, concurrency=2, name="rejoin")
+    first = fan.emit("fanOrdered", {"order": "o-rejoin", "amount": 7})
+    wait_for(lambda: ended(first), timeout=30)
+    new = rerun(first.correlation_id, "fan.reserve", actor="ops")
+    wait_for(lambda: get_workflow(new).status == "completed", timeout=30)
+    jobs = [h for h in get_workflow(new).history if h.kind == "job"]
+    assert sorted(h.name for h in jobs) == ["fan.charge", "fan.reserve", "fan.ship"]
+    # charge was kept (not charged again): its event, copied, completed the join with reserve
+    assert [s["run"] for s in shipped(redis_client)] == [first.correlation_id, new]
+    (ship,) = [h for h in jobs if h.name == "fan.ship"]
+    assert ship.payload["fanCharged"] == {"order": "o-rejoin", "paid": 7}

@@ -279,6 +279,43 @@ billing.subscribe("invoiceWritten", enqueue="sendInvoice")
 PARENT_QUEUES = ["fan.delegate", "fan.afterInvoice", "fan.invoiceLost"]
 
 
+# -- reruns: a run that stops at a failed step, for an operator
+#
+#    rrStarted -> first -rrFirstDone-> second (dead-letters when ``bad``) -rrSecondDone-> third
+#
+# each step counts its runs in ``rr:<step>`` (the test Redis)
+
+rr = WorkflowService("rr", app, resources=recorder, business_key="order", on_failure="stop")
+RR_QUEUES = ["rr.first", "rr.second", "rr.third"]
+ONCE = Lifecycle(max_attempts=1)
+
+
+@rr.queue_worker("first", "Look the order up", result_event="rrFirstDone", lifecycle=ONCE)
+def rr_first(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
+    ctx.resources.redis.incr("rr:first")
+    return {**job.payload, "customer": "C-7"}
+
+
+@rr.queue_worker("second", "Charge", result_event="rrSecondDone", lifecycle=ONCE)
+def rr_second(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
+    ctx.resources.redis.incr("rr:second")
+    if job.payload.get("bad"):
+        raise NonRetryableError("card expired")
+    return job.payload
+
+
+@rr.queue_worker("third", "Ship", lifecycle=ONCE)
+def rr_third(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    ctx.resources.redis.incr("rr:third")
+    return f"shipped {job.payload['order']} to {job.payload['customer']}"
+
+
+rr.event("rrStarted")
+rr.subscribe("rrStarted", enqueue="first")
+rr.subscribe("rrFirstDone", enqueue="second")
+rr.subscribe("rrSecondDone", enqueue="third")
+
+
 #: the same map in a service that stops a failed run for an operator instead of compensating
 fanstop = WorkflowService("fanstop", app, resources=recorder, on_failure="stop")
 fanstop.queue_worker("split", payload=Batch, gather=Gather(each="resize", into="collect"))(split)

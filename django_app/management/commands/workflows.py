@@ -21,6 +21,7 @@ from celery_workflows import (
     redrive,
     rename_event,
     rename_queue,
+    rerun,
     resume_queue,
 )
 from celery_workflows.deadletter import KEEP_PAYLOAD
@@ -56,6 +57,14 @@ class Command(BaseCommand):
         choice.add_argument("--approve", action="store_true")
         choice.add_argument("--reject", action="store_true")
         decide_cmd.add_argument("--comment", default="")
+        rerun_cmd = sub.add_parser(
+            "rerun", help="start a new run of a finished one from a step (earlier results kept)"
+        )
+        rerun_cmd.add_argument("id", help="correlation id or business key of the finished run")
+        rerun_cmd.add_argument(
+            "--from", dest="from_step", required=True, help="a job id, or service.queue"
+        )
+        rerun_cmd.add_argument("--payload", help="the step's payload as JSON (default: kept)")
         cancel_cmd = sub.add_parser("cancel", help="cancel a workflow and undo its steps")
         cancel_cmd.add_argument("id", help="correlation id or business key")
         cancel_cmd.add_argument("--reason", default="")
@@ -83,6 +92,7 @@ class Command(BaseCommand):
         prune.add_argument("--batch-size", type=int, default=PRUNE_BATCH)
         for action in (
             redrive_cmd,
+            rerun_cmd,
             discard_cmd,
             decide_cmd,
             cancel_cmd,
@@ -162,6 +172,16 @@ class Command(BaseCommand):
                 raise CommandError(f"--payload is not valid JSON: {exc}") from exc
         result = redrive(options["job_id"], payload, actor=options["actor"])
         self.stdout.write(f"re-driven as job {result.job_id}")
+
+    def do_rerun(self, options: dict[str, Any]) -> None:
+        payload = KEEP_PAYLOAD
+        if options["payload"] is not None:
+            try:
+                payload = json.loads(options["payload"])
+            except json.JSONDecodeError as exc:
+                raise CommandError(f"--payload is not valid JSON: {exc}") from exc
+        new = rerun(options["id"], options["from_step"], payload, actor=options["actor"])
+        self.stdout.write(f"rerun started as run {new}")
 
     def do_discard(self, options: dict[str, Any]) -> None:
         discard(options["job_id"], actor=options["actor"])
