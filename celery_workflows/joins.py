@@ -48,12 +48,16 @@ class Arrival:
     published: bool
 
 
+#: how the idempotency key of a job a join started begins (the timeline marks those jobs)
+KEY_PREFIX = "join:"
+
+
 def job_key(correlation_id: str, subscription: str) -> str:
     """The idempotency key of a join's job: one per run and join (at most 200 characters)."""
-    key = f"join:{correlation_id}:{subscription}"
+    key = f"{KEY_PREFIX}{correlation_id}:{subscription}"
     if len(key) <= 200:
         return key
-    return f"join:{correlation_id}:{hashlib.sha256(subscription.encode()).hexdigest()[:32]}"
+    return f"{KEY_PREFIX}{correlation_id}:{hashlib.sha256(subscription.encode()).hexdigest()[:32]}"
 
 
 def completed(arrivals: Sequence[Arrival], read: ReadEvents) -> list[NewJob]:

@@ -420,6 +420,10 @@ class HistoryEntry:
     compensates: str | None = None
     #: for a job: what its attempt last reported (``fraction``, ``message``, ``at``), if any
     progress: dict[str, Any] | None = None
+    #: for a branch of a map: its item's index
+    branch: int | None = None
+    #: for a job a join started (every one of its events had happened)
+    joined: bool = False
 
 
 @dataclass(frozen=True)

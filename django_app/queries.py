@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Q
 
+from celery_workflows import joins
 from celery_workflows.errors import WorkflowNotFoundError
 from celery_workflows.records import (
     AuditRecord,
@@ -50,6 +51,8 @@ def history(correlation_id: str) -> list[HistoryEntry]:
             caused_by=j.caused_by,
             compensates=j.compensates,
             progress=j.progress,
+            branch=j.gather_index,
+            joined=(j.idempotency_key or "").startswith(joins.KEY_PREFIX),
         )
         for j in Job.objects.filter(correlation_id=correlation_id).order_by("created_at")
     ]

@@ -1130,6 +1130,8 @@ class InMemoryStore:
                 j.caused_by,
                 j.compensates,
                 copy.deepcopy(j.progress),
+                j.gather_index,
+                (j.idempotency_key or "").startswith(joins.KEY_PREFIX),
             )
             for j in self._data.jobs.values()
             if j.correlation_id == cid

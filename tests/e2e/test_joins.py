@@ -15,7 +15,7 @@ import pytest
 
 from celery_workflows.testing import wait_for
 from django_app.models import Event, Job, WorkflowRun
-from tests.helpers import manage
+from tests.helpers import manage, staff
 from tests.proj.fanin import MAP_QUEUES, QUEUES, STOP_QUEUES
 
 pytestmark = [pytest.mark.worker, pytest.mark.usefixtures("transactional_db")]
@@ -70,6 +70,15 @@ def test_the_joined_step_starts_once_with_every_events_payload(start_worker, red
     assert completing.name in ("fanCharged", "fanReserved")
     assert completing.correlation_id == started.correlation_id
     assert [s["payload"]["fanCharged"]["paid"] for s in shipped(redis_client)] == [25]
+    # the timeline marks the job a join started
+    from celery_workflows import get_workflow
+
+    (entry,) = [h for h in get_workflow(started.correlation_id).history if h.name == "fan.ship"]
+    assert entry.joined
+    page = staff("joins", "view_workflowrun").get(
+        f"/admin/celery_workflows/workflowrun/{started.correlation_id}/change/"
+    )
+    assert b"started by a join" in page.content
 
 
 def test_branches_finishing_at_the_same_instant_on_two_workers_start_the_join_once(
@@ -174,6 +183,11 @@ def test_a_gather_receives_every_branchs_result_in_item_order_once(start_worker,
     assert set(branches.values_list("status", flat=True)) == {"succeeded"}
     (collect,) = Job.objects.filter(correlation_id=started.correlation_id, queue="fan.collect")
     assert collect.attempts == 1
+    # the timeline numbers the branches
+    from celery_workflows import get_workflow
+
+    history = get_workflow(started.correlation_id).history
+    assert sorted(h.branch for h in history if h.name == "fan.resize") == list(range(200))
 
 
 def test_an_empty_map_gathers_at_once(start_worker, redis_client):
@@ -286,7 +300,6 @@ def test_a_running_steps_progress_shows_in_get_workflow_the_json_view_and_the_ad
     start_worker, redis_client
 ):
     from celery_workflows import get_workflow
-    from tests.helpers import staff
     from tests.proj.fanin import fan
 
     start_worker(["fan.longTask"], concurrency=1, name="progress")
@@ -343,7 +356,6 @@ def test_a_run_waits_for_a_verified_webhook_then_goes_on(start_worker, redis_cli
     assert waiting.waiting_for["awaits"] == "pspConfirmed"
     with pytest.raises(GateClosedError):  # no one decides it: it waits for the event
         decide(run, approve=True, actor="ops")
-    from tests.helpers import staff
 
     page = staff("ops", "view_workflowrun", "change_workflowrun").get(
         f"/admin/celery_workflows/workflowrun/{run}/change/"
@@ -421,7 +433,6 @@ def test_a_parent_waits_for_its_child_run_and_receives_its_result(
     parent_and_child_workers, redis_client
 ):
     from celery_workflows import get_workflow
-    from tests.helpers import staff
     from tests.proj.fanin import fan
 
     parent = fan.emit("fanParent", {"order": "o-child"}).correlation_id
@@ -581,7 +592,6 @@ def test_operators_rerun_from_the_admin_with_permission_and_from_manage_py(
     rr_worker, worker_env, redis_client
 ):
     from celery_workflows import get_workflow
-    from tests.helpers import manage, staff
 
     old = failed_rr_run("o-admin")
     second = next(h for h in get_workflow(old).history if h.name == "rr.second")
