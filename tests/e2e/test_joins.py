@@ -27,9 +27,9 @@ def _clean(redis_client: Any) -> None:
 
 
 @pytest.fixture
-def start_worker(start_worker):  # type: ignore[no-untyped-def]
-    """This test's workers, stopped when it ends (a ``fan`` worker left running would take
-    the next test's jobs)."""
+def own_worker(start_worker):  # type: ignore[no-untyped-def]
+    """Workers of this test alone, killed when it ends (a ``fan`` worker left running would
+    take the next test's jobs; its work is done by then, so nothing is lost by the kill)."""
     started = []
 
     def start(*args: Any, **kwargs: Any) -> Any:
@@ -38,7 +38,25 @@ def start_worker(start_worker):  # type: ignore[no-untyped-def]
 
     yield start
     for worker in started:
-        worker.stop()
+        worker.kill()
+
+
+@pytest.fixture(scope="module")
+def shared_worker(start_worker):  # type: ignore[no-untyped-def]
+    """One worker for the tests whose queues no other test of this module consumes: progress,
+    callbacks, child runs, reruns and the stopping service's map (starting a worker per test
+    cost more than the tests)."""
+    from tests.proj.fanin import (
+        BILLING_QUEUES,
+        CHECKOUT_QUEUES,
+        PARENT_QUEUES,
+        RR_QUEUES,
+    )
+
+    queues = [*CHECKOUT_QUEUES, *PARENT_QUEUES, *BILLING_QUEUES, *RR_QUEUES, *STOP_QUEUES]
+    worker = start_worker([*queues, "fan.longTask"], concurrency=2, name="shared")
+    yield worker
+    worker.kill()
 
 
 def shipped(redis_client: Any) -> list[dict[str, Any]]:
@@ -53,10 +71,10 @@ def ended(event: Any) -> bool:
     return run_of(event).status not in ("running", "waiting", "compensating")
 
 
-def test_the_joined_step_starts_once_with_every_events_payload(start_worker, redis_client):
+def test_the_joined_step_starts_once_with_every_events_payload(own_worker, redis_client):
     from tests.proj.fanin import fan
 
-    start_worker(QUEUES, concurrency=2, name="join")
+    own_worker(QUEUES, concurrency=2, name="join")
     started = fan.emit("fanOrdered", {"order": "o-1", "amount": 25})
     wait_for(lambda: ended(started), timeout=30)
     assert run_of(started).status == "completed"
@@ -82,13 +100,13 @@ def test_the_joined_step_starts_once_with_every_events_payload(start_worker, red
 
 
 def test_branches_finishing_at_the_same_instant_on_two_workers_start_the_join_once(
-    start_worker, redis_client
+    own_worker, redis_client
 ):
     from tests.proj.fanin import fan
 
     # each branch has a worker of its own; both may run ship
-    start_worker(["fan.charge", "fan.ship"], concurrency=2, name="charger")
-    start_worker(["fan.reserve", "fan.ship"], concurrency=2, name="reserver")
+    own_worker(["fan.charge", "fan.ship"], concurrency=2, name="charger")
+    own_worker(["fan.reserve", "fan.ship"], concurrency=2, name="reserver")
     runs = [fan.emit("fanOrdered", {"order": f"o-{i}", "barrier": True}) for i in range(40)]
     wait_for(lambda: all(ended(r) for r in runs), timeout=120)
     ids = [r.correlation_id for r in runs]
@@ -107,11 +125,11 @@ def test_branches_finishing_at_the_same_instant_on_two_workers_start_the_join_on
     assert close >= 10, f"only {close} of 40 runs had their branches finish together"
 
 
-def test_a_worker_killed_in_a_branch_still_leads_to_one_join(start_worker, redis_client):
+def test_a_worker_killed_in_a_branch_still_leads_to_one_join(own_worker, redis_client):
     from tests.proj.fanin import fan
 
-    charger = start_worker(["fan.charge"], concurrency=1, name="doomed")
-    start_worker(["fan.reserve", "fan.ship", "fan.refund"], concurrency=2, name="others")
+    charger = own_worker(["fan.charge"], concurrency=1, name="doomed")
+    own_worker(["fan.reserve", "fan.ship", "fan.refund"], concurrency=2, name="others")
     started = fan.emit("fanOrdered", {"order": "o-kill", "stallOnce": True})
     wait_for(lambda: redis_client.get("fan:stalled:o-kill") is not None, timeout=30)
     wait_for(
@@ -121,7 +139,7 @@ def test_a_worker_killed_in_a_branch_still_leads_to_one_join(start_worker, redis
         timeout=30,
     )
     charger.kill()  # SIGKILL mid-handler: its lease expires, the attempt is taken over
-    start_worker(["fan.charge"], concurrency=1, name="heir")
+    own_worker(["fan.charge"], concurrency=1, name="heir")
     wait_for(lambda: ended(started), timeout=60)
     assert run_of(started).status == "completed"
     charge = Job.objects.get(correlation_id=started.correlation_id, queue="fan.charge")
@@ -131,11 +149,11 @@ def test_a_worker_killed_in_a_branch_still_leads_to_one_join(start_worker, redis
 
 
 def test_a_branch_that_dead_letters_stops_the_join_and_compensates_the_other(
-    start_worker, redis_client
+    own_worker, redis_client
 ):
     from tests.proj.fanin import fan
 
-    start_worker(QUEUES, concurrency=2, name="failing")
+    own_worker(QUEUES, concurrency=2, name="failing")
     started = fan.emit("fanOrdered", {"order": "o-fail", "reserveFails": True})
     wait_for(lambda: ended(started), timeout=30)
     assert run_of(started).status == "compensated"
@@ -166,12 +184,12 @@ def expected_results(names: list[str]) -> list[dict[str, Any]]:
     return [{"image": name, "size": len(name)} for name in names]
 
 
-def test_a_gather_receives_every_branchs_result_in_item_order_once(start_worker, redis_client):
+def test_a_gather_receives_every_branchs_result_in_item_order_once(own_worker, redis_client):
     from tests.proj.fanin import fan
 
     # two workers finish branches side by side, each may continue into the next branch
-    start_worker(MAP_QUEUES, concurrency=3, name="mapper")
-    start_worker(["fan.resize"], concurrency=3, name="branches")
+    own_worker(MAP_QUEUES, concurrency=3, name="mapper")
+    own_worker(["fan.resize"], concurrency=3, name="branches")
     names = images(200)
     started = fan.emit("fanBatch", {"images": names})
     wait_for(lambda: ended(started), timeout=120)
@@ -190,24 +208,24 @@ def test_a_gather_receives_every_branchs_result_in_item_order_once(start_worker,
     assert sorted(h.branch for h in history if h.name == "fan.resize") == list(range(200))
 
 
-def test_an_empty_map_gathers_at_once(start_worker, redis_client):
+def test_an_empty_map_gathers_at_once(own_worker, redis_client):
     from tests.proj.fanin import fan
 
-    start_worker(MAP_QUEUES, concurrency=2, name="empty")
+    own_worker(MAP_QUEUES, concurrency=2, name="empty")
     started = fan.emit("fanBatch", {"images": []})
     wait_for(lambda: ended(started), timeout=30)
     assert [e["payload"] for e in collected(redis_client)] == [{"results": [], "failures": []}]
 
 
-def test_a_branch_killed_mid_handler_is_taken_over_and_gathered_once(start_worker, redis_client):
+def test_a_branch_killed_mid_handler_is_taken_over_and_gathered_once(own_worker, redis_client):
     from tests.proj.fanin import fan
 
-    doomed = start_worker(MAP_QUEUES, concurrency=2, name="doomed")
+    doomed = own_worker(MAP_QUEUES, concurrency=2, name="doomed")
     names = images(12)
     started = fan.emit("fanBatch", {"images": names, "stallOnce": 5, "sleep": 0.05})
     wait_for(lambda: redis_client.get(f"fan:stalled:{names[5]}") is not None, timeout=30)
     doomed.kill()  # SIGKILL with branches running and finishing
-    start_worker(MAP_QUEUES, concurrency=2, name="heir")
+    own_worker(MAP_QUEUES, concurrency=2, name="heir")
     wait_for(lambda: ended(started), timeout=60)
     assert run_of(started).status == "completed"
     assert [e["payload"] for e in collected(redis_client)] == [
@@ -217,10 +235,10 @@ def test_a_branch_killed_mid_handler_is_taken_over_and_gathered_once(start_worke
     assert stalled.attempts == 2
 
 
-def test_a_dead_branch_fails_the_run_and_cancels_the_queued_ones(start_worker, redis_client):
+def test_a_dead_branch_fails_the_run_and_cancels_the_queued_ones(own_worker, redis_client):
     from tests.proj.fanin import fan
 
-    start_worker(MAP_QUEUES, concurrency=1, name="strict")
+    own_worker(MAP_QUEUES, concurrency=1, name="strict")
     names = images(30)
     started = fan.emit("fanBatch", {"images": names, "fail": [2], "sleep": 0.05})
     wait_for(lambda: ended(started), timeout=60)
@@ -234,10 +252,10 @@ def test_a_dead_branch_fails_the_run_and_cancels_the_queued_ones(start_worker, r
     assert not Job.objects.filter(correlation_id=started.correlation_id, queue="fan.collect")
 
 
-def test_a_lenient_gather_continues_with_the_failures_listed(start_worker, redis_client):
+def test_a_lenient_gather_continues_with_the_failures_listed(own_worker, redis_client):
     from tests.proj.fanin import fan
 
-    start_worker(MAP_QUEUES, concurrency=2, name="lenient")
+    own_worker(MAP_QUEUES, concurrency=2, name="lenient")
     names = images(10)
     started = fan.emit("fanLenientBatch", {"images": names, "fail": [3, 7]})
     wait_for(lambda: ended(started), timeout=60)
@@ -253,11 +271,11 @@ def test_a_lenient_gather_continues_with_the_failures_listed(start_worker, redis
     assert sorted(dead.values_list("gather_index", flat=True)) == [3, 7]
 
 
-def test_cancelling_a_run_stops_its_queued_branches(start_worker, redis_client):
+def test_cancelling_a_run_stops_its_queued_branches(own_worker, redis_client):
     from celery_workflows import cancel_workflow
     from tests.proj.fanin import fan
 
-    start_worker(MAP_QUEUES, concurrency=1, name="cancelled")
+    own_worker(MAP_QUEUES, concurrency=1, name="cancelled")
     started = fan.emit("fanBatch", {"images": images(40), "sleep": 0.2})
     wait_for(
         lambda: Job.objects.filter(
@@ -273,11 +291,10 @@ def test_cancelling_a_run_stops_its_queued_branches(start_worker, redis_client):
     assert collected(redis_client) == []
 
 
-def test_a_redriven_branch_counts_in_its_items_place(start_worker, redis_client):
+def test_a_redriven_branch_counts_in_its_items_place(shared_worker, redis_client):
     from celery_workflows import redrive
     from tests.proj.fanin import fanstop
 
-    start_worker(STOP_QUEUES, concurrency=2, name="redrive")
     names = images(6)
     started = fanstop.emit("fanstopBatch", {"images": names, "fail": [4]})
     wait_for(lambda: ended(started), timeout=60)
@@ -297,12 +314,11 @@ def test_a_redriven_branch_counts_in_its_items_place(start_worker, redis_client)
 
 
 def test_a_running_steps_progress_shows_in_get_workflow_the_json_view_and_the_admin(
-    start_worker, redis_client
+    shared_worker, redis_client
 ):
     from celery_workflows import get_workflow
     from tests.proj.fanin import fan
 
-    start_worker(["fan.longTask"], concurrency=1, name="progress")
     run = fan.enqueue("longTask", {}).correlation_id
     reported = wait_for(lambda: redis_client.get(f"fan:progress:{run}"), timeout=30)
     assert json.loads(reported) == [True, False]  # the second report came too soon
@@ -343,14 +359,13 @@ def psp_post(client: Any, body: Any, secret: str | None = None) -> Any:
     )
 
 
-def test_a_run_waits_for_a_verified_webhook_then_goes_on(start_worker, redis_client):
+def test_a_run_waits_for_a_verified_webhook_then_goes_on(shared_worker, redis_client):
     from django.test import Client
 
     from celery_workflows import GateClosedError, decide, get_workflow
-    from tests.proj.fanin import CHECKOUT_QUEUES, fan
+    from tests.proj.fanin import fan
 
     redis_client.delete("fan:fulfilled")
-    start_worker(CHECKOUT_QUEUES, concurrency=1, name="checkout")
     run = fan.emit("fanCheckout", {"order": "o-hook"}).correlation_id
     waiting = wait_for(lambda: get_workflow(run).status == "waiting" and get_workflow(run))
     assert waiting.waiting_for["awaits"] == "pspConfirmed"
@@ -382,12 +397,11 @@ def test_a_run_waits_for_a_verified_webhook_then_goes_on(start_worker, redis_cli
     assert [a.action for a in get_workflow(run).audit] == ["arrive"]
 
 
-def test_a_wait_that_times_out_emits_its_timeout_event_once(start_worker, redis_client):
+def test_a_wait_that_times_out_emits_its_timeout_event_once(shared_worker, redis_client):
     from celery_workflows import get_workflow
-    from tests.proj.fanin import CHECKOUT_QUEUES, fan
+    from tests.proj.fanin import fan
 
     redis_client.delete("fan:abandoned")
-    start_worker(CHECKOUT_QUEUES, concurrency=1, name="timeout")
     run = fan.emit("fanCheckout", {"order": "o-late", "timeout": 1}).correlation_id
     wait_for(lambda: get_workflow(run).status == "completed", timeout=30)
     abandoned = [json.loads(x) for x in redis_client.lrange("fan:abandoned", 0, -1)]
@@ -400,13 +414,12 @@ def test_a_wait_that_times_out_emits_its_timeout_event_once(start_worker, redis_
 
 
 def test_an_event_that_beats_the_steps_own_outcome_is_not_waited_for_again(
-    start_worker, redis_client
+    shared_worker, redis_client
 ):
     from celery_workflows import get_workflow
-    from tests.proj.fanin import CHECKOUT_QUEUES, fan
+    from tests.proj.fanin import fan
 
     redis_client.delete("fan:fulfilled")
-    start_worker(CHECKOUT_QUEUES, concurrency=1, name="fastpsp")
     run = fan.emit("fanCheckout", {"order": "o-fast", "fastProvider": True}).correlation_id
     wait_for(lambda: get_workflow(run).status == "completed", timeout=30)
     fulfilled = [json.loads(x) for x in redis_client.lrange("fan:fulfilled", 0, -1)]
@@ -421,12 +434,10 @@ def children_noted(redis_client: Any) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def parent_and_child_workers(start_worker, redis_client):  # type: ignore[no-untyped-def]
-    from tests.proj.fanin import BILLING_QUEUES, PARENT_QUEUES
+def parent_and_child_workers(shared_worker, redis_client):  # type: ignore[no-untyped-def]
 
     redis_client.delete("fan:children", "fan:voided")
-    start_worker(PARENT_QUEUES, concurrency=1, name="parent")
-    return start_worker(BILLING_QUEUES, concurrency=2, name="billing")
+    return shared_worker
 
 
 def test_a_parent_waits_for_its_child_run_and_receives_its_result(
@@ -499,31 +510,31 @@ def test_cancelling_the_parent_stops_and_compensates_its_child(
     assert children_noted(redis_client) == []  # a stopped parent goes on with nothing
 
 
-def test_a_child_stopped_without_a_worker_is_reported_by_the_sweeper(start_worker, redis_client):
-    """No worker runs billing: the child's job waits; an operator cancels the child run, which
-    settles in the stop itself (no step outcome to tell the parent) - the sweeper tells it."""
-    from celery_workflows import cancel_workflow, get_workflow
-    from tests.proj.fanin import PARENT_QUEUES, fan
+def test_a_child_stopped_before_any_step_ran_is_reported_by_the_sweeper(
+    parent_and_child_workers, redis_client
+):
+    """The child's first step is held (its queue paused); an operator cancels the child run,
+    which settles in the stop itself - no step outcome tells the parent: the sweeper does."""
+    from celery_workflows import cancel_workflow, get_workflow, pause_queue, resume_queue
+    from tests.proj.fanin import fan
 
-    redis_client.delete("fan:children")
-    start_worker(PARENT_QUEUES, concurrency=1, name="parent-only")
-    parent = fan.emit("fanParent", {"order": "o-orphan"}).correlation_id
-    children = wait_for(lambda: get_workflow(parent).children, timeout=30)
-    assert cancel_workflow(children[0]["correlation_id"], actor="ops", reason="not needed")
-    wait_for(lambda: get_workflow(parent).status == "completed", timeout=30)
+    pause_queue("billing.invoice", actor="test", reason="hold the child")
+    try:
+        parent = fan.emit("fanParent", {"order": "o-orphan"}).correlation_id
+        children = wait_for(lambda: get_workflow(parent).children, timeout=30)
+        assert cancel_workflow(children[0]["correlation_id"], actor="ops", reason="not needed")
+        wait_for(lambda: get_workflow(parent).status == "completed", timeout=30)
+    finally:
+        resume_queue("billing.invoice", actor="test")
     (noted,) = children_noted(redis_client)
     assert noted["status"] == "cancelled" and noted["error"] == "not needed"
 
 
-# -- rerun from a step --------------------------------------------------------------------------
-
-
 @pytest.fixture
-def rr_worker(start_worker, redis_client):  # type: ignore[no-untyped-def]
-    from tests.proj.fanin import RR_QUEUES
+def rr_worker(shared_worker, redis_client):  # type: ignore[no-untyped-def]
 
     redis_client.delete("rr:first", "rr:second", "rr:third")
-    return start_worker(RR_QUEUES, concurrency=1, name="rerun")
+    return shared_worker
 
 
 def failed_rr_run(key: str) -> str:
@@ -575,11 +586,11 @@ def test_a_rerun_is_refused_for_an_open_run_an_unknown_step_and_a_bad_payload(
     assert WorkflowRun.objects.filter(business_key="o-refused").count() == 1  # nothing written
 
 
-def test_a_rerun_after_an_undone_step_is_refused(start_worker, redis_client):
+def test_a_rerun_after_an_undone_step_is_refused(own_worker, redis_client):
     from celery_workflows import RerunRefusedError, rerun
     from tests.proj.fanin import QUEUES, fan
 
-    start_worker(QUEUES, concurrency=2, name="undone")
+    own_worker(QUEUES, concurrency=2, name="undone")
     redis_client.delete("fan:refunded")
     run = fan.emit("fanOrdered", {"order": "o-undone", "reserveFails": True})
     wait_for(lambda: ended(run), timeout=30)
@@ -618,13 +629,11 @@ def test_operators_rerun_from_the_admin_with_permission_and_from_manage_py(
     assert bad.returncode != 0 and "no forward step 'rr.nope'" in bad.stderr
 
 
-def test_a_rerun_from_one_branch_of_a_join_counts_the_kept_branchs_event(
-    start_worker, redis_client
-):
+def test_a_rerun_from_one_branch_of_a_join_counts_the_kept_branchs_event(own_worker, redis_client):
     from celery_workflows import get_workflow, rerun
     from tests.proj.fanin import fan
 
-    start_worker(QUEUES, concurrency=2, name="rejoin")
+    own_worker(QUEUES, concurrency=2, name="rejoin")
     first = fan.emit("fanOrdered", {"order": "o-rejoin", "amount": 7})
     wait_for(lambda: ended(first), timeout=30)
     new = rerun(first.correlation_id, "fan.reserve", actor="ops")
