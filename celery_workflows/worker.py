@@ -211,7 +211,9 @@ def follow_up(
         try:
             notify_parent(info.correlation_id, recorded.parent)
         except Exception:
-            log.exception("parent run %s not told of its child's end: the sweeper tells it")
+            log.exception(
+                "parent run %s not told of its child's end: the sweeper tells it", recorded.parent
+            )
 
 
 @dataclass(frozen=True)
