@@ -134,6 +134,31 @@ def new_event_gate(
     )
 
 
+def queued_behind(current: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+    """The run's open gate with ``gate`` waiting behind it: a second step of the run (another
+    branch) asked while the run already waits. Gates open one after the other, in the order
+    asked; each is decided, expires or is answered by its own event or child."""
+    return {**current, "queued": [*current.get("queued", []), gate]}
+
+
+def next_gate(closed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A gate being closed, without the gates queued behind it, and the one that opens now."""
+    queued = list(closed.get("queued", []))
+    gate = {k: v for k, v in closed.items() if k != "queued"}
+    if not queued:
+        return gate, None
+    following = dict(queued[0])
+    if queued[1:]:
+        following["queued"] = queued[1:]
+    return gate, following
+
+
+def awaits_event(gate: dict[str, Any]) -> bool:
+    """A gate that an event from outside answers (not a decision, not a child run)."""
+    awaits = gate.get("awaits") or ""
+    return bool(awaits) and not awaits.startswith("child:")
+
+
 def decide(correlation_id: str, approve: bool, actor: str, comment: str = "") -> Event:
     """Approve or reject the run's open gate; emits the gate's event in the run's workflow.
 

@@ -27,7 +27,7 @@ from typing import Any
 from django.db import DataError, IntegrityError, ProgrammingError, transaction
 from django.db.models import Q
 
-from celery_workflows import gathers, joins, rules
+from celery_workflows import approvals, gathers, joins, rules
 from celery_workflows.clock import utcnow
 from celery_workflows.errors import LedgerWriteError
 from celery_workflows.records import (
@@ -522,13 +522,24 @@ def _locked(
 
 
 def _open_gate(correlation_id: str, gate: dict[str, Any]) -> None:
-    """The run waits on ``gate`` - if it is still running (not stopped meanwhile), and, for a
-    gate that awaits an event from outside, unless that event already came (a webhook can
-    beat the outcome of the step that asked for it)."""
-    if gate.get("awaits") and execute(
-        f"SELECT 1 FROM {EVENT} WHERE correlation_id = %s AND name = %s AND emitted_at >= %s",
-        [correlation_id, gate["awaits"], dt(datetime.fromisoformat(gate["since"]))],
-    ):
+    """The run waits on ``gate`` - if it is not stopped, and, for a gate that awaits an event
+    from outside, unless that event already came (a webhook can beat the outcome of the step
+    that asked for it). A run already waiting (another branch asked first) queues it behind
+    the open one (under the run's lock, which the caller holds)."""
+    if arrived(correlation_id, gate):
+        return
+    rows = execute(
+        f"SELECT status, ended_by, waiting_for FROM {RUN} WHERE correlation_id = %s",
+        [correlation_id],
+    )
+    if not rows or rows[0][1]:
+        return
+    status, _, waiting = rows[0]
+    if status == RunStatus.WAITING and waiting:
+        update(
+            f"UPDATE {RUN} SET waiting_for = %s WHERE correlation_id = %s",
+            [js(approvals.queued_behind(from_json(waiting), gate)), correlation_id],
+        )
         return
     expires = gate.get("expires_at")
     update(
@@ -536,6 +547,17 @@ def _open_gate(correlation_id: str, gate: dict[str, Any]) -> None:
         f"gate_expires_at = %s WHERE correlation_id = %s AND status = '{RunStatus.RUNNING}' "
         "AND ended_by = ''",
         [js(gate), dt(datetime.fromisoformat(expires)) if expires else None, correlation_id],
+    )
+
+
+def arrived(correlation_id: str, gate: dict[str, Any]) -> bool:
+    """Whether the event a gate awaits from outside already happened in the run since the
+    step that asked for it was created (False for other gates)."""
+    return approvals.awaits_event(gate) and bool(
+        execute(
+            f"SELECT 1 FROM {EVENT} WHERE correlation_id = %s AND name = %s AND emitted_at >= %s",
+            [correlation_id, gate["awaits"], dt(datetime.fromisoformat(gate["since"]))],
+        )
     )
 
 

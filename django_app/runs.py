@@ -8,6 +8,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 
+from celery_workflows.approvals import next_gate
 from celery_workflows.clock import utcnow
 from celery_workflows.records import (
     OPEN_RUN_STATUSES,
@@ -18,6 +19,7 @@ from celery_workflows.records import (
 )
 
 from .models import AuditEntry, Job, ScheduleFire, StateDocument, WorkflowRun
+from .outcomes import arrived
 from .queries import find_run, workflow_status
 from .statements import JOB, RUN, dialect, execute
 
@@ -121,10 +123,19 @@ class RunRecords:
             return None
         if not expired and (run.waiting_for.get("awaits") or "") != awaits:
             return None
-        gate = dict(run.waiting_for)
-        WorkflowRun.objects.filter(correlation_id=correlation_id).update(
-            status=RunStatus.RUNNING, waiting_for=None, gate_expires_at=None
-        )
+        gate, following = next_gate(dict(run.waiting_for))
+        while following is not None and arrived(correlation_id, following):
+            following = next_gate(following)[1]  # answered already: it need not open
+        if following is None:
+            WorkflowRun.objects.filter(correlation_id=correlation_id).update(
+                status=RunStatus.RUNNING, waiting_for=None, gate_expires_at=None
+            )
+        else:  # the next gate a branch asked for opens
+            expires = following.get("expires_at")
+            WorkflowRun.objects.filter(correlation_id=correlation_id).update(
+                waiting_for=following,
+                gate_expires_at=datetime.fromisoformat(expires) if expires else None,
+            )
         AuditEntry.record(
             correlation_id,
             gate.get("opened_by_job", ""),

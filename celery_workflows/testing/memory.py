@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .. import gathers, joins, rules
+from .. import approvals, gathers, joins, rules
 from ..clock import utcnow
 from ..errors import JobNotFoundError, NotDeadLetteredError, RenameError, WorkflowNotFoundError
 from ..gathers import GatherStart
@@ -523,7 +523,7 @@ class InMemoryStore:
 
     def _arrived_before(self, correlation_id: str, gate: dict[str, Any]) -> bool:
         """Whether the event an event gate awaits already happened in the run (since ``since``)."""
-        if not gate.get("awaits"):
+        if not approvals.awaits_event(gate):
             return False
         since = datetime.fromisoformat(gate["since"])
         return any(
@@ -648,13 +648,15 @@ class InMemoryStore:
                 outbox.gate is not None
                 and outcome.status == JobStatus.SUCCEEDED
                 and run is not None
-                and run.status == RunStatus.RUNNING
                 and not run.ended_by
                 and not self._arrived_before(correlation_id, outbox.gate)
             ):
-                expires = outbox.gate.get("expires_at")
-                run.status, run.waiting_for = RunStatus.WAITING, dict(outbox.gate)
-                run.gate_expires_at = datetime.fromisoformat(expires) if expires else None
+                if run.status == RunStatus.WAITING and run.waiting_for:
+                    run.waiting_for = approvals.queued_behind(run.waiting_for, outbox.gate)
+                elif run.status == RunStatus.RUNNING:
+                    expires = outbox.gate.get("expires_at")
+                    run.status, run.waiting_for = RunStatus.WAITING, dict(outbox.gate)
+                    run.gate_expires_at = datetime.fromisoformat(expires) if expires else None
             delta = rules.outcome_delta(
                 final=outcome.status != JobStatus.QUEUED or cancelled_retry,
                 dead=dead,
@@ -1236,8 +1238,15 @@ class InMemoryStore:
                 return None
             if not expired and (run.waiting_for.get("awaits") or "") != awaits:
                 return None
-            gate = dict(run.waiting_for)
-            run.status, run.waiting_for, run.gate_expires_at = RunStatus.RUNNING, None, None
+            gate, following = approvals.next_gate(dict(run.waiting_for))
+            while following is not None and self._arrived_before(correlation_id, following):
+                following = approvals.next_gate(following)[1]
+            if following is None:
+                run.status, run.waiting_for, run.gate_expires_at = RunStatus.RUNNING, None, None
+            else:
+                expires = following.get("expires_at")
+                run.waiting_for = following
+                run.gate_expires_at = datetime.fromisoformat(expires) if expires else None
             self._audit(
                 correlation_id,
                 gate.get("opened_by_job", ""),

@@ -47,6 +47,7 @@ def shared_worker(start_worker):  # type: ignore[no-untyped-def]
     callbacks, child runs, reruns and the stopping service's map (starting a worker per test
     cost more than the tests)."""
     from tests.proj.fanin import (
+        APPROVAL_QUEUES,
         BILLING_QUEUES,
         CHECKOUT_QUEUES,
         PARENT_QUEUES,
@@ -54,6 +55,7 @@ def shared_worker(start_worker):  # type: ignore[no-untyped-def]
     )
 
     queues = [*CHECKOUT_QUEUES, *PARENT_QUEUES, *BILLING_QUEUES, *RR_QUEUES, *STOP_QUEUES]
+    queues += APPROVAL_QUEUES
     worker = start_worker([*queues, "fan.longTask"], concurrency=2, name="shared")
     yield worker
     worker.kill()
@@ -644,3 +646,40 @@ def test_a_rerun_from_one_branch_of_a_join_counts_the_kept_branchs_event(own_wor
     assert [s["run"] for s in shipped(redis_client)] == [first.correlation_id, new]
     (ship,) = [h for h in jobs if h.name == "fan.ship"]
     assert ship.payload["fanCharged"] == {"order": "o-rejoin", "paid": 7}
+
+
+# -- approvals inside branches ------------------------------------------------------------------
+
+
+def test_approvals_asked_by_several_branches_are_decided_one_after_the_other(
+    shared_worker, redis_client
+):
+    from celery_workflows import decide, get_workflow
+    from tests.proj.fanin import fan
+
+    redis_client.delete("fan:decided", "fan:collected")
+    run = fan.emit("fanApprovals", {"items": ["lamp", "desk", "sofa"]}).correlation_id
+
+    def gate() -> dict[str, Any]:
+        return get_workflow(run).waiting_for or {}
+
+    # all three branches asked: one gate open, two queued behind it
+    wait_for(lambda: len(gate().get("queued", [])) == 2, timeout=30)
+    asked = []
+    for verdict in (True, False, True):  # each decision opens the next branch's gate
+        prompt = gate()["prompt"]
+        asked.append(prompt)
+        decide(run, approve=verdict, actor="manager")
+        if len(asked) < 3:
+            wait_for(lambda: gate().get("prompt") not in asked, timeout=30)
+    assert not gate()
+    wait_for(lambda: redis_client.llen("fan:decided") == 3, timeout=30)
+    assert sorted(asked) == ["Approve desk?", "Approve lamp?", "Approve sofa?"]
+    decided = [json.loads(x) for x in redis_client.lrange("fan:decided", 0, -1)]
+    assert sorted((d["item"], d["comment"] == "") for d in decided) == [
+        ("desk", True),
+        ("lamp", True),
+        ("sofa", True),
+    ]
+    wait_for(lambda: get_workflow(run).status == "completed", timeout=30)
+    assert [a.action for a in get_workflow(run).audit].count("approve") == 2

@@ -316,6 +316,38 @@ rr.subscribe("rrFirstDone", enqueue="second")
 rr.subscribe("rrSecondDone", enqueue="third")
 
 
+# -- approvals inside branches: each branch of a map asks a person; the run waits for each in turn
+
+
+@fan.queue_worker("splitForApproval", "One approval per item", lifecycle=SHORT,
+                  gather=Gather(each="askApproval", into="collect"))  # fmt: skip
+def split_for_approval(ctx: JobContext[Recorder], job: Job[Any]) -> int:
+    return ctx.map([{"item": item} for item in job.payload["items"]])
+
+
+@fan.queue_worker("askApproval", "A person approves this item", lifecycle=SHORT,
+                  emits=["itemApproved", "itemRejected"])  # fmt: skip
+def ask_approval(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.wait_for_human(
+        f"Approve {job.payload['item']}?",
+        approve_event="itemApproved",
+        reject_event="itemRejected",
+        payload=job.payload,
+    )
+
+
+@fan.queue_worker("itemDecided", "Note the decision", lifecycle=SHORT)
+def item_decided(ctx: JobContext[Recorder], job: Job[Any]) -> None:
+    ctx.resources.redis.rpush("fan:decided", json.dumps(job.payload))
+
+
+fan.event("fanApprovals")
+fan.subscribe("fanApprovals", enqueue="splitForApproval")
+fan.subscribe("itemApproved", enqueue="itemDecided")
+fan.subscribe("itemRejected", enqueue="itemDecided")
+APPROVAL_QUEUES = ["fan.splitForApproval", "fan.askApproval", "fan.itemDecided", "fan.collect"]
+
+
 #: the same map in a service that stops a failed run for an operator instead of compensating
 fanstop = WorkflowService("fanstop", app, resources=recorder, on_failure="stop")
 fanstop.queue_worker("split", payload=Batch, gather=Gather(each="resize", into="collect"))(split)
