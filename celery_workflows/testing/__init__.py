@@ -4,7 +4,8 @@ Queue behaviour (leases, retries, crashes) only means something on a real worker
 so the kit starts ``celery worker`` as a subprocess against your test database and waits for
 conditions with a deadline instead of sleeping:
 
-- :class:`WorkerProcess` - a worker subprocess; :func:`wait_for`, :func:`wait_for_run`;
+- :class:`WorkerProcess` - a worker subprocess; :func:`wait_for`, :func:`wait_for_run`,
+  :func:`wait_for_step` (a gather's or a join's step, with what it received);
 - :class:`TestClock` - move the toolkit's time forward (delays, deadlines, gate expiry,
   schedule slots) in the test and its workers;
 - :class:`Faults` - fail chosen attempts, expire a lease now, drop a queue's broker messages;
@@ -22,7 +23,7 @@ from datetime import datetime
 from .clock import TestClock
 from .faults import Faults, InjectedFault
 from .process import WorkerProcess
-from .waiting import FINAL, WaitTimeout, wait_for, wait_for_run
+from .waiting import FINAL, WaitTimeout, wait_for, wait_for_run, wait_for_step
 
 
 def fire_schedule(name: str) -> list[datetime]:
@@ -43,4 +44,5 @@ __all__ = [
     "fire_schedule",
     "wait_for",
     "wait_for_run",
+    "wait_for_step",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from ..records import WorkflowStatus
+    from ..records import HistoryEntry, WorkflowStatus
 
 T = TypeVar("T")
 
@@ -65,6 +65,41 @@ def wait_for_run(
         )
         raise WaitTimeout(
             f"run {id_or_business_key} did not reach {sorted(wanted)} within {timeout}s: {where}"
+        ) from None
+    assert found is not None  # wait_for returns only a truthy value
+    return found
+
+
+def wait_for_step(
+    id_or_business_key: str, queue: str, status: str = "succeeded", timeout: float = 30.0
+) -> HistoryEntry:
+    """Wait until a job of ``queue`` (``service.queue``) in the run is in ``status``, and
+    return it (the newest such job): a gather's or a join's step, whose ``payload`` is what it
+    received - every branch's result, every event's payload.
+
+    On timeout the error lists the run's jobs of that queue and their statuses.
+    """
+    from ..errors import WorkflowNotFoundError
+    from ..status import get_workflow
+
+    seen: list[HistoryEntry] = []
+
+    def reached() -> HistoryEntry | None:
+        try:
+            run = get_workflow(id_or_business_key)
+        except WorkflowNotFoundError:
+            return None
+        seen[:] = [h for h in run.history if h.kind == "job" and h.name == queue]
+        done = [h for h in seen if h.status == status]
+        return done[-1] if done else None
+
+    try:
+        found = wait_for(reached, timeout=timeout, interval=0.1)
+    except WaitTimeout:
+        where = ", ".join(h.status for h in seen) or "none yet"
+        raise WaitTimeout(
+            f"run {id_or_business_key}: no {queue} job {status} within {timeout}s "
+            f"(its {queue} jobs: {where})"
         ) from None
     assert found is not None  # wait_for returns only a truthy value
     return found

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from celery_workflows.testing import wait_for
+from celery_workflows.testing import wait_for, wait_for_step
 from django_app.models import Event, Job, WorkflowRun
 from tests.helpers import manage, staff
 from tests.proj.fanin import MAP_QUEUES, QUEUES, STOP_QUEUES
@@ -194,6 +194,9 @@ def test_a_gather_receives_every_branchs_result_in_item_order_once(own_worker, r
     own_worker(["fan.resize"], concurrency=3, name="branches")
     names = images(200)
     started = fan.emit("fanBatch", {"images": names})
+    # the test kit waits for the gathering step and hands over what it received
+    gathered = wait_for_step(started.correlation_id, "fan.collect", timeout=120)
+    assert gathered.payload == {"results": expected_results(names), "failures": []}
     wait_for(lambda: ended(started), timeout=120)
     assert run_of(started).status == "completed"
     (entry,) = collected(redis_client)
