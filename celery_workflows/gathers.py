@@ -27,6 +27,8 @@ from typing import Any
 from . import registry
 from .clock import utcnow
 from .errors import ConfigurationError
+from .ids import new_id
+from .lifecycle import Lifecycle
 from .records import ClaimedJob, NewJob, Outbox
 
 #: what a branch that dead-letters means for its gather
@@ -146,12 +148,27 @@ def gathered_job(start: GatherStart, branches: Sequence[BranchRow], now: datetim
         elif status == "dead" and results[index] is None:
             errors[index] = reason
     failures = [{"index": i, "error": errors[i]} for i in sorted(errors)]
-    return registry.get_queue(start.into).new_job(
-        {"results": results, "failures": failures},
-        available_at=now,
-        correlation_id=start.correlation_id,
-        published=True,
-        idempotency_key=f"gather:{start.id}",
-        trace_id=start.trace_id,
-        priority=start.priority,
+    payload = {"results": results, "failures": failures}
+    options: dict[str, Any] = {
+        "idempotency_key": f"gather:{start.id}",
+        "trace_id": start.trace_id,
+        "priority": start.priority,
+    }
+    spec = registry.queues().get(start.into)
+    if spec is None:
+        # a deploy removed the queue while the branches ran: the job is written all the same
+        # and waits there, where manage.py check's runs-in-flight warnings name it
+        return NewJob(
+            id=new_id(),
+            service=start.into.split(".", 1)[0],
+            queue=start.into,
+            payload=payload,
+            max_attempts=Lifecycle().max_attempts,
+            available_at=now,
+            correlation_id=start.correlation_id,
+            published=False,
+            **options,
+        )
+    return spec.new_job(
+        payload, available_at=now, correlation_id=start.correlation_id, published=True, **options
     )

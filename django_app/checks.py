@@ -106,6 +106,7 @@ VERDICTS: dict[str, tuple[str, str]] = {
     ),
 }
 VERDICTS["completed"] = VERDICTS["dead"]
+VERDICTS["gather"] = VERDICTS["waiting"]
 
 
 def runs_in_flight_messages() -> list[CheckMessage]:

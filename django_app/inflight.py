@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, F, QuerySet
 
 from celery_workflows import registry
 from celery_workflows.records import OPEN_RUN_STATUSES, JobStatus, RunStatus
 
-from .models import Job, WorkflowRun
+from .models import Gather, Job, WorkflowRun
 
 #: runs named in a message
 EXAMPLES = 3
@@ -33,7 +33,8 @@ class Stranded:
     """Something the ledger needs that the declarations no longer have."""
 
     #: "waiting" (jobs that would never run), "dead" (dead letters that cannot be re-driven),
-    #: "completed" (steps that could not be compensated), "gate" (a gate's event)
+    #: "completed" (steps that could not be compensated), "gate" (a gate's event), "gather"
+    #: (maps whose branches gather into the queue)
     kind: str
     #: the queue or event name
     name: str
@@ -51,6 +52,8 @@ class Stranded:
             "completed": f"{self.jobs} completed step(s) on queue {self.name}, which is not "
             "declared (they cannot be compensated if their runs fail)",
             "gate": f"an approval gate that will emit {self.name}, which nothing subscribes to",
+            "gather": f"{self.jobs} map(s) whose branches gather into queue {self.name}, which "
+            "is not declared",
         }[self.kind]
         runs = ", ".join(self.examples) + (", ..." if self.runs > len(self.examples) else "")
         versions = ", ".join(v or "unversioned" for v in self.versions)
@@ -83,6 +86,20 @@ def stranded() -> list[Stranded]:
                 continue
             affected = jobs.filter(queue=row["queue"]).values("correlation_id")
             found.append(Stranded(kind, row["queue"], row["n"], row["runs"], *_runs(affected)))
+    # maps whose branches will gather into a queue no longer declared
+    gathers = (
+        Gather.objects.filter(correlation_id__in=unfinished.values("correlation_id"))
+        .filter(total__gt=F("succeeded") + F("failed"))
+        .exclude(into_queue__in=declared)
+    )
+    for into, n, counted in (
+        gathers.order_by()
+        .values("into_queue")
+        .annotate(n=Count("id"), runs=Count("correlation_id", distinct=True))
+        .values_list("into_queue", "n", "runs")
+    ):
+        of_maps = gathers.filter(into_queue=into).values("correlation_id")
+        found.append(Stranded("gather", into, n, counted, *_runs(of_maps)))
     waiting = WorkflowRun.objects.filter(status=RunStatus.WAITING, waiting_for__isnull=False)
     by_event: dict[str, list[str]] = {}
     for correlation_id, gate in waiting.values_list("correlation_id", "waiting_for"):

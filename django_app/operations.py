@@ -28,7 +28,7 @@ from celery_workflows.records import (
 from celery_workflows.store import UndoPlanner
 
 from .ledger import SqlLedger
-from .models import AuditEntry, Event, Job, StateDocument, WorkflowRun
+from .models import AuditEntry, Event, Gather, Job, StateDocument, WorkflowRun
 from .outcomes import lock_run, stop
 from .rows import dt, event_values, job_values, js
 from .runcounters import RunDelta, change_run
@@ -193,6 +193,10 @@ class OperatorActions:
                 for kind, (rows, extra) in moves.items():
                     runs.update(rows.values_list("correlation_id", flat=True).distinct())
                     counts[kind] = rows.update(queue=new, service=service, **extra)
+                # maps still gathering into the old name gather into the new one
+                gathers = Gather.objects.filter(into_queue=old, correlation_id__in=unfinished)
+                runs.update(gathers.values_list("correlation_id", flat=True).distinct())
+                counts["gathers"] = gathers.update(into_queue=new)
                 for correlation_id in sorted(runs):
                     AuditEntry.record(correlation_id, "", "rename_queue", actor, old=old, new=new)
         except IntegrityError as exc:

@@ -1060,6 +1060,12 @@ class InMemoryStore:
                 if kind == "waiting":
                     job.published_at = None
                 moved_runs.add(job.correlation_id)
+            counts["gathers"] = 0
+            for gather_id, (start, tally) in list(self._data.gathers.items()):
+                if start.into == old and start.correlation_id in unfinished:
+                    self._data.gathers[gather_id] = (dataclasses.replace(start, into=new), tally)
+                    counts["gathers"] += 1
+                    moved_runs.add(start.correlation_id)
             for correlation_id in sorted(moved_runs):
                 self._audit(correlation_id, "", "rename_queue", actor, old=old, new=new)
         counts["runs"] = len(moved_runs)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+import uuid
 
 import pytest
 from django.core.checks import run_checks
@@ -113,3 +114,34 @@ def test_runserver_serves_requests_with_a_stranded_run(stranded_run, worker_env)
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_a_map_whose_branches_gather_into_a_removed_queue_is_named_and_can_be_moved(
+    worker_env,
+):
+    """A map of the old deploy is still gathering into a queue this deploy renamed: ``check``
+    names it (its gathering job does not exist yet, so no other warning could), and
+    ``rename-queue`` points the gather at the new name."""
+    from django_app.models import Gather, WorkflowRun
+
+    run = started_by_the_old_deploy("g-1")  # an open run of the old deploy
+    Gather.objects.create(
+        id=uuid.uuid4().hex,
+        correlation_id=run,
+        into_queue="ver.oldCollect",
+        total=3,
+        succeeded=1,
+        on_failure="fail",
+        created_at=WorkflowRun.objects.get(correlation_id=run).started_at,
+    )
+    report = manage(worker_env, "check", "--deploy")
+    assert report.returncode == 0, report.stderr
+    assert (
+        "1 run(s) in flight need 1 map(s) whose branches gather into queue ver.oldCollect"
+        in report.stderr
+    )
+    moved = manage(worker_env, "workflows", "rename-queue", "ver.oldCollect", "ver.ship")
+    assert moved.returncode == 0, moved.stderr
+    assert "1 gathering map(s)" in moved.stdout
+    assert Gather.objects.get(correlation_id=run).into_queue == "ver.ship"
+    assert "ver.oldCollect" not in manage(worker_env, "check", "--deploy").stderr

@@ -206,7 +206,8 @@ class Command(BaseCommand):
         moved = rename_queue(options["old"], options["new"], actor=options["actor"])
         self.stdout.write(
             f"moved to {options['new']}: {moved['waiting']} waiting job(s), {moved['dead']} dead "
-            f"letter(s), {moved['completed']} completed step(s) of {moved['runs']} run(s)"
+            f"letter(s), {moved['completed']} completed step(s), {moved.get('gathers', 0)} "
+            f"gathering map(s) of {moved['runs']} run(s)"
         )
         if moved["running"]:
             self.stdout.write(
