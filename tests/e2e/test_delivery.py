@@ -131,7 +131,10 @@ def test_a_notice_the_broker_refuses_after_commit_is_sent_by_the_sweeper_at_once
     monkeypatch.setattr(QueueSpec, "publish_many", refused)
     job = t.enqueue("echo", {"n": "refused"})
     monkeypatch.undo()
-    assert Job.objects.get(id=job.job_id).published_at is None  # the sweeper's to send
+    # the sweeper's to send: parked (no notice) - or, on a loaded machine, already sent again
+    # by the session worker's sweeper (a later stamp than the one the insert wrote)
+    row = Job.objects.get(id=job.job_id)
+    assert row.published_at is None or row.published_at > row.available_at
     started = time.monotonic()
     wait_status(job.job_id, "succeeded", timeout=10)
     assert time.monotonic() - started < 2.5  # a sweep interval or so, not republish_after
