@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
@@ -185,8 +186,27 @@ class ReadOnlyAdmin(_ModelAdmin):
         form_url: str = "",
         extra_context: Any = None,
     ) -> HttpResponse:
-        extra = {**(extra_context or {}), **self.page_context(request, object_id)}
+        # the permission first: a 404 before it would tell an outsider which ids exist
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        extra = {**(extra_context or {}), **self.page_context(request, unquote(object_id))}
         return super().change_view(request, object_id, form_url, extra)
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        """Only what the list's own filters ask for: a field of ``list_filter`` compared with
+        a plain operator. Any other lookup in a list URL (``?business_key__regex=...``, a
+        costly pattern any viewer could send) is refused with 400."""
+        field, _, kind = lookup.partition("__")
+        filtered = {
+            str(f if isinstance(f, str) else f[0])
+            for f in self.list_filter
+            if isinstance(f, str | tuple | list)
+        }
+        return field in filtered and (kind or "exact") in SAFE_LOOKUPS
+
+
+#: the comparisons a list filter's URL may use (no pattern matching, no joins)
+SAFE_LOOKUPS = {"exact", "gte", "gt", "lte", "lt", "isnull", "in"}
 
 
 def short(value: str) -> str:
@@ -236,7 +256,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
         return super().changelist_view(request, {**(extra_context or {}), **extra})
 
     def page_context(self, request: HttpRequest, object_id: str) -> dict[str, Any]:
-        run = get_object_or_404(WorkflowRun, pk=object_id)
+        run = get_object_or_404(WorkflowRun, pk=unquote(object_id))
         status = workflow_status(run)
         last_status = {h.name: h.status for h in status.history if h.kind == "job"}
         queue_of = {h.id: h.name for h in status.history if h.kind == "job"}
@@ -303,7 +323,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
             return HttpResponse(status=405)
         if not request.user.has_perm("celery_workflows.decide_workflowrun"):
             raise PermissionDenied
-        run = get_object_or_404(WorkflowRun, pk=object_id)
+        run = get_object_or_404(WorkflowRun, pk=unquote(object_id))
         approve = request.POST.get("decision") == "approve"
         try:
             event = decide(
@@ -321,7 +341,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 messages.SUCCESS,
             )
         return HttpResponseRedirect(
-            reverse("admin:celery_workflows_workflowrun_change", args=[run.correlation_id])
+            reverse("admin:celery_workflows_workflowrun_change", args=[quote(run.correlation_id)])
         )
 
     def rerun_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -331,8 +351,10 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
             return HttpResponse(status=405)
         if not request.user.has_perm("celery_workflows.rerun_workflowrun"):
             raise PermissionDenied
-        run = get_object_or_404(WorkflowRun, pk=object_id)
-        back = reverse("admin:celery_workflows_workflowrun_change", args=[run.correlation_id])
+        run = get_object_or_404(WorkflowRun, pk=unquote(object_id))
+        back = reverse(
+            "admin:celery_workflows_workflowrun_change", args=[quote(run.correlation_id)]
+        )
         payload: Any = KEEP_PAYLOAD
         text = request.POST.get("payload", "").strip()
         if text:
@@ -353,7 +375,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
             return HttpResponseRedirect(back)
         self.message_user(request, f"Rerun started as run {new}.", messages.SUCCESS)
         return HttpResponseRedirect(
-            reverse("admin:celery_workflows_workflowrun_change", args=[new])
+            reverse("admin:celery_workflows_workflowrun_change", args=[quote(new)])
         )
 
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -362,7 +384,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
             return HttpResponse(status=405)
         if not request.user.has_perm("celery_workflows.cancel_workflowrun"):
             raise PermissionDenied
-        run = get_object_or_404(WorkflowRun, pk=object_id)
+        run = get_object_or_404(WorkflowRun, pk=unquote(object_id))
         actor = request.user.get_username()
         reason = request.POST.get("reason", "")[:200] or f"cancelled by {actor} in the admin"
         if cancel_workflow(run.correlation_id, actor=actor, reason=reason):
@@ -370,7 +392,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
         else:
             self.message_user(request, "The run had already finished or stopped.", messages.WARNING)
         return HttpResponseRedirect(
-            reverse("admin:celery_workflows_workflowrun_change", args=[run.correlation_id])
+            reverse("admin:celery_workflows_workflowrun_change", args=[quote(run.correlation_id)])
         )
 
 
@@ -429,7 +451,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     def run_link(self, job: Job) -> str:
         if not getattr(job, "has_run", True):
             return "-"  # an unroutable message: it never belonged to a workflow
-        url = reverse("admin:celery_workflows_workflowrun_change", args=[job.correlation_id])
+        url = reverse("admin:celery_workflows_workflowrun_change", args=[quote(job.correlation_id)])
         return format_html('<a href="{}">{}</a>', url, short(job.correlation_id))
 
     @admin.display(description="payload")
@@ -511,7 +533,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         note = " with the edited payload" if edited else ""
         self.message_user(request, f"Re-drove as job {short(new_id)}{note}.", messages.SUCCESS)
         return HttpResponseRedirect(
-            reverse("admin:celery_workflows_workflowrun_change", args=[job.correlation_id])
+            reverse("admin:celery_workflows_workflowrun_change", args=[quote(job.correlation_id)])
         )
 
     def discard_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -586,7 +608,9 @@ class ScheduleFireAdmin(ReadOnlyAdmin):
     def run_link(self, fire: ScheduleFire) -> str:
         if not fire.correlation_id:
             return "-"
-        url = reverse("admin:celery_workflows_workflowrun_change", args=[fire.correlation_id])
+        url = reverse(
+            "admin:celery_workflows_workflowrun_change", args=[quote(fire.correlation_id)]
+        )
         return format_html('<a href="{}">{}</a>', url, short(fire.correlation_id))
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:

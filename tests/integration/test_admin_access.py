@@ -1,0 +1,63 @@
+"""The admin opens every run whatever its correlation id holds, tells no outsider which ids
+exist, and answers only the lookups its own filters use (a viewer's crafted pattern is refused
+before it reaches the database). No worker: these are the web side's rules."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.admin.utils import quote
+from django.test import Client
+from django.urls import reverse
+
+from celery_workflows import emit
+from django_app.models import WorkflowRun
+from tests.helpers import staff
+
+pytestmark = pytest.mark.usefixtures("transactional_db")
+
+#: any string emit(correlation_id=...) accepts: the admin's own quoting must carry it
+ODD_IDS = ["order_7/ret urn", "a_b", "x/y", "50%_off"]
+
+
+def run_page(client: Client, correlation_id: str, action: str = "change") -> str:
+    """The page's URL as the admin writes it: the id quoted (``_`` and ``/`` escaped)."""
+    return reverse(f"admin:celery_workflows_workflowrun_{action}", args=[quote(correlation_id)])
+
+
+@pytest.mark.parametrize("correlation_id", ODD_IDS)
+def test_a_run_with_any_correlation_id_opens_from_the_list_and_its_page(correlation_id):
+    emit("propStarted", {"key": "k"}, correlation_id=correlation_id, delay=3600)
+    client = staff("viewer", "view_workflowrun", "cancel_workflowrun")
+    listing = client.get("/admin/celery_workflows/workflowrun/").content.decode()
+    assert run_page(client, correlation_id) in listing  # the list links the quoted id
+    page = client.get(run_page(client, correlation_id))
+    assert page.status_code == 200
+    assert correlation_id.replace("&", "&amp;") in page.content.decode()
+    # its own forms post to routes that find it again
+    cancelled = client.post(run_page(client, correlation_id, "cancel"))
+    assert cancelled.status_code == 302 and cancelled["Location"].endswith(
+        run_page(client, correlation_id)
+    )
+    assert WorkflowRun.objects.get(correlation_id=correlation_id).ended_by
+
+
+def test_a_user_without_the_view_permission_cannot_tell_which_runs_exist():
+    emit("propStarted", {"key": "k"}, correlation_id="exists", delay=3600)
+    outsider = staff("outsider")  # staff, no permission of this app
+    for correlation_id in ("exists", "does-not-exist"):
+        assert outsider.get(run_page(outsider, correlation_id)).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("?status__exact=running", 200),
+        ("?started_at__gte=2026-01-01+00:00:00%2B00:00", 200),
+        ("?business_key__regex=^(a%2B)%2B$", 400),
+        ("?business_key__icontains=a", 400),
+        ("?name__startswith=p", 400),
+    ],
+)
+def test_a_list_answers_only_the_lookups_of_its_own_filters(query, status):
+    viewer = staff("lister", "view_workflowrun")
+    assert viewer.get(f"/admin/celery_workflows/workflowrun/{query}").status_code == status
