@@ -34,7 +34,14 @@ def main() -> int:
         print(f"\n  Admin: http://127.0.0.1:{PORT}/admin/   user: demo   password: demo")
         print(f"  Runs:  http://127.0.0.1:{PORT}/admin/celery_workflows/workflowrun/")
         print("  Stop:  Ctrl-C\n")
-        server = [sys.executable, str(HERE / "manage.py"), "runserver", f"127.0.0.1:{PORT}"]
+        # --insecure: the development server serves the admin's static files with DEBUG off
+        server = [
+            sys.executable,
+            str(HERE / "manage.py"),
+            "runserver",
+            f"127.0.0.1:{PORT}",
+            "--insecure",
+        ]
         try:
             return subprocess.call([*server, "--noreload"], env={**os.environ, **PATHS})
         except KeyboardInterrupt:

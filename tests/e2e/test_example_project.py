@@ -129,6 +129,11 @@ def test_make_admin_shows_the_full_diagram_and_a_manager_approves_the_large_orde
     page.wait_for_selector("#result_list")
     assert "A-1" in page.inner_text("#result_list")  # business keys are listed
     page.screenshot(path=str(ARTIFACTS / "example-admin-runs.png"), full_page=True)
+    # no page may frame the admin's buttons; an error page shows no settings
+    framed = page.request.get(f"{admin_site}/admin/celery_workflows/workflowrun/")
+    assert framed.headers["x-frame-options"] == "DENY"
+    missing = page.request.get(f"{admin_site}/no-such-page/")
+    assert missing.status == 404 and "URLconf" not in missing.text()
 
     page.click("#changelist-filter >> text=waiting")
     page.wait_for_url("**status__exact=waiting**")
