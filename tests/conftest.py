@@ -96,6 +96,15 @@ def _usable_test_connection(request: pytest.FixtureRequest) -> None:
         reopen_if_dropped(request.getfixturevalue("django_db_blocker"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Each test starts with an empty Django cache: the admin caches figures (runs by status,
+    for seconds), which a page of one test would otherwise hand to the next test's view."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture(scope="session")
 def redis_client() -> redis.Redis:
     client = redis.Redis.from_url(REDIS_URL)

@@ -13,7 +13,7 @@ from celery_workflows import emit
 from django_app.models import WorkflowRun
 from tests.helpers import staff
 
-pytestmark = pytest.mark.usefixtures("transactional_db")
+pytestmark = pytest.mark.django_db  # no worker, no thread: one transaction per test
 
 #: any string emit(correlation_id=...) accepts: the admin's own quoting must carry it
 ODD_IDS = ["order_7/ret urn", "a_b", "x/y", "50%_off"]

@@ -164,23 +164,11 @@ class Command(BaseCommand):
             )
 
     def do_redrive(self, options: dict[str, Any]) -> None:
-        payload = KEEP_PAYLOAD
-        if options["payload"] is not None:
-            try:
-                payload = json.loads(options["payload"])
-            except json.JSONDecodeError as exc:
-                raise CommandError(f"--payload is not valid JSON: {exc}") from exc
-        result = redrive(options["job_id"], payload, actor=options["actor"])
+        result = redrive(options["job_id"], _payload(options), actor=options["actor"])
         self.stdout.write(f"re-driven as job {result.job_id}")
 
     def do_rerun(self, options: dict[str, Any]) -> None:
-        payload = KEEP_PAYLOAD
-        if options["payload"] is not None:
-            try:
-                payload = json.loads(options["payload"])
-            except json.JSONDecodeError as exc:
-                raise CommandError(f"--payload is not valid JSON: {exc}") from exc
-        new = rerun(options["id"], options["from_step"], payload, actor=options["actor"])
+        new = rerun(options["id"], options["from_step"], _payload(options), actor=options["actor"])
         self.stdout.write(f"rerun started as run {new}")
 
     def do_discard(self, options: dict[str, Any]) -> None:
@@ -286,3 +274,13 @@ class Command(BaseCommand):
             if not options["loop"]:
                 return
             time.sleep(1)
+
+
+def _payload(options: dict[str, Any]) -> Any:
+    """``--payload`` read as JSON, or the job's own payload kept when it is not given."""
+    if options["payload"] is None:
+        return KEEP_PAYLOAD
+    try:
+        return json.loads(options["payload"])
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"--payload is not valid JSON: {exc}") from exc
