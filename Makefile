@@ -41,9 +41,9 @@ admin: $(VENV)/.installed
 
 # the whole suite: on PostgreSQL, on SQLite (the embedded default), the broker-facing part on
 # RabbitMQ and the Django 6 part - side by side, since each has a test database, Redis
-# databases and a vhost of its own and mostly waits on workers (~5 minutes instead of ~11 on
-# 2 cores; each suite's output appears when it ends) - then the README's getting-started in a
-# fresh virtualenv. `services` starts (or installs) what it needs first.
+# databases and a vhost of its own and mostly waits on workers (~14 minutes on 2 cores, the
+# PostgreSQL suite the longest; each suite's output appears when it ends) - then the README's
+# getting-started in a fresh virtualenv. `services` starts (or installs) what it needs first.
 SIDE_BY_SIDE ?= test-postgres test-sqlite test-rabbitmq test-django6
 test: services $(VENV)/.installed $(VENV6)/.installed
 	@echo "running $(SIDE_BY_SIDE) side by side; each prints its results when it ends"
