@@ -153,10 +153,14 @@ def next_gate(closed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | 
     return gate, following
 
 
+#: how a gate names the child run it waits for (event names cannot hold ":")
+CHILD_PREFIX = "child:"
+
+
 def awaits_event(gate: dict[str, Any]) -> bool:
     """A gate that an event from outside answers (not a decision, not a child run)."""
     awaits = gate.get("awaits") or ""
-    return bool(awaits) and not awaits.startswith("child:")
+    return bool(awaits) and not awaits.startswith(CHILD_PREFIX)
 
 
 def decide(correlation_id: str, approve: bool, actor: str, comment: str = "") -> Event:

@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 from . import registry, telemetry
-from .approvals import Gate
+from .approvals import CHILD_PREFIX, Gate
 from .clock import utcnow
 from .compensation import stop_workflow
 from .errors import ConfigurationError
@@ -32,9 +32,6 @@ from .records import ClaimedJob, Event, Outbox, RunStatus
 from .store import Store, get_store
 
 logger = logging.getLogger("celery_workflows.children")
-
-#: how a gate names the child run it waits for (event names cannot hold ":")
-CHILD_PREFIX = "child:"
 
 
 def new_child(
