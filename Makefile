@@ -17,7 +17,7 @@ DJANGO6_SUITE ?= tests/unit tests/e2e/test_django_tasks.py tests/e2e/test_tasks_
 
 .PHONY: demo admin test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
 	test-django6 \
-	lint bench bench-scaling bench-admin clean
+	lint bench bench-peers bench-scaling bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -117,6 +117,12 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+
+# the toolkit beside the durable peers (procrastinate, django-tasks' database backend) on the
+# same PostgreSQL; installs the peers' pinned versions (the `peers` extra) first
+bench-peers: services $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[dev,peers]'
+	$(PY) bench/peers.py
 
 # workflow4 with 1, 2 and 4 worker processes and 1k / 10k workflows (takes ~20 minutes)
 bench-scaling: $(VENV)/.installed

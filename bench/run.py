@@ -11,6 +11,10 @@ machine's noise hits both sides alike. Each scenario ends with one line:
   ``apply_async()``), each one Redis INCR (after 5 ms of "I/O");
 - ``jobs_batch``: the same N jobs, enqueued with ``enqueue_many()`` (plain Celery: a loop of
   ``apply_async()``, which is what Celery offers for independent tasks);
+- on the ``jobs`` and ``jobs_io5ms`` lines, ``floor``: the same jobs through the floor
+  (:mod:`bench.floor_app`: the toolkit's statements and messages with none of its code), and
+  ``floor_ratio`` = toolkit / floor - the share of what the statements allow that the toolkit
+  reaches;
 - on the ``jobs*`` lines, ``cpu_ms_per_job``: the CPU time the whole machine's processes spent
   per job during the rounds (producer, worker, PostgreSQL, Redis; from ``/proc``), and where it
   went - on a 2-core machine the rate is bound by it as much as by round trips;
@@ -131,6 +135,17 @@ def celery_jobs(n: int, io_ms: float, batch: bool = False) -> float:
     return n / (time.perf_counter() - start)
 
 
+def floor_jobs(n: int, io_ms: float) -> float:
+    from bench import floor_app
+
+    key = f"bench:{uuid.uuid4().hex}"
+    start = time.perf_counter()
+    for _ in range(n):
+        floor_app.enqueue({"counter": key, "io_ms": io_ms})
+    wait_counter(key, n)
+    return n / (time.perf_counter() - start)
+
+
 def start_workflow(side: str, payload: dict[str, object]) -> None:
     if side == "toolkit":
         from bench.celery_app import bench
@@ -228,14 +243,19 @@ def child_rss_mb(worker_pid: int) -> float:
 
 
 def alternate(
-    rounds: int, toolkit: Callable[[], float], celery: Callable[[], float]
-) -> tuple[list[float], list[float]]:
-    t, c = [], []
+    rounds: int,
+    toolkit: Callable[[], float],
+    celery: Callable[[], float],
+    floor: Callable[[], float] | None = None,
+) -> tuple[list[float], list[float], list[float]]:
+    t, c, f = [], [], []
     for _ in range(rounds):
         c.append(celery())
         t.append(toolkit())
+        if floor is not None:
+            f.append(floor())
         clear_ledger()
-    return t, c
+    return t, c, f
 
 
 def with_cpu(run: Callable[[], float], worker_pid: int, spent: Counter[str]) -> Callable[[], float]:
@@ -260,21 +280,33 @@ def per_job_ms(spent: Counter[str], jobs: int) -> str:
 def scenario_jobs(
     name: str, n: int, rounds: int, io_ms: float, pids: dict[str, int], batch: bool = False
 ) -> None:
-    celery_jobs(200, io_ms)  # warm both paths (connections, imports, pool processes)
+    celery_jobs(200, io_ms)  # warm every path (connections, imports, pool processes)
     toolkit_jobs(200, io_ms, batch)
+    if not batch:
+        floor_jobs(200, io_ms)
     cpu_t: Counter[str] = Counter()
     cpu_c: Counter[str] = Counter()
-    t, c = alternate(
+    cpu_f: Counter[str] = Counter()
+    t, c, f = alternate(
         rounds,
         with_cpu(lambda: toolkit_jobs(n, io_ms, batch), pids["toolkit"], cpu_t),
         with_cpu(lambda: celery_jobs(n, io_ms, batch), pids["celery"], cpu_c),
+        None if batch else with_cpu(lambda: floor_jobs(n, io_ms), pids["floor"], cpu_f),
     )
     tm, cm = statistics.median(t), statistics.median(c)
     print(
         f"  {name}: toolkit rounds {[round(x) for x in t]}, celery rounds {[round(x) for x in c]}"
+        + (f", floor rounds {[round(x) for x in f]}" if f else "")
     )
+    floor = ""
+    if f:
+        fm = statistics.median(f)
+        floor = (
+            f"floor={fm:.0f} floor_ratio={tm / fm:.2f} "
+            f"floor_cpu_ms_per_job={per_job_ms(cpu_f, n * rounds)} "
+        )
     print(
-        f"BENCH {name} toolkit={tm:.0f} celery={cm:.0f} ratio={tm / cm:.2f} "
+        f"BENCH {name} toolkit={tm:.0f} celery={cm:.0f} ratio={tm / cm:.2f} {floor}"
         f"cpu_ms_per_job={per_job_ms(cpu_t, n * rounds)} "
         f"celery_cpu_ms_per_job={per_job_ms(cpu_c, n * rounds)} "
         f"n={n} rounds={rounds} workers={WORKERS} io_ms={io_ms:g}"
@@ -494,6 +526,7 @@ def main() -> None:
     args = parser.parse_args()
     setup()
     from bench.celery_app import FANOUT_QUEUES, QUEUES
+    from bench.floor_app import QUEUE as FLOOR_QUEUE
     from bench.plain_app import QUEUE
     from bench.work import counter
     from celery_workflows.testing import WorkerProcess
@@ -515,9 +548,16 @@ def main() -> None:
         log_path="/tmp/cw-bench-celery.log",
         env=env,
     ).start()
+    floor = WorkerProcess(
+        "bench.floor_app",
+        [FLOOR_QUEUE],
+        concurrency=WORKERS,
+        log_path="/tmp/cw-bench-floor.log",
+        env={**env, "DJANGO_SETTINGS_MODULE": "bench.plain_settings"},
+    ).start()
     try:
         time.sleep(3)
-        pids = {"toolkit": toolkit.pid, "celery": plain.pid}
+        pids = {"toolkit": toolkit.pid, "celery": plain.pid, "floor": floor.pid}
         if args.only in (None, "jobs"):
             scenario_jobs("jobs", args.n, args.rounds, io_ms=0, pids=pids)
             scenario_jobs("jobs_io5ms", args.n // 2, args.rounds, io_ms=5, pids=pids)
@@ -532,6 +572,7 @@ def main() -> None:
     finally:
         toolkit.stop()
         plain.stop()
+        floor.stop()
 
 
 if __name__ == "__main__":

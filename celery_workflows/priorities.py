@@ -83,13 +83,14 @@ def declare(app: Any, names: list[str]) -> None:
     """Make ``app`` declare the toolkit's queues ``names`` with ``x-max-priority`` (unless the
     setting is None, or you declared the queue yourself in ``task_queues``). Called when a
     worker starts, before it selects its queues, and before a process publishes."""
+    fresh = [name for name in names if (id(app), name) not in _declared]
+    if not fresh:
+        return  # every publish asks: answered without reading the configuration
     maximum = queue_max_priority(app.conf)
     if maximum is None:
         return
     queues = app.amqp.queues
-    for name in names:
-        if (id(app), name) in _declared:
-            continue
+    for name in fresh:
         _declared.add((id(app), name))
         if dict.get(queues, name) is not None:
             continue  # declared by the user's task_queues
