@@ -17,7 +17,7 @@ DJANGO6_SUITE ?= tests/unit tests/e2e/test_django_tasks.py tests/e2e/test_tasks_
 
 .PHONY: demo admin test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
 	test-django6 \
-	lint bench bench-peers bench-scaling bench-admin clean
+	lint bench bench-peers bench-processes bench-scaling bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -123,6 +123,10 @@ bench: $(VENV)/.installed
 bench-peers: services $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[dev,peers]'
 	$(PY) bench/peers.py
+
+# one `celery worker -c 4` against two `celery worker -c 2`, both sides (~6 minutes)
+bench-processes: services $(VENV)/.installed
+	$(PY) bench/processes.py
 
 # workflow4 with 1, 2 and 4 worker processes and 1k / 10k workflows (takes ~20 minutes)
 bench-scaling: $(VENV)/.installed

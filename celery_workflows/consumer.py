@@ -85,11 +85,22 @@ def checks() -> dict[str, Callable[[Any, Any], str | None]]:
     return found
 
 
+def take_notices_without_acks(app: Any) -> None:
+    """Consume the declared steps' queues ``no_ack`` (Redis only; see
+    :mod:`celery_workflows.held`): set on the queue entities the task consumer is built from,
+    before it is."""
+    steps = registry.queues()
+    for name, queue in app.amqp.queues.items():
+        if name in steps:
+            queue.no_ack = True
+
+
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer; see the module docstring for what it adds."""
 
     def ensure_connected(self, conn: Any) -> Any:
-        guard_redis_transport(conn.transport, self._unreadable)
+        if guard_redis_transport(conn.transport, self._unreadable):
+            take_notices_without_acks(self.app)
         return super().ensure_connected(conn)
 
     def _unreadable(self, queue: str, raw: Any, reason: str) -> None:

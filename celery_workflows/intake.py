@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from .held import NoticeHolder, holding_message_class, holding_qos
 from .payloads import storable_text
 
 #: what a job id looks like (a UUID as 32 hex digits); anything else is not one of our notices
@@ -202,26 +203,31 @@ def guarded_message_class(base: type) -> type:
             raise UnreadableMessage(raw, f"queue item is not a message: {exc!r}") from exc
         cycle = getattr(channel, "_queue_cycle", None)
         self.consumed_from = getattr(cycle, "last", "")
+        if isinstance(channel, NoticeHolder):
+            channel.hold(self, self.consumed_from)
 
     return type(f"Guarded{base.__name__}", (base,), {"__init__": __init__})
 
 
-def guard_redis_transport(transport: Any, on_unreadable: UnreadableHandler) -> None:
-    """Give this (not yet connected) Redis transport guarded channels; no-op for others."""
+def guard_redis_transport(transport: Any, on_unreadable: UnreadableHandler) -> bool:
+    """Give this (not yet connected) Redis transport guarded channels, which also hold the
+    notices of ``no_ack`` queues (:mod:`celery_workflows.held`); whether it is Redis's."""
     try:
         from kombu.transport.redis import Transport as RedisTransport
     except ImportError:  # pragma: no cover - celery[redis] is a dependency
-        return
+        return False
     if not isinstance(transport, RedisTransport):
-        return
+        return False
     base = transport.Channel
     if issubclass(base, GuardedRedisChannel):
-        return
+        return True
     transport.Channel = type(
         f"Guarded{base.__name__}",
-        (GuardedRedisChannel, base),
+        (GuardedRedisChannel, NoticeHolder, base),
         {
             "on_unreadable": staticmethod(on_unreadable),
-            "Message": guarded_message_class(base.Message),
+            "Message": holding_message_class(guarded_message_class(base.Message)),
+            "QoS": holding_qos(base.QoS),
         },
     )
+    return True

@@ -161,6 +161,15 @@ def slow(ctx: JobContext[Recorder], job: Job[Any]) -> str:
     return "done"
 
 
+#: the same work on a queue of its own, for the tests of the notices a worker holds
+#: (tests/e2e/test_held_notices.py): they count what waits in its Redis lists
+crash.queue_worker(
+    "held",
+    "Takes a few seconds; its worker is stopped or killed holding the next notices",
+    lifecycle=Lifecycle(visibility_timeout=3, max_attempts=3, retry=FAST_RETRY),
+)(slow)
+
+
 @crash.queue_worker(
     "overrun",
     "Overruns its lease on the first attempt only",
