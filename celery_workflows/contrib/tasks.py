@@ -44,6 +44,7 @@ Semantics, as the API documents them:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterable
@@ -250,6 +251,7 @@ def _run(ctx: Any, job: Any) -> Any:
     args, kwargs = payload.get("args", []), payload.get("kwargs", {})
     backend = task_backends[task.backend]
     current = _running_result(task, ctx, job, backend.alias)
+    _running[job.id] = current  # what task_finished reports, once the outcome is written
     task_started.send(type(backend), task_result=current)
     if task.takes_context:
         value = task.call(TaskContext(task_result=current), *args, **kwargs)
@@ -284,18 +286,43 @@ class TaskSignals(Middleware):
     good - after the outcome is written (a retried attempt is not the task's end)."""
 
     def after_outcome(self, attempt: AttemptInfo, outcome: Outcome | None) -> None:
+        running = _running.pop(attempt.job_id, None)
         if outcome is None or outcome.status not in (JobStatus.SUCCEEDED, JobStatus.DEAD):
             return
         alias = _aliases.get(attempt.queue.split(".", 1)[0])
         if alias is None:
             return
         backend = task_backends[alias]
-        task_finished.send(type(backend), task_result=backend.get_result(attempt.job_id))
+        # the result as get_result() would read it back, from the attempt that just ran here
+        # (no query); an outcome the sweeper wrote (an expired lease) reads the ledger
+        result = (
+            _finished(running, outcome)
+            if running is not None
+            else backend.get_result(attempt.job_id)
+        )
+        task_finished.send(type(backend), task_result=result)
 
 
 #: Tasks service name -> its backend's alias
 _aliases: dict[str, str] = {}
 _signals = TaskSignals()
+#: job id -> its task's result while an attempt of it runs in this process
+_running: dict[str, AnyResult] = {}
+
+
+def _finished(running: AnyResult, outcome: Outcome) -> AnyResult:
+    """The running result, ended by ``outcome`` (succeeded, or dead-lettered)."""
+    attempt = outcome.attempt.to_json()
+    failed = outcome.status != JobStatus.SUCCEEDED
+    result: AnyResult = dataclasses.replace(
+        running,
+        status=_STATUS[outcome.status],
+        finished_at=outcome.attempt.finished_at,
+        errors=[*running.errors, *_errors([attempt])] if failed else list(running.errors),
+    )
+    if not failed:
+        object.__setattr__(result, "_return_value", outcome.result)
+    return result
 
 
 def _normalize(value: Any) -> Any:

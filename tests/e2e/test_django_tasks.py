@@ -100,3 +100,32 @@ def test_a_task_enqueued_in_a_rolled_back_transaction_never_runs(tasks_worker):
         raise RuntimeError("the view failed after enqueueing")
     with pytest.raises(TaskResultDoesNotExist):
         default_task_backend.get_result(ghost.id)
+
+
+@pytest.mark.parametrize(
+    "enqueue",
+    [
+        lambda: tasks.add.enqueue(2, 3),
+        lambda: tasks.flaky_mail.enqueue(f"signal-{utcnow().timestamp()}"),
+        lambda: tasks.always_fails.enqueue("signal@"),
+    ],
+    ids=["succeeded", "succeeded-after-retries", "failed"],
+)
+def test_task_finished_carries_the_result_get_result_reads(tasks_worker, redis_client, enqueue):
+    import json
+
+    result = finished(enqueue())
+    wait_for(lambda: redis_client.get(f"task-finished:{result.id}"), timeout=10)
+    seen = json.loads(redis_client.get(f"task-finished:{result.id}"))
+    assert seen == {
+        "status": str(result.status),
+        "enqueued_at": result.enqueued_at.isoformat(),
+        "started_at": result.started_at.isoformat(),
+        "finished_at": result.finished_at.isoformat(),
+        "last_attempted_at": result.last_attempted_at.isoformat(),
+        "errors": [e.exception_class_path for e in result.errors],
+        "worker_ids": result.worker_ids,
+        "return_value": result.return_value
+        if result.status == TaskResultStatus.SUCCESSFUL
+        else None,
+    }

@@ -9,8 +9,32 @@ from tests.proj.recorder import recorder
 
 try:
     from django.tasks import task
+    from django.tasks.signals import task_finished
 except ImportError:  # Django 5.2: the backport
     from django_tasks import task  # type: ignore[no-redef]
+    from django_tasks.signals import task_finished  # type: ignore[no-redef]
+
+
+def _note_finished(sender: object, task_result: object, **kwargs: object) -> None:
+    """What ``task_finished`` carried, kept where a test can compare it with ``get_result()``
+    (the worker builds it from the attempt it just ran, without reading the ledger)."""
+    import json
+
+    r = task_result
+    seen = {
+        "status": str(r.status),  # type: ignore[attr-defined]
+        "enqueued_at": r.enqueued_at.isoformat(),  # type: ignore[attr-defined]
+        "started_at": r.started_at.isoformat(),  # type: ignore[attr-defined]
+        "finished_at": r.finished_at.isoformat(),  # type: ignore[attr-defined]
+        "last_attempted_at": r.last_attempted_at.isoformat(),  # type: ignore[attr-defined]
+        "errors": [e.exception_class_path for e in r.errors],  # type: ignore[attr-defined]
+        "worker_ids": r.worker_ids,  # type: ignore[attr-defined]
+        "return_value": r._return_value,  # type: ignore[attr-defined]
+    }
+    recorder.redis.set(f"task-finished:{r.id}", json.dumps(seen), ex=600)  # type: ignore[attr-defined]
+
+
+task_finished.connect(_note_finished, dispatch_uid="tests.proj.tasks.finished")
 
 
 class Unreachable(Exception):
