@@ -17,7 +17,7 @@ DJANGO6_SUITE ?= tests/unit tests/e2e/test_django_tasks.py tests/e2e/test_tasks_
 
 .PHONY: demo admin test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
 	test-django6 \
-	lint bench bench-peers bench-processes bench-scaling bench-admin clean
+	lint bench bench-peers bench-processes bench-network bench-scaling bench-admin clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -127,6 +127,11 @@ bench-peers: services $(VENV)/.installed
 # one `celery worker -c 4` against two `celery worker -c 2`, both sides (~6 minutes)
 bench-processes: services $(VENV)/.installed
 	$(PY) bench/processes.py
+
+# workflow4 and jobs_io5ms with PostgreSQL and Redis behind delaying proxies (0.5 ms and 2 ms
+# added per round trip), both sides, request flights per step counted (~8 minutes)
+bench-network: services $(VENV)/.installed
+	$(PY) bench/network.py
 
 # workflow4 with 1, 2 and 4 worker processes and 1k / 10k workflows (takes ~20 minutes)
 bench-scaling: $(VENV)/.installed

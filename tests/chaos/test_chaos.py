@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import threading
 import time
 import uuid
@@ -44,8 +45,9 @@ FINAL = ("completed", "dead_lettered", "compensated", "cancelled")
 class Fleet:
     """Worker processes on the chaos queues, which a test can kill and restart."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, broker: str) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, broker: str, name: str) -> None:
         self.env = {**env, "CELERY_BROKER_URL": broker, "WORKFLOWS_REPUBLISH_AFTER": "2"}
+        self.name = name
         self.log_dir = log_dir
         self.workers: list[WorkerProcess] = []
         self.started = 0
@@ -56,13 +58,14 @@ class Fleet:
 
     def _new(self) -> WorkerProcess:
         self.started += 1
+        name = f"{self.name}{self.started}"
         return WorkerProcess(
             "tests.proj.celery_app",
             QUEUES,
             concurrency=2,
             env=self.env,
-            hostname=f"chaos{self.started}@%h",
-            log_path=str(self.log_dir / f"chaos{self.started}.log"),
+            hostname=f"{name}@%h",
+            log_path=str(self.log_dir / f"{name}.log"),
         ).start()
 
     def kill_something(self, rng: random.Random) -> str:
@@ -81,7 +84,9 @@ class Fleet:
         return all(w.alive() for w in self.workers)
 
     def logs(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.log_dir.glob("chaos*.log"))
+        return "".join(
+            p.read_text(errors="replace") for p in self.log_dir.glob(f"{self.name}*.log")
+        )
 
     def stop(self) -> None:
         for worker in self.workers:
@@ -100,8 +105,8 @@ def pool_children(pid: int) -> list[int]:
 def fleet(worker_env, tmp_path) -> Iterator[Callable[[str], Fleet]]:
     made: list[Fleet] = []
 
-    def make(broker: str = REDIS_BROKER) -> Fleet:
-        made.append(Fleet(worker_env, tmp_path, broker))
+    def make(broker: str = REDIS_BROKER, **env: str) -> Fleet:
+        made.append(Fleet({**worker_env, **env}, tmp_path, broker, f"chaos{len(made)}-"))
         return made[-1]
 
     yield make
@@ -419,3 +424,104 @@ def test_fuzz(fleet, recorder_redis):
     assert accounted() == len(pushed)
     assert figures["lost"] == 0 and figures["duplicated"] == 0
     assert all("payload" in reason for reason in rejected)
+
+
+# -- partitions ----------------------------------------------------------------------------
+
+PROXY = Path(__file__).resolve().parents[2] / "bench" / "netdelay.py"
+
+
+class Link:
+    """A TCP link a test can cut and heal: ``bench/netdelay.py`` with no delay. While cut it
+    reads and holds everything, delivers nothing and closes nothing - a partition, as both
+    ends see one."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process = subprocess.Popen(
+            [sys.executable, str(PROXY), "--listen", str(self.port), "--target", target,
+             "--rtt-ms", "0"]
+        )  # fmt: skip
+        wait_for(self._listening, timeout=10, message="the link's proxy did not start")
+
+    def _listening(self) -> bool:
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def toggle(self) -> None:
+        os.kill(self.process.pid, signal.SIGUSR2)
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+def through(url: str, link: Link) -> str:
+    """``url`` with its host and port replaced by the link's."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{link.port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+
+
+@pytest.mark.parametrize("cut", ["database", "broker"])
+def test_partition(cut, fleet, recorder_redis, worker_env):
+    """A worker host cut off - from the database, or from the broker - for longer than its
+    leases while its handlers run, then healed: the other worker takes its jobs over, its late
+    writes are fenced, nothing is lost and no outcome is recorded twice."""
+    from urllib.parse import urlsplit
+
+    from django_app.models import Job
+
+    url = worker_env["DATABASE_URL"] if cut == "database" else REDIS_BROKER
+    target = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    link = Link(target)
+    try:
+        if cut == "database":
+            isolated = fleet(DATABASE_URL=through(url, link))
+        else:
+            isolated = fleet(through(url, link))
+        healthy = fleet()
+        isolated.start(1)
+        healthy.start(1)
+        time.sleep(3)  # both connected
+        started = time.monotonic()
+        ids = start_workflows(f"cut-{cut}", 60, work_ms=400)
+        wait_for(
+            lambda: Job.objects.filter(correlation_id__in=ids, status="running").count() >= 3,
+            timeout=30,
+        )
+        link.toggle()  # cut: the handlers under way on the isolated host keep running
+        time.sleep(8)  # longer than the 3 s leases: the healthy worker takes their jobs over
+        link.toggle()  # healed: what the isolated host wrote meanwhile arrives now
+        settled(ids, timeout=180)
+        fenced = isolated.logs().count("rejected: its lease expired")
+        figures = report(
+            f"partition_{cut}",
+            ids,
+            time.monotonic() - started,
+            recorder_redis,
+            {"cut_seconds": 8, "late_writes_fenced": fenced},
+        )
+        assert figures["completed"] == 60 and figures["lost"] == 0
+        assert figures["duplicated"] == 0
+        assert figures["jobs"] == 60 * STEPS
+        if cut == "database":
+            # the cut-off worker's outcomes of taken-over attempts reached the ledger late
+            assert fenced > 0
+        assert isolated.alive() and healthy.alive()
+    finally:
+        link.close()
