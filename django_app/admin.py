@@ -55,6 +55,7 @@ from .models import (
     StateDocument,
     WorkflowRun,
 )
+from .previews import preview
 from .queries import workflow_status
 
 if TYPE_CHECKING:  # generic in django-stubs, not at runtime
@@ -268,21 +269,21 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 {
                     "entry": h,
                     "badge": badge(h.status) if h.kind == "job" else "",
-                    "attempts_json": json.dumps(h.attempts, indent=2),
-                    "payload_json": json.dumps(h.payload, indent=2),
-                    "result_json": json.dumps(h.result),
+                    "attempts_json": preview(h.attempts),
+                    "payload_json": preview(h.payload),
+                    "result_json": preview(h.result, indent=None),
                     "undoes": queue_of.get(h.compensates or "", ""),
                     "percent": round(100 * h.progress["fraction"]) if h.progress else None,
                 }
                 for h in status.history
             ],
             "diagram": diagram.render(status.started_by, last_status, status.current_step),
-            "states": [(key, json.dumps(value, indent=2)) for key, value in status.states.items()],
+            "states": [(key, preview(value)) for key, value in status.states.items()],
             "audit": status.audit,
             "can_redrive": request.user.has_perm("celery_workflows.redrive_job"),
             "redrive_refused": compensation_started(status),
             "gate": status.waiting_for,
-            "gate_payload": json.dumps((status.waiting_for or {}).get("payload"), indent=2),
+            "gate_payload": preview((status.waiting_for or {}).get("payload")),
             "gate_opened": parse_datetime(str((status.waiting_for or {}).get("opened_at", ""))),
             "can_decide": request.user.has_perm("celery_workflows.decide_workflowrun"),
             "can_cancel": (
@@ -397,11 +398,18 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
 
 
 class RedriveForm(forms.Form):
-    payload = forms.CharField(widget=forms.Textarea(attrs={"rows": 12, "cols": 80}))
+    #: left empty, the dead job's payload is kept as it is (what the run page posts for a
+    #: payload too large to send back)
+    payload = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 12, "cols": 80}), required=False, strip=True
+    )
 
     def clean_payload(self) -> Any:
+        text = self.cleaned_data["payload"]
+        if not text:
+            return KEEP_PAYLOAD
         try:
-            return json.loads(self.cleaned_data["payload"])
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise forms.ValidationError(f"not valid JSON: {exc}") from exc
 
@@ -522,7 +530,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
             )
             return HttpResponseRedirect(back)
         payload = form.cleaned_data["payload"]
-        edited = payload != job.payload
+        edited = payload is not KEEP_PAYLOAD and payload != job.payload
         try:
             new_id = redrive(
                 job.id, payload if edited else KEEP_PAYLOAD, actor=request.user.get_username()

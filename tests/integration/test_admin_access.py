@@ -61,3 +61,34 @@ def test_a_user_without_the_view_permission_cannot_tell_which_runs_exist():
 def test_a_list_answers_only_the_lookups_of_its_own_filters(query, status):
     viewer = staff("lister", "view_workflowrun")
     assert viewer.get(f"/admin/celery_workflows/workflowrun/{query}").status_code == status
+
+
+def test_a_huge_payload_is_shown_as_a_preview_and_kept_by_the_forms(admin_client):
+    """A payload near the 1 MiB limit made a 20 MB run page: the timeline shows its start and a link, and the
+    rerun and re-drive forms send nothing back - which keeps the payload as stored."""
+    from django.utils import timezone
+
+    from django_app.models import Job
+    from tests.proj.workflows import t
+
+    big = {"blob": "x" * 1_000_000}
+    job = t.enqueue("echo", big, delay=3600)  # waits in the ledger: no worker, no broker
+    page = admin_client.get(run_page(admin_client, job.correlation_id))
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert len(text) < 100_000
+    assert "the first 4096 characters of 977 KB" in text
+    assert reverse("admin:celery_workflows_job_change", args=[job.job_id]) in text
+
+    # dead-lettered, its run over: the page offers the rerun and the re-drive
+    Job.objects.filter(id=job.job_id).update(status="dead", dead_reason="the test killed it")
+    WorkflowRun.objects.filter(correlation_id=job.correlation_id).update(
+        status="dead_lettered", finished_at=timezone.now(), pending_jobs=0, dead_jobs=1
+    )
+    text = admin_client.get(run_page(admin_client, job.correlation_id)).content.decode()
+    assert len(text) < 100_000
+    assert "too large to edit here: leave this empty to keep it" in text
+    redrive = reverse("admin:celery_workflows_deadletter_redrive", args=[job.job_id])
+    assert admin_client.post(redrive, {"payload": ""}).status_code == 302
+    again = Job.objects.get(redriven_from=job.job_id)
+    assert again.payload == big
