@@ -64,8 +64,9 @@ def test_a_list_answers_only_the_lookups_of_its_own_filters(query, status):
 
 
 def test_a_huge_payload_is_shown_as_a_preview_and_kept_by_the_forms(admin_client):
-    """A payload near the 1 MiB limit made a 20 MB run page: the timeline shows its start and a link, and the
-    rerun and re-drive forms send nothing back - which keeps the payload as stored."""
+    """A payload near the 1 MiB limit made a 20 MB run page: the timeline shows its start and a
+    link, and the rerun and re-drive forms send nothing back - which keeps the payload as
+    stored."""
     from django.utils import timezone
 
     from django_app.models import Job
