@@ -45,6 +45,7 @@ from celery_workflows.deadletter import KEEP_PAYLOAD, compensation_started, redr
 from celery_workflows.jobs import get_job
 
 from . import dashboard, diagram
+from .disclosure import Disclosure
 from .models import (
     AuditEntry,
     DeadLetter,
@@ -261,14 +262,17 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
         status = workflow_status(run)
         last_status = {h.name: h.status for h in status.history if h.kind == "job"}
         queue_of = {h.id: h.name for h in status.history if h.kind == "job"}
+        see = Disclosure.for_user(request.user)
         return {
             "run": status,
+            "see": see,
             "status_badge": badge(status.status),
             "current_step": status.current_step,
             "entries": [
                 {
                     "entry": h,
                     "badge": badge(h.status) if h.kind == "job" else "",
+                    "data": see.job_data(h.status) if h.kind == "job" else see.events,
                     "attempts_json": preview(h.attempts),
                     "payload_json": preview(h.payload),
                     "result_json": preview(h.result, indent=None),
@@ -278,12 +282,18 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 for h in status.history
             ],
             "diagram": diagram.render(status.started_by, last_status, status.current_step),
-            "states": [(key, preview(value)) for key, value in status.states.items()],
-            "audit": status.audit,
+            "states": (
+                [(key, preview(value)) for key, value in status.states.items()]
+                if see.states
+                else []
+            ),
+            "audit": status.audit if see.audit else [],
             "can_redrive": request.user.has_perm("celery_workflows.redrive_job"),
             "redrive_refused": compensation_started(status),
             "gate": status.waiting_for,
-            "gate_payload": preview((status.waiting_for or {}).get("payload")),
+            "gate_payload": preview(
+                (status.waiting_for or {}).get("payload") if see.gate_payload else None
+            ),
             "gate_opened": parse_datetime(str((status.waiting_for or {}).get("opened_at", ""))),
             "can_decide": request.user.has_perm("celery_workflows.decide_workflowrun"),
             "can_cancel": (

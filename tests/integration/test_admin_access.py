@@ -4,6 +4,8 @@ before it reaches the database). No worker: these are the web side's rules."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib.admin.utils import quote
 from django.test import Client
@@ -93,3 +95,39 @@ def test_a_huge_payload_is_shown_as_a_preview_and_kept_by_the_forms(admin_client
     assert admin_client.post(redrive, {"payload": ""}).status_code == 302
     again = Job.objects.get(redriven_from=job.job_id)
     assert again.payload == big
+
+
+def test_a_run_shows_its_data_only_to_those_who_may_see_it_in_the_lists():
+    """view_workflowrun opens a run; its payloads, results and errors need view_job, its
+    events' payloads view_event, its state view_statedocument, its audit view_auditentry - on
+    the page and in the JSON view alike, as in the admin's own lists of those."""
+    from celery_workflows import cancel_workflow
+
+    secret = "card-4242-4242"
+    run = emit("propStarted", {"key": "k-1", "card": secret}, delay=3600).correlation_id
+    cancel_workflow(run, actor="ops", reason="test")  # one audit entry
+    viewer = staff("viewer", "view_workflowrun")
+    everything = staff(
+        "auditor",
+        "view_workflowrun",
+        "view_job",
+        "view_event",
+        "view_statedocument",
+        "view_auditentry",
+    )
+    json_url = reverse("celery_workflows:status-json", args=[run])
+
+    page = viewer.get(run_page(viewer, run)).content.decode()
+    assert secret not in page
+    assert "Audit trail" not in page and "<h2>State</h2>" not in page
+    assert "Not shown to you: the steps&#x27; payloads" in page
+    document = viewer.get(json_url).json()
+    assert secret not in json.dumps(document)
+    assert document["audit"] == [] and len(document["withheld"]) == 4
+
+    page = everything.get(run_page(everything, run)).content.decode()
+    assert secret in page and "Audit trail" in page and "Not shown to you" not in page
+    document = everything.get(json_url).json()
+    assert secret in json.dumps(document)
+    assert [a["action"] for a in document["audit"]] == ["stop"]
+    assert document["withheld"] == []
