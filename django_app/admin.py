@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django import forms
@@ -22,6 +23,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 from django.utils.html import format_html
@@ -211,6 +213,24 @@ class ReadOnlyAdmin(_ModelAdmin):
 SAFE_LOOKUPS = {"exact", "gte", "gt", "lte", "lt", "isnull", "in"}
 
 
+def span(delta: timedelta) -> str:
+    """A duration as people read it: ``340 ms``, ``2.4 s``, ``3 min 10 s``, ``2 h 5 min``,
+    ``3 d 4 h``."""
+    seconds = max(delta.total_seconds(), 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
 def short(value: str) -> str:
     """An id as lists show it: its last 8 hex digits. Ids are time-ordered UUIDs
     (:mod:`celery_workflows.ids`), so their first digits are the time they were made and are
@@ -227,7 +247,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
         "status_badge",
         "step",
         "started_at",
-        "finished_at",
+        "duration",
     )
     list_filter = ("status", WorkflowNameFilter, ("started_at", admin.DateFieldListFilter))
     exact_search_fields = ("business_key", "correlation_id")
@@ -247,6 +267,13 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: WorkflowRun) -> str:
         return badge(run.status)
+
+    @admin.display(description="duration")
+    def duration(self, run: WorkflowRun) -> str:
+        """How long the run took, or has been open so far."""
+        if run.finished_at is not None:
+            return span(run.finished_at - run.started_at)
+        return f"{span(timezone.now() - run.started_at)} so far"
 
     @admin.display(description="current / last step")
     def step(self, run: WorkflowRun) -> str:

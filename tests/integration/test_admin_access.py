@@ -131,3 +131,19 @@ def test_a_run_shows_its_data_only_to_those_who_may_see_it_in_the_lists():
     assert secret in json.dumps(document)
     assert [a["action"] for a in document["audit"]] == ["stop"]
     assert document["withheld"] == []
+
+
+def test_the_run_list_shows_how_long_each_run_took_or_has_been_open():
+    from datetime import timedelta
+
+    finished = emit("propStarted", {"key": "done"}, delay=3600).correlation_id
+    started = WorkflowRun.objects.get(correlation_id=finished).started_at
+    WorkflowRun.objects.filter(correlation_id=finished).update(
+        status="completed", finished_at=started + timedelta(minutes=3, seconds=10)
+    )
+    emit("propStarted", {"key": "open"}, delay=3600)
+    listing = staff("lister", "view_workflowrun").get("/admin/celery_workflows/workflowrun/")
+    text = listing.content.decode()
+    assert '<th scope="col" class="column-duration">' in text
+    assert '<td class="field-duration">3 min 10 s</td>' in text
+    assert " ms so far</td>" in text or " s so far</td>" in text
