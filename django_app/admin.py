@@ -246,7 +246,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
         "business_key",
         "status_badge",
         "step",
-        "started_at",
+        "started",
         "duration",
     )
     list_filter = ("status", WorkflowNameFilter, ("started_at", admin.DateFieldListFilter))
@@ -267,6 +267,11 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: WorkflowRun) -> str:
         return badge(run.status)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, run: WorkflowRun) -> str:
+        """Compact (``2026-11-30 15:20:28``, the server's time zone): the list must fit."""
+        return timezone.localtime(run.started_at).strftime("%Y-%m-%d %H:%M:%S")
 
     @admin.display(description="duration")
     def duration(self, run: WorkflowRun) -> str:

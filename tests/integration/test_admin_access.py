@@ -136,6 +136,8 @@ def test_a_run_shows_its_data_only_to_those_who_may_see_it_in_the_lists():
 def test_the_run_list_shows_how_long_each_run_took_or_has_been_open():
     from datetime import timedelta
 
+    from django.utils import timezone
+
     finished = emit("propStarted", {"key": "done"}, delay=3600).correlation_id
     started = WorkflowRun.objects.get(correlation_id=finished).started_at
     WorkflowRun.objects.filter(correlation_id=finished).update(
@@ -145,5 +147,7 @@ def test_the_run_list_shows_how_long_each_run_took_or_has_been_open():
     listing = staff("lister", "view_workflowrun").get("/admin/celery_workflows/workflowrun/")
     text = listing.content.decode()
     assert '<th scope="col" class="column-duration">' in text
+    local = timezone.localtime(started).strftime("%Y-%m-%d %H:%M:%S")  # compact: the list fits
+    assert f'<td class="field-started nowrap">{local}</td>' in text or local in text
     assert '<td class="field-duration">3 min 10 s</td>' in text
     assert " ms so far</td>" in text or " s so far</td>" in text
