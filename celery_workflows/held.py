@@ -105,17 +105,17 @@ def holding_qos(base: Any) -> type:
     """kombu's Redis ``QoS``, counting the channel's held notices against the prefetch limit
     as it counts its unacknowledged messages."""
 
+    def taken(self: Any) -> int:
+        """Unacknowledged messages and held notices: what the prefetch limit bounds."""
+        return len(self._delivered) - len(self._dirty) + len(self.channel.held)
+
     def can_consume(self: Any) -> bool:
-        limit = self.prefetch_count
-        taken = len(self._delivered) - len(self._dirty) + len(self.channel.held)
-        return not limit or taken < limit
+        return not self.prefetch_count or taken(self) < self.prefetch_count
 
     def can_consume_max_estimate(self: Any) -> int | None:
-        limit = self.prefetch_count
-        if not limit:
+        if not self.prefetch_count:
             return None
-        taken = len(self._delivered) - len(self._dirty) + len(self.channel.held)
-        return max(int(limit) - taken, 0)
+        return max(int(self.prefetch_count) - taken(self), 0)
 
     return type(
         f"Holding{base.__name__}",

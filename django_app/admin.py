@@ -304,10 +304,11 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 {
                     "entry": h,
                     "badge": badge(h.status) if h.kind == "job" else "",
-                    "data": see.job_data(h.status) if h.kind == "job" else see.events,
-                    "attempts_json": preview(h.attempts),
-                    "payload_json": preview(h.payload),
-                    "result_json": preview(h.result, indent=None),
+                    "data": (data := see.job_data(h.status) if h.kind == "job" else see.events),
+                    # what the user may not see is not even turned into text
+                    "attempts_json": preview(h.attempts) if data else None,
+                    "payload_json": preview(h.payload) if data else None,
+                    "result_json": preview(h.result, indent=None) if data else None,
                     "undoes": queue_of.get(h.compensates or "", ""),
                     "percent": round(100 * h.progress["fraction"]) if h.progress else None,
                 }
