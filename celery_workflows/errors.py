@@ -124,6 +124,12 @@ class LedgerWriteError(WorkflowError):
     """The database refused a ledger write for a reason other than a lost connection."""
 
 
+class StepTransactionError(WorkflowError):
+    """An atomic step's transaction failed in the database - a statement of its handler, its
+    outcome write or its commit (a deferred constraint, a serialization failure, a lost
+    connection) - and was rolled back whole; the attempt is recorded as failed and retried."""
+
+
 class JobControl(WorkflowError):
     """Base of the exceptions that job-control methods (``ctx.retry()``, ``ctx.fail()``, ...)
     raise to end an attempt; let them propagate out of the handler."""

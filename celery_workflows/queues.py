@@ -59,6 +59,8 @@ class QueueSpec:
     limits: Limits | None = None
     #: a mapping step: ``ctx.map(items)`` starts branches gathered into one job (:mod:`.gathers`)
     gather: Gather | None = None
+    #: the handler runs in the transaction of its own outcome write (:mod:`celery_workflows.worker`)
+    atomic: bool = False
     task: Task[Any, Any] | None = None
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -183,6 +184,7 @@ class WorkflowService(Generic[R]):
         compensate_with: str | Handler | None = None,
         limits: Limits | None = None,
         gather: Gather | None = None,
+        atomic: bool = False,
     ) -> Callable[[H], H]:
         """Declare ``name`` as a queue worker whose handler is the decorated function.
 
@@ -200,7 +202,10 @@ class WorkflowService(Generic[R]):
         locally. ``gather`` makes it a mapping step: its handler's ``ctx.map(items)`` starts one
         job per item on ``gather.each`` and, once every one has ended, one job on
         ``gather.into`` with all their results in item order
-        (:class:`~celery_workflows.gathers.Gather`).
+        (:class:`~celery_workflows.gathers.Gather`). ``atomic=True`` runs the handler inside the
+        database transaction that records its outcome: its ORM writes on the default database,
+        the outcome, the events and the next jobs commit together or not at all (see
+        docs/atomic-steps.md); its handler must be a plain function.
         """
         registry.check_name("queue", name)
         if name in self._queues:
@@ -234,9 +239,21 @@ class WorkflowService(Generic[R]):
                 f"queue {self.name}.{name}: gather must be a Gather, got {gather!r}"
             )
 
+        if not isinstance(atomic, bool):
+            raise ConfigurationError(
+                f"queue {self.name}.{name}: atomic must be True or False, got {atomic!r}"
+            )
+
         def decorate(handler: H) -> H:
             if not callable(handler):
                 raise ConfigurationError(f"queue {self.name}.{name}: handler must be callable")
+            if atomic and inspect.iscoroutinefunction(handler):
+                # its ORM calls would run in other threads, on other connections: outside
+                # the transaction that makes the step atomic
+                raise ConfigurationError(
+                    f"queue {self.name}.{name}: an atomic step's handler must be a plain "
+                    "function (an async def handler's database calls run on other connections)"
+                )
             spec = QueueSpec(
                 service=self.name,
                 name=name,
@@ -254,6 +271,7 @@ class WorkflowService(Generic[R]):
                 result_event=result_event,
                 limits=limits,
                 gather=gather.qualified(self.name) if gather is not None else None,
+                atomic=atomic,
             )
             spec.task = self._make_task(spec)
             self._queues[name] = spec

@@ -57,6 +57,15 @@ class Ledger(Protocol):
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` after the current transaction commits (at once outside one)."""
 
+    def atomic_step(self) -> AbstractContextManager[None]:
+        """The transaction of an atomic step: its handler's writes and its outcome write commit
+        together or not at all. A database error inside it, or at its commit, leaves it as
+        :class:`~celery_workflows.errors.StepTransactionError` (rolled back)."""
+
+    def run_on_commit_now(self, which: Callable[[Callable[[], None]], bool]) -> None:
+        """Inside :meth:`atomic_step`: run now, instead of after its commit, the commit
+        callbacks ``which`` picks among those registered in blocks not rolled back."""
+
     def insert_job(self, job: NewJob) -> EnqueueResult: ...
 
     def insert_jobs(self, jobs: list[NewJob]) -> list[EnqueueResult]:

@@ -38,6 +38,7 @@ from .errors import (
     NonRetryableError,
     PayloadError,
     RetryRequested,
+    StepTransactionError,
     SubscriptionError,
 )
 from .events import announce, check_emits, new_event, plan, publish_created
@@ -57,6 +58,7 @@ from .records import (
     Dispatch,
     Event,
     JobStatus,
+    NewJob,
     Outbox,
     Outcome,
     Recorded,
@@ -221,6 +223,42 @@ class _Success:
     result: Any
 
 
+@dataclass(frozen=True)
+class _Written:
+    """An outcome write: what was written, the job leased to run next here, and the fence's
+    answer (None: refused)."""
+
+    outcome: Outcome
+    outbox: Outbox
+    leased: NewJob | None
+    recorded: Recorded | None
+    limit: int
+
+
+class _RolledBack(Exception):
+    """Leaves an atomic step's transaction, rolling it back; carries the failure to record
+    on its own (None: the fence refused the outcome - nothing to record)."""
+
+    def __init__(self, judged: tuple[Outcome, Outbox] | None) -> None:
+        super().__init__("atomic step rolled back")
+        self.judged = judged
+
+
+class _Emitted:
+    """What ``ctx.emit()`` registers to run when the handler's enclosing block commits."""
+
+    def __init__(self, attempt: Attempt, event: Event) -> None:
+        self.attempt = attempt
+        self.event = event
+
+    def __call__(self) -> None:
+        self.attempt.emitted.append(self.event)
+
+
+def _is_emitted(callback: object) -> bool:
+    return isinstance(callback, _Emitted)
+
+
 class Attempt:
     """One claimed attempt: run the handler, then record exactly one outcome under the lease."""
 
@@ -273,13 +311,51 @@ class Attempt:
             return self._write(
                 self._failure(AttemptOutcome.INVALID_PAYLOAD, error, exc, give_up=True)
             )
+        if self.spec.atomic:
+            return self._run_atomic(payload)
+        return self._write(self._outcome(self._handle(payload)))
+
+    def _handle(self, payload: Any) -> _Success | BaseException:
+        """The handler, under the lease alarm."""
         try:
             remaining = (self.claimed.lease_expires_at - utcnow()).total_seconds()
             with LeaseAlarm(remaining) as alarm:
-                ended = self._call_handler(payload, alarm)
+                return self._call_handler(payload, alarm)
         except LeaseExpired as exc:  # fired between the handler's return and disarming
-            ended = exc
-        return self._write(self._outcome(ended))
+            return exc
+
+    def _run_atomic(self, payload: Any) -> Attempt | None:
+        """An atomic step: the handler and the successful outcome's write in one transaction.
+
+        Anything but a recorded success rolls the handler's writes back - its exception, a
+        lost lease, a result that cannot be recorded, a fenced write (a newer attempt owns the
+        job), a database error - and a failure is then recorded on its own, without the
+        events the attempt emitted: they were part of what was rolled back. A worker killed
+        mid-handler takes its open transaction with it (the database rolls it back)."""
+        try:
+            with self.store.atomic_step():
+                ended = self._handle(payload)
+                if not isinstance(ended, _Success):
+                    raise _RolledBack(self._outcome(ended))
+                # events emitted in the handler's blocks that were not rolled back
+                self.store.run_on_commit_now(_is_emitted)
+                judged = self._outcome(ended)
+                if judged[0].status != JobStatus.SUCCEEDED:
+                    raise _RolledBack(judged)
+                written = self._commit(judged, atomic=True)
+                if written.recorded is None:
+                    raise _RolledBack(None)
+        except _RolledBack as rolled_back:
+            self.emitted = []
+            if rolled_back.judged is None:
+                self._rejected()
+                return None
+            return self._write(rolled_back.judged)
+        except StepTransactionError as exc:
+            self.emitted = []
+            error = f"the step's transaction was rolled back: {exc}"
+            return self._write(self._failure(AttemptOutcome.FAILED, error, exc))
+        return self._after(written)
 
     def _call_handler(self, payload: Any, alarm: LeaseAlarm) -> _Success | BaseException:
         """Run the handler; return its result, or the exception that ended it."""
@@ -408,6 +484,14 @@ class Attempt:
 
     def _write(self, judged: tuple[Outcome, Outbox]) -> Attempt | None:
         """The one fenced write of this attempt, then what follows from it."""
+        written = self._commit(judged)
+        if written.recorded is None:
+            self._rejected()
+            return None
+        return self._after(written)
+
+    def _commit(self, judged: tuple[Outcome, Outbox], atomic: bool = False) -> _Written:
+        """Write the outcome (inside an atomic step's transaction when ``atomic``)."""
         outcome, outbox = judged
         c = self.claimed
         assert self.spec.task is not None
@@ -415,26 +499,45 @@ class Attempt:
         outbox, leased = lease_one(outbox, self.depth, limit, control.paused_queues(self.store))
         undo = undo_planner(self.spec.service)
         try:
-            recorded = self._record_outcome(outcome, outbox, undo)
+            if atomic:  # no waiting out an outage: the transaction is lost with its connection
+                recorded = self.store.record_outcome(c, outcome, outbox, undo)
+            else:
+                recorded = self._record_outcome(outcome, outbox, undo)
         except LedgerWriteError as exc:
             # the database refused this outcome (not a lost connection): record that instead,
             # so the job does not look like a lost worker and run again
             error = f"the attempt's outcome could not be written: {exc}"
             record = self._record(AttemptOutcome.FATAL, error, None)
             outcome = after_failure(record, c.max_attempts, self.spec.lifecycle.retry, give_up=True)
+            if atomic:  # the handler's writes go with the refused outcome
+                raise _RolledBack((outcome, Outbox())) from exc
             outbox, leased = Outbox(), None
             recorded = self.store.record_outcome(c, outcome, outbox, undo)
-        if recorded is None:
-            self.log.warning(
-                "late result of job %s attempt %s rejected: its lease expired and the job was "
-                "taken over",
-                c.id,
-                c.attempt,
-            )
-            registry.hooks().after_outcome(self.info, None)
-            return None
+        return _Written(outcome, outbox, leased, recorded, limit)
+
+    def _rejected(self) -> None:
+        """The fence refused this attempt's outcome: a newer attempt owns the job."""
+        c = self.claimed
+        self.log.warning(
+            "late result of job %s attempt %s rejected: its lease expired and the job was "
+            "taken over",
+            c.id,
+            c.attempt,
+        )
+        registry.hooks().after_outcome(self.info, None)
+
+    def _after(self, written: _Written) -> Attempt | None:
+        """What follows a committed outcome: its notices, hooks and the next local step."""
+        outcome, leased, recorded, limit = (
+            written.outcome,
+            written.leased,
+            written.recorded,
+            written.limit,
+        )
+        assert recorded is not None
+        c = self.claimed
         telemetry.end_attempt(self.span, outcome)
-        announce(outbox.events)
+        announce(written.outbox.events)
         # the slot this attempt frees goes to the best job its limits held back: run here,
         # with no broker hop, when this process may run one more job in a row
         hand_over = leased is None and self.depth < limit and holding.runs_here(self.spec)
@@ -540,5 +643,5 @@ class Attempt:
         check_emits(self.spec.qualified_name, self.spec.emits, name)
         event = self._new_event(name, payload)
         # inside the handler's own transaction.atomic(), the event counts only if it commits
-        self.store.on_commit(lambda: self.emitted.append(event))
+        self.store.on_commit(_Emitted(self, event))
         return event

@@ -8,6 +8,8 @@ Two kinds, run at different times:
 - queues declared with limits on a database that cannot enforce them (``E006``: limits are
   enforced in SQL that PostgreSQL and SQLite run) - static too, so the worker does not start
   with a limit it would fail to keep;
+- atomic steps with a long lease (``W007``): their transaction can stay open that long -
+  static, a warning;
 - runs in flight that the declarations no longer serve (``W003``-``W005``) are read from the
   ledger, so they are only looked for where an operator asks before or after a deploy:
   ``manage.py check --deploy``, ``manage.py check --database default`` and ``manage.py
@@ -64,6 +66,26 @@ def check_limits_database(app_configs: Any = None, **kwargs: Any) -> list[CheckM
         )
         for name, spec in sorted(registry.queues().items())
         if spec.limits is not None
+    ]
+
+
+#: an atomic step's transaction stays open for up to its lease: above this, W007
+ATOMIC_LEASE_WARNING_SECONDS = 60.0
+
+
+@register()
+def check_atomic_steps(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    return [
+        Warning(
+            f"queue {name} is atomic with a visibility timeout of "
+            f"{spec.lifecycle.visibility_timeout:g}s: its transaction, and the row locks its "
+            "handler takes, can stay open that long",
+            hint="Keep atomic handlers short (a lower visibility_timeout), or move slow calls "
+            "to a step of their own.",
+            id="celery_workflows.W007",
+        )
+        for name, spec in sorted(registry.queues().items())
+        if spec.atomic and spec.lifecycle.visibility_timeout > ATOMIC_LEASE_WARNING_SECONDS
     ]
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from celery_workflows.clock import utcnow
+from celery_workflows.errors import StepTransactionError
 from celery_workflows.ids import new_id
 from celery_workflows.limits import Held, Limits
 from celery_workflows.records import (
@@ -70,6 +72,25 @@ class SqlLedger:
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         transaction.on_commit(callback)
+
+    @contextmanager
+    def atomic_step(self) -> Iterator[None]:
+        # the ledger's statements use the default connection, as the project's models do
+        # unless routed elsewhere: one transaction holds both
+        try:
+            with transaction.atomic():
+                yield
+        except DatabaseError as exc:
+            raise StepTransactionError(f"{type(exc).__name__}: {exc}") from exc
+
+    def run_on_commit_now(self, which: Callable[[Callable[[], None]], bool]) -> None:
+        # Django keeps the callbacks of a transaction in ``run_on_commit`` and drops those
+        # of a savepoint when it is rolled back: what is left there was not rolled back
+        pending = connection.run_on_commit
+        picked = [entry for entry in pending if which(entry[1])]
+        connection.run_on_commit = [entry for entry in pending if not which(entry[1])]
+        for entry in picked:
+            entry[1]()
 
     def insert_job(self, job: NewJob) -> EnqueueResult:
         now = utcnow()

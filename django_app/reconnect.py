@@ -41,7 +41,7 @@ MAX_PAUSE_SECONDS = 1.0
 #: SQLSTATE classes and codes that mean "the connection is gone" or "try again"
 RETRY_SQLSTATES = ("08", "40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300")
 #: store methods that are not database calls (or only close a connection)
-NOT_WRAPPED = {"on_commit", "atomic", "release_connection"}
+NOT_WRAPPED = {"on_commit", "atomic", "atomic_step", "run_on_commit_now", "release_connection"}
 
 T = TypeVar("T", bound=type)
 

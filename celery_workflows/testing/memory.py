@@ -26,7 +26,7 @@ import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -178,6 +178,16 @@ class InMemoryStore:
             callbacks, self._after_commit = self._after_commit, []
             for callback in callbacks:
                 callback()
+
+    def atomic_step(self) -> AbstractContextManager[None]:
+        """The ledger's side only: this store cannot hold the project's models in it."""
+        return self.atomic()
+
+    def run_on_commit_now(self, which: Callable[[Callable[[], None]], bool]) -> None:
+        picked = [c for c in self._after_commit if which(c)]
+        self._after_commit = [c for c in self._after_commit if not which(c)]
+        for callback in picked:
+            callback()
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         if self._depth:

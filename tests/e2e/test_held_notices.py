@@ -47,8 +47,16 @@ def _backlog(start_worker, recorder, redis_client, name: str, jobs: int = 6):  #
     )
     # no more than the prefetch limit (4 for one process): a held notice counts against it as
     # an unacknowledged one did, so the sixth waits in Redis for another worker
-    time.sleep(0.3)
-    assert waiting(redis_client) == 1
+    seen = []
+    until = time.monotonic() + 0.5
+    while time.monotonic() < until:
+        seen.append(waiting(redis_client))
+        time.sleep(0.02)
+    log = Path(worker.log_path).read_text()
+    assert min(seen) == 1, f"the worker took more than its prefetch limit: {seen}\n{log}"
+    if max(seen) > 1:  # its consumer restarted (and handed back what it held): say why
+        print(f"notices came back while the worker ran: {seen}\n{log}")
+    wait_for(lambda: waiting(redis_client) == 1, timeout=10, message="held notices not taken")
     return worker, ids
 
 

@@ -21,7 +21,7 @@ app.conf.update(
 )
 
 from tests.proj import tracing  # noqa: E402,F401,I001  - before any span is made
-from tests.proj import chaos, fanin, flows, interleavings, saga, workflows  # noqa: E402, F401
+from tests.proj import atomic, chaos, fanin, flows, interleavings, saga, workflows  # noqa: E402, F401
 
 if not os.environ.get("DATABASE_URL", "").startswith("mysql"):
     # limits need PostgreSQL or SQLite (on MariaDB every command would stop at E006)
