@@ -60,6 +60,7 @@ from .models import (
 )
 from .previews import preview
 from .queries import workflow_status
+from .subjects import admin_url, subject_of
 
 if TYPE_CHECKING:  # generic in django-stubs, not at runtime
     _Paginator = Paginator[Any]
@@ -213,6 +214,18 @@ class ReadOnlyAdmin(_ModelAdmin):
 SAFE_LOOKUPS = {"exact", "gte", "gt", "lte", "lt", "isnull", "in"}
 
 
+def subject_link(run: WorkflowRun, request: HttpRequest) -> dict[str, Any] | None:
+    """The model instance the run belongs to (:mod:`.subjects`), for a user who may view it:
+    its name and admin page."""
+    obj = subject_of(run)
+    if obj is None:
+        return None
+    meta = obj._meta
+    if not request.user.has_perm(f"{meta.app_label}.view_{meta.model_name}"):
+        return None
+    return {"label": f"{meta.verbose_name} {obj}", "url": admin_url(obj)}
+
+
 def span(delta: timedelta) -> str:
     """A duration as people read it: ``340 ms``, ``2.4 s``, ``3 min 10 s``, ``2 h 5 min``,
     ``3 d 4 h``."""
@@ -339,6 +352,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 RunStatus(status.status).is_final
                 and request.user.has_perm("celery_workflows.rerun_workflowrun")
             ),
+            "subject": subject_link(run, request),
         }
 
     def get_urls(self) -> list[Any]:

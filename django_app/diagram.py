@@ -14,6 +14,8 @@ from html import escape
 from celery_workflows import graph
 
 BOX_W, BOX_H, COL_W, ROW_H, PAD = 190, 40, 330, 70, 20
+#: how far a wide diagram shrinks to fit the page before it scrolls instead
+MIN_SCALE = 0.6
 #: characters of a queue name that fit in a box; the full name is in its tooltip
 LABEL_CHARS = 26
 COLOURS = {
@@ -87,8 +89,11 @@ def render(start: str, job_status: dict[str, str], current: str) -> str:
     width = PAD * 2 + (max(c for c, _ in places.values()) * COL_W) + BOX_W
     height = PAD * 2 + 20 + (max(r for _, r in places.values()) + 1) * ROW_H
     parts = [
+        # it shrinks to the page's width (height follows, by the viewBox) down to
+        # MIN_SCALE of its size - where its labels stay legible - and scrolls beyond that
         f'<svg xmlns="http://www.w3.org/2000/svg" class="cw-diagram" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'style="max-width:100%;height:auto;min-width:{round(width * MIN_SCALE)}px" '
         f'aria-label="workflow diagram">',
         '<defs><marker id="cw-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
         'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#888"/></marker></defs>',

@@ -224,6 +224,15 @@ def place_orders() -> int:
     except NotRedrivableError as exc:
         print(f"Re-driving its dead letter is refused: {exc}")
 
+    from orders.models import Order
+
+    # written by the workflow's atomic steps, each change exactly once with its step
+    table = Counter(Order.objects.values_list("status", flat=True))
+    print(
+        "\nThe shop's orders table (kept by atomic steps): "
+        + ", ".join(f"{n} {status}" for status, n in table.most_common())
+    )
+
     unsettled = [cid for cid, status in statuses.items() if status not in SETTLED]
     unsettled += [cid for cid in placed if cid not in statuses]
     print(

@@ -38,6 +38,7 @@ from celery_workflows import (
     WorkflowService,
     cancel_workflow,
 )
+from orders import models
 
 #: orders above this total wait for a manager's approval
 APPROVAL_THRESHOLD = 500
@@ -135,10 +136,18 @@ QUICK_RETRY = RetryStrategy(initial_delay=0.5, max_delay=5, multiplier=2, jitter
     payload=Order,
     emits=["inventoryReserved", "inventoryUnavailable"],
     compensate_with="releaseInventory",
+    # the shop's Order row, the event and this step's outcome commit together, exactly once
+    atomic=True,
 )
 def validate_inventory(ctx: JobContext[Resources], job: Job[Order]) -> str:
     order = job.payload
-    if ctx.resources.inventory.available(order.items):
+    in_stock = ctx.resources.inventory.available(order.items)
+    status = models.Order.Status.RESERVED if in_stock else models.Order.Status.BACKORDERED
+    models.Order.objects.update_or_create(
+        number=order.orderId,
+        defaults={"customer": order.customer, "total": order.total, "status": status},
+    )
+    if in_stock:
         ctx.emit("inventoryReserved", order)
         return "reserved"
     ctx.emit("inventoryUnavailable", order)
@@ -234,8 +243,11 @@ def record_purchase(ctx: JobContext[Resources], job: Job[Order]) -> int:
     return len(history["orders"])
 
 
-@orders.queue_worker("sendConfirmation", "Email the customer")
+@orders.queue_worker("sendConfirmation", "Email the customer", atomic=True)
 def send_confirmation(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> str:
+    models.Order.objects.filter(number=job.payload["orderId"]).update(
+        status=models.Order.Status.SHIPPED, tracking=job.payload["trackingId"]
+    )
     return f"confirmation sent for {job.payload['orderId']} ({job.payload['trackingId']})"
 
 
@@ -275,8 +287,11 @@ def recheck_backorders(ctx: JobContext[Resources], job: Job[dict[str, Any]]) -> 
 
 
 # compensations: each receives the payload of the step it undoes
-@orders.queue_worker("releaseInventory", "Release the reserved stock", payload=Order)
+@orders.queue_worker("releaseInventory", "Release the reserved stock", payload=Order, atomic=True)
 def release_inventory(ctx: JobContext[Resources], job: Job[Order]) -> str:
+    models.Order.objects.filter(number=job.payload.orderId).update(
+        status=models.Order.Status.CANCELLED
+    )
     return f"released stock of {job.payload.orderId}"
 
 

@@ -72,12 +72,30 @@ def test_the_demo_settles_every_order_and_says_how(demo):
     assert "processPayment" in out and "dead" in out and "(compensation)" in out
     assert "Re-driving its dead letter is refused" in out
     assert "make admin" in out and "FAILED" not in out
+    # the atomic steps kept the shop's own table: one row per order, in its final state
+    table = out[out.index("The shop's orders table") :].splitlines()[0]
+    completed = int(re.search(r"(\d+) completed", out[out.rindex(" orders: ") :]).group(1))
+    counts = {status: int(n) for n, status in re.findall(r"(\d+) (\w+)", table)}
+    assert counts["shipped"] + counts["backordered"] == completed, table
+    assert counts["cancelled"] == 12 and counts["reserved"] == 1, table
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def signed_in(browser, url: str):  # type: ignore[no-untyped-def]
+    """A 1400 px page of ``make admin``'s user on the list at ``url``."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    site, path = url.split("/admin/", 1)
+    page.goto(f"{site}/admin/login/?next=/admin/{path}")
+    page.fill("#id_username", "demo")
+    page.fill("#id_password", "demo")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#result_list")
+    return page
 
 
 @pytest.fixture
@@ -121,12 +139,7 @@ def test_make_admin_shows_the_full_diagram_and_a_manager_approves_the_large_orde
     admin_site, browser
 ):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{admin_site}/admin/login/?next=/admin/celery_workflows/workflowrun/")
-    page.fill("#id_username", "demo")
-    page.fill("#id_password", "demo")
-    page.click("input[type=submit]")
-    page.wait_for_selector("#result_list")
+    page = signed_in(browser, f"{admin_site}/admin/celery_workflows/workflowrun/")
     assert "A-1" in page.inner_text("#result_list")  # business keys are listed
     page.screenshot(path=str(ARTIFACTS / "example-admin-runs.png"), full_page=True)
     # no page may frame the admin's buttons; an error page shows no settings
@@ -164,6 +177,20 @@ def test_make_admin_shows_the_full_diagram_and_a_manager_approves_the_large_orde
     ):
         assert f"order.{step}" in queues, (step, sorted(queues))
     assert page.locator("svg.cw-diagram .cw-undo").count() >= 3
+    # the diagram (11 steps and 3 compensations) fits the page at 1400 px: every step's box is
+    # inside the diagram's frame, and the page itself does not scroll sideways
+    frame = page.locator(".cw-diagram-wrap").bounding_box()
+    assert frame is not None
+    boxes = page.locator("svg.cw-diagram g.cw-node").evaluate_all(
+        "nodes => nodes.map(n => n.getBoundingClientRect().toJSON())"
+    )
+    assert len(boxes) >= 6
+    for box in boxes:
+        assert frame["x"] <= box["left"] and box["right"] <= frame["x"] + frame["width"], box
+        assert box["width"] >= 100  # shrunk, still legible (190 px wide unscaled)
+    assert page.evaluate("document.documentElement.scrollWidth") <= page.evaluate(
+        "window.innerWidth"
+    )
     page.screenshot(path=str(ARTIFACTS / "example-admin-waiting.png"), full_page=True)
 
     page.fill(".cw-gate input[name=comment]", "ok for a regular customer")
@@ -200,6 +227,34 @@ def test_make_admin_shows_the_full_diagram_and_a_manager_approves_the_large_orde
     page.goto(f"{admin_site}/admin/celery_workflows/schedulefire/")
     assert "order.nightlyBackorders" in page.inner_text("#content")
     page.screenshot(path=str(ARTIFACTS / "example-admin-schedules.png"), full_page=True)
+
+
+def test_an_orders_admin_page_lists_its_runs_and_each_run_links_back_to_its_order(
+    admin_site, browser
+):
+    """The shop's Order model (kept by the workflow's atomic steps) shows its runs on its own
+    admin page (WorkflowRunsMixin); a run's page links back to its order (link_runs)."""
+    page = signed_in(browser, f"{admin_site}/admin/orders/order/")
+    listed = page.inner_text("#result_list")
+    assert "A-1" in listed and "shipped" in listed and "TRK-A-1" in listed
+
+    page.goto(f"{admin_site}/admin/orders/order/?q=A-1000")
+    page.locator("#result_list tbody tr").first.locator("a").first.click()
+    page.wait_for_selector(".cw-subject-runs")
+    runs = page.locator("tr.cw-subject-run")
+    assert runs.count() == 1
+    assert runs.first.get_attribute("data-status") == "completed"
+    steps = page.inner_text(".cw-subject-steps")
+    for step in ("validateInventory", "processPayment", "createShipment", "sendConfirmation"):
+        assert f"order.{step}" in steps, steps
+    page.screenshot(path=str(ARTIFACTS / "example-admin-order.png"), full_page=True)
+
+    runs.first.locator("a").first.click()
+    page.wait_for_selector(".cw-run")
+    assert page.inner_text(".cw-subject") == "order A-1000"
+    page.click(".cw-subject a")
+    page.wait_for_selector(".cw-subject-runs")
+    assert "/admin/orders/order/" in page.url
 
 
 def test_the_example_graph_prints_as_text_mermaid_and_dot(tmp_path):
