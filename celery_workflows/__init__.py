@@ -1,6 +1,6 @@
 """celery-workflows: durable multi-step workflows on the Celery app you already run."""
 
-from .approvals import decide
+from .approvals import Deciders, decide
 from .callbacks import deliver
 from .compensation import cancel_workflow
 from .context import Job, JobContext
@@ -8,6 +8,7 @@ from .control import pause_queue, resume_queue
 from .deadletter import discard, list_dead_letters, redrive
 from .errors import (
     ConfigurationError,
+    DecisionNotAllowedError,
     GateClosedError,
     JobNotFoundError,
     LeaseExpired,
@@ -56,6 +57,8 @@ __all__ = [
     "AttemptInfo",
     "ConfigurationError",
     "DeadLetterInfo",
+    "Deciders",
+    "DecisionNotAllowedError",
     "EnqueueResult",
     "Event",
     "GateClosedError",

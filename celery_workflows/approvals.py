@@ -8,22 +8,147 @@ admin (Approve / Reject buttons) or in code with :func:`decide` (a link in an em
 action). The decision emits the chosen event in the
 run's workflow, so subscriptions continue it like any other step. A gate is decided once: a
 second click finds it closed.
+
+A gate may name who decides it (:class:`Deciders`: groups, permissions, or a check on the
+user): only they see its buttons in the admin and may call :func:`decide` with their ``user``;
+the audit trail records the user. With ``escalate_to``, a gate nobody decided in time passes
+to other deciders for as long again before it expires.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from . import registry, telemetry
 from .clock import utcnow
-from .errors import ConfigurationError, GateClosedError
+from .errors import ConfigurationError, DecisionNotAllowedError, GateClosedError
 from .events import new_event, write_and_publish
 from .payloads import to_json
 from .records import Event
 from .store import get_store
+
+#: what a check on the user is called with: the user, and the gate (as stored)
+UserCheck = Callable[[Any, dict[str, Any]], bool]
+
+
+@dataclass(frozen=True, init=False)
+class Deciders:
+    """Who may decide a gate: members of any of ``groups``, holders of any of
+    ``permissions`` (``"app_label.codename"``), and users for whom ``check(user, gate)`` is
+    true - any one suffices. Active superusers always may, as everywhere in Django's admin.
+
+    ``check`` is a module-level function (it is stored by its dotted path with the gate, and
+    imported where the decision is made)."""
+
+    groups: tuple[str, ...]
+    permissions: tuple[str, ...]
+    check: str | None
+
+    def __init__(
+        self,
+        groups: Iterable[str] = (),
+        permissions: Iterable[str] = (),
+        check: UserCheck | str | None = None,
+    ) -> None:
+        named = tuple([groups] if isinstance(groups, str) else groups)
+        perms = tuple([permissions] if isinstance(permissions, str) else permissions)
+        for perm in perms:
+            if not isinstance(perm, str) or perm.count(".") != 1:
+                raise ConfigurationError(
+                    f"Deciders: a permission is 'app_label.codename', got {perm!r}"
+                )
+        if not all(isinstance(g, str) and g for g in named):
+            raise ConfigurationError(f"Deciders: groups are names, got {named!r}")
+        path = check if isinstance(check, str) or check is None else _path_of(check)
+        if path is not None:
+            _import(path)  # fails now, in the handler that asked, rather than at the decision
+        if not (named or perms or path):
+            raise ConfigurationError("Deciders: name at least one group, permission or check")
+        object.__setattr__(self, "groups", named)
+        object.__setattr__(self, "permissions", perms)
+        object.__setattr__(self, "check", path)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "groups": list(self.groups),
+            "permissions": list(self.permissions),
+            "check": self.check,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Deciders:
+        return cls(data.get("groups") or (), data.get("permissions") or (), data.get("check"))
+
+    def describe(self) -> str:
+        parts = [*(f"group {g}" for g in self.groups)]
+        parts += [f"permission {p}" for p in self.permissions]
+        parts += [f"users {self.check} allows"] if self.check else []
+        return " or ".join(parts)
+
+    def allow(self, user: Any, gate: dict[str, Any]) -> bool:
+        """Whether ``user`` (a Django user) may decide ``gate``."""
+        if user is None or not getattr(user, "is_active", False):
+            return False
+        if getattr(user, "is_superuser", False):
+            return True
+        if self.groups and user.groups.filter(name__in=self.groups).exists():
+            return True
+        if any(user.has_perm(perm) for perm in self.permissions):
+            return True
+        return bool(self.check and _import(self.check)(user, gate))
+
+
+def _path_of(check: Any) -> str:
+    path = f"{getattr(check, '__module__', '')}.{getattr(check, '__qualname__', '')}"
+    try:
+        found = _import(path)
+    except ConfigurationError:
+        found = None
+    if found is not check:
+        raise ConfigurationError(
+            f"Deciders: check must be a module-level function (it is stored by its dotted "
+            f"path), got {check!r}"
+        )
+    return path
+
+
+def _import(path: str) -> UserCheck:
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigurationError(f"Deciders: cannot import the check {path!r}") from None
+    if not callable(found):
+        raise ConfigurationError(f"Deciders: the check {path!r} is not callable")
+    return found  # type: ignore[no-any-return]
+
+
+def may_decide(gate: dict[str, Any], user: Any) -> bool:
+    """Whether ``user`` may decide ``gate`` by the gate's own deciders (a gate that names
+    none leaves it to the ``decide_workflowrun`` permission)."""
+    deciders = gate.get("deciders")
+    return True if not deciders else Deciders.from_json(deciders).allow(user, gate)
+
+
+def escalated(gate: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """An expired ``gate`` passed to its ``escalate_to`` deciders for as long again as it was
+    open, or None when it names none (it then expires)."""
+    if not gate.get("escalate_to") or not gate.get("expires_at"):
+        return None
+    began = datetime.fromisoformat(gate.get("escalated_at") or gate["opened_at"])
+    span = datetime.fromisoformat(gate["expires_at"]) - began
+    return {
+        **gate,
+        "deciders": gate["escalate_to"],
+        "escalate_to": None,
+        "escalated_at": now.isoformat(),
+        "expires_at": (now + span).isoformat(),
+    }
 
 
 @dataclass(frozen=True)
@@ -46,6 +171,11 @@ class Gate:
     #: for such a gate: an event of that name in the run since then (the step's job was
     #: created) counts, even one that came before the gate opened
     since: str | None = None
+    #: who may decide it (:class:`Deciders` as JSON); None: whoever may decide runs
+    deciders: dict[str, Any] | None = None
+    #: who decides once it expired undecided (then it expires for good); its moment
+    escalate_to: dict[str, Any] | None = None
+    escalated_at: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,10 +196,21 @@ def new_gate(
     expires_in: timedelta | None = None,
     timeout_event: str | None = None,
     priority: int | None = None,
+    deciders: Deciders | None = None,
+    escalate_to: Deciders | None = None,
 ) -> Gate:
     """The gate a step opens (validated now: a bad event name or expiry raises in the
     handler). It is written with the step's successful outcome, behind its fence: a step that
     fails, or a zombie attempt, opens nothing."""
+    for who, value in (("deciders", deciders), ("escalate_to", escalate_to)):
+        if value is not None and not isinstance(value, Deciders):
+            raise ConfigurationError(
+                f"approval gate {prompt!r}: {who} must be a Deciders, got {value!r}"
+            )
+    if escalate_to is not None and expires_in is None:
+        raise ConfigurationError(
+            f"approval gate {prompt!r}: escalate_to needs expires_in (when to escalate)"
+        )
     for name in (approve_event, reject_event, *([timeout_event] if timeout_event else [])):
         registry.check_name("event", name)
     if expires_in is not None and (
@@ -90,6 +231,8 @@ def new_gate(
         timeout_event=(timeout_event or reject_event) if expires_in else None,
         traceparent=telemetry.current_traceparent(),
         priority=priority,
+        deciders=deciders.to_json() if deciders else None,
+        escalate_to=escalate_to.to_json() if escalate_to else None,
     )
 
 
@@ -163,13 +306,28 @@ def awaits_event(gate: dict[str, Any]) -> bool:
     return bool(awaits) and not awaits.startswith(CHILD_PREFIX)
 
 
-def decide(correlation_id: str, approve: bool, actor: str, comment: str = "") -> Event:
+def decide(
+    correlation_id: str,
+    approve: bool,
+    actor: str = "",
+    comment: str = "",
+    *,
+    user: Any = None,
+) -> Event:
     """Approve or reject the run's open gate; emits the gate's event in the run's workflow.
 
-    The decision is audited with ``actor`` and ``comment`` in the same transaction. Raises
-    :class:`GateClosedError` if the run is not waiting (so a double click does nothing).
+    The decision is audited with ``actor`` (default: ``user``'s username) and ``comment`` in
+    the same transaction, with the user's id when ``user`` is given. A gate that names its
+    :class:`Deciders` needs the deciding ``user``, and one of them:
+    :class:`~celery_workflows.errors.DecisionNotAllowedError` otherwise (the gate stays open).
+    Raises :class:`GateClosedError` if the run is not waiting (so a double click does nothing).
     """
-    event = _close(correlation_id, "approve" if approve else "reject", actor, comment)
+    if user is not None and not actor:
+        actor = str(user.get_username())
+    if not actor:
+        raise ConfigurationError("decide: say who decides (actor=, or user=)")
+    action = "approve" if approve else "reject"
+    event = _close(correlation_id, action, actor, comment, user=user)
     if event is None:
         raise GateClosedError(f"workflow {correlation_id} is not waiting for a decision")
     return event
@@ -177,16 +335,38 @@ def decide(correlation_id: str, approve: bool, actor: str, comment: str = "") ->
 
 def expire_gate(correlation_id: str) -> Event | None:
     """Close a gate whose expiry passed, emitting its timeout event - once, audited as
-    ``expire`` by ``system``. None if the run was decided meanwhile (or is not expired)."""
+    ``expire`` by ``system`` - or pass it to its ``escalate_to`` deciders (audited as
+    ``escalate``). None if the run was decided meanwhile, is not expired, or escalated."""
+    if get_store().escalate_gate(correlation_id, utcnow()) is not None:
+        return None
     return _close(correlation_id, "expire", "system", "no decision before the gate expired")
 
 
-def _close(correlation_id: str, action: str, actor: str, comment: str) -> Event | None:
+def _close(
+    correlation_id: str, action: str, actor: str, comment: str, user: Any = None
+) -> Event | None:
     store = get_store()
     with store.atomic():
-        data = store.close_gate(correlation_id, actor, action, comment, expired=action == "expire")
+        user_id = "" if user is None else str(user.pk)
+        data = store.close_gate(
+            correlation_id, actor, action, comment, expired=action == "expire", user_id=user_id
+        )
         if data is None:
             return None
+        if action != "expire" and data.get("deciders"):
+            # raised inside the transaction: the gate stays open, nothing is audited
+            deciders = Deciders.from_json(data["deciders"])
+            if user is None:
+                raise DecisionNotAllowedError(
+                    f"workflow {correlation_id}: its gate is decided by {deciders.describe()}; "
+                    "pass the deciding user (decide(..., user=...))"
+                )
+            if not deciders.allow(user, data):
+                raise DecisionNotAllowedError(
+                    f"workflow {correlation_id}: {user.get_username()} may not decide it; it is "
+                    f"decided by "
+                    f"{deciders.describe()}"
+                )
         gate = Gate.from_json(data)
         name = {
             "approve": gate.approve_event,

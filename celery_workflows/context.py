@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
-from .approvals import Gate, new_event_gate, new_gate
+from .approvals import Deciders, Gate, new_event_gate, new_gate
 from .clock import utcnow
 from .coroutines import to_async
 from .errors import (
@@ -170,6 +170,8 @@ class JobContext(Generic[R]):
         payload: Any = None,
         expires_in: timedelta | None = None,
         timeout_event: str | None = None,
+        deciders: Deciders | None = None,
+        escalate_to: Deciders | None = None,
     ) -> None:
         """Park the workflow until a person approves (emits ``approve_event``) or rejects
         (emits ``reject_event``), in the admin or with :func:`celery_workflows.decide`.
@@ -178,6 +180,10 @@ class JobContext(Generic[R]):
         step that then fails or loses its lease opens nothing; its next attempt asks again).
         With ``expires_in``, a gate nobody answered in time closes by itself and emits
         ``timeout_event`` (default: ``reject_event``) - once, audited as ``expire``.
+        ``deciders`` names who may decide (:class:`~celery_workflows.approvals.Deciders`:
+        groups, permissions or a check; default: whoever holds ``decide_workflowrun``);
+        ``escalate_to`` (with ``expires_in``) passes an undecided gate to other deciders for
+        as long again when it expires, before it expires for good.
         """
         gate = new_gate(
             self.job.correlation_id,
@@ -189,6 +195,8 @@ class JobContext(Generic[R]):
             expires_in,
             timeout_event,
             self._claimed.priority,
+            deciders,
+            escalate_to,
         )
         self._open_gate(gate)
 

@@ -54,6 +54,11 @@ class GateClosedError(WorkflowError):
     """The run is not waiting for a decision (already decided, or never asked)."""
 
 
+class DecisionNotAllowedError(WorkflowError):
+    """The gate names who decides it (its ``Deciders``), and this user is not one of them - or
+    no user was given. The gate stays open."""
+
+
 class StateConflictError(WorkflowError):
     """A compare-and-set lost: the state document changed since it was read."""
 

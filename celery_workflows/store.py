@@ -279,10 +279,17 @@ class Runs(Protocol):
         comment: str,
         expired: bool = False,
         awaits: str = "",
+        user_id: str = "",
     ) -> dict[str, Any] | None:
-        """Close the run's open gate (once, audited as ``action``) and set it running; return
-        the gate. With ``expired``, only if the gate's expiry has passed (a gate of either
-        kind); otherwise only a gate that ``awaits`` this event ("": a decision's gate)."""
+        """Close the run's open gate (once, audited as ``action``, with ``user_id`` when one
+        decided) and set it running; return the gate. With ``expired``, only if the gate's
+        expiry has passed (a gate of either kind); otherwise only a gate that ``awaits`` this
+        event ("": a decision's gate)."""
+
+    def escalate_gate(self, correlation_id: str, now: datetime) -> dict[str, Any] | None:
+        """If the run's open gate expired and names ``escalate_to``, pass it to those deciders
+        (:func:`celery_workflows.approvals.escalated`), audited as ``escalate`` by
+        ``system``, and return it; None otherwise."""
 
     def run_status(self, correlation_id: str) -> RunStatus | None: ...
 

@@ -29,6 +29,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from celery_workflows import (
+    DecisionNotAllowedError,
     GateClosedError,
     PayloadError,
     RerunRefusedError,
@@ -43,6 +44,7 @@ from celery_workflows import (
     rerun,
     resume_queue,
 )
+from celery_workflows.approvals import Deciders, may_decide
 from celery_workflows.deadletter import KEEP_PAYLOAD, compensation_started, redrive_refusal
 from celery_workflows.jobs import get_job
 
@@ -214,6 +216,12 @@ class ReadOnlyAdmin(_ModelAdmin):
 SAFE_LOOKUPS = {"exact", "gte", "gt", "lte", "lt", "isnull", "in"}
 
 
+def described(gate: dict[str, Any] | None, field: str) -> str:
+    """Who a gate's ``deciders`` (or ``escalate_to``) are, in words; "" if it names none."""
+    named = (gate or {}).get(field)
+    return Deciders.from_json(named).describe() if named else ""
+
+
 def subject_link(run: WorkflowRun, request: HttpRequest) -> dict[str, Any] | None:
     """The model instance the run belongs to (:mod:`.subjects`), for a user who may view it:
     its name and admin page."""
@@ -341,7 +349,12 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 (status.waiting_for or {}).get("payload") if see.gate_payload else None
             ),
             "gate_opened": parse_datetime(str((status.waiting_for or {}).get("opened_at", ""))),
-            "can_decide": request.user.has_perm("celery_workflows.decide_workflowrun"),
+            "can_decide": (
+                request.user.has_perm("celery_workflows.decide_workflowrun")
+                and may_decide(status.waiting_for or {}, request.user)
+            ),
+            "deciders": described(status.waiting_for, "deciders"),
+            "escalates_to": described(status.waiting_for, "escalate_to"),
             "can_cancel": (
                 status.finished_at is None
                 and status.status != RunStatus.COMPENSATING
@@ -389,9 +402,12 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 approve,
                 request.user.get_username(),
                 request.POST.get("comment", "")[:500],
+                user=request.user,
             )
         except GateClosedError as exc:
             self.message_user(request, str(exc), messages.WARNING)
+        except DecisionNotAllowedError as exc:
+            raise PermissionDenied(str(exc)) from exc
         else:
             self.message_user(
                 request,

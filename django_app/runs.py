@@ -8,7 +8,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 
-from celery_workflows.approvals import next_gate
+from celery_workflows.approvals import Deciders, escalated, next_gate
 from celery_workflows.clock import utcnow
 from celery_workflows.records import (
     OPEN_RUN_STATUSES,
@@ -112,6 +112,7 @@ class RunRecords:
         comment: str,
         expired: bool = False,
         awaits: str = "",
+        user_id: str = "",
     ) -> dict[str, Any] | None:
         runs = WorkflowRun.objects.select_for_update().filter(
             correlation_id=correlation_id, status=RunStatus.WAITING
@@ -136,6 +137,7 @@ class RunRecords:
                 waiting_for=following,
                 gate_expires_at=datetime.fromisoformat(expires) if expires else None,
             )
+        who = {"user_id": user_id} if user_id else {}
         AuditEntry.record(
             correlation_id,
             gate.get("opened_by_job", ""),
@@ -143,8 +145,38 @@ class RunRecords:
             actor,
             prompt=gate.get("prompt", ""),
             comment=comment,
+            **who,
         )
         return gate
+
+    def escalate_gate(self, correlation_id: str, now: datetime) -> dict[str, Any] | None:
+        with transaction.atomic():
+            run = (
+                WorkflowRun.objects.select_for_update()
+                .filter(
+                    correlation_id=correlation_id,
+                    status=RunStatus.WAITING,
+                    gate_expires_at__lte=now,
+                )
+                .first()
+            )
+            if run is None or not run.waiting_for:
+                return None
+            gate = escalated(dict(run.waiting_for), now)
+            if gate is None:
+                return None
+            WorkflowRun.objects.filter(correlation_id=correlation_id).update(
+                waiting_for=gate, gate_expires_at=datetime.fromisoformat(gate["expires_at"])
+            )
+            AuditEntry.record(
+                correlation_id,
+                gate.get("opened_by_job", ""),
+                "escalate",
+                "system",
+                prompt=gate.get("prompt", ""),
+                to=Deciders.from_json(gate["deciders"]).describe(),
+            )
+            return gate
 
     def run_status(self, correlation_id: str) -> RunStatus | None:
         status = (

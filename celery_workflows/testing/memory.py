@@ -1245,6 +1245,7 @@ class InMemoryStore:
         comment: str,
         expired: bool = False,
         awaits: str = "",
+        user_id: str = "",
     ) -> dict[str, Any] | None:
         with self.atomic():
             run = self._data.runs.get(correlation_id)
@@ -1263,6 +1264,7 @@ class InMemoryStore:
                 expires = following.get("expires_at")
                 run.waiting_for = following
                 run.gate_expires_at = datetime.fromisoformat(expires) if expires else None
+            who = {"user_id": user_id} if user_id else {}
             self._audit(
                 correlation_id,
                 gate.get("opened_by_job", ""),
@@ -1270,6 +1272,29 @@ class InMemoryStore:
                 actor,
                 prompt=gate.get("prompt", ""),
                 comment=comment,
+                **who,
+            )
+            return gate
+
+    def escalate_gate(self, correlation_id: str, now: datetime) -> dict[str, Any] | None:
+        with self.atomic():
+            run = self._data.runs.get(correlation_id)
+            if run is None or run.status != RunStatus.WAITING or not run.waiting_for:
+                return None
+            if run.gate_expires_at is None or run.gate_expires_at > now:
+                return None
+            gate = approvals.escalated(dict(run.waiting_for), now)
+            if gate is None:
+                return None
+            run.waiting_for = gate
+            run.gate_expires_at = datetime.fromisoformat(gate["expires_at"])
+            self._audit(
+                correlation_id,
+                gate.get("opened_by_job", ""),
+                "escalate",
+                "system",
+                prompt=gate.get("prompt", ""),
+                to=approvals.Deciders.from_json(gate["deciders"]).describe(),
             )
             return gate
 

@@ -2,7 +2,8 @@
 event; subscriptions decide what runs next. No step calls another.
 
     orderPlaced          -> validateInventory   (reserves stock; undone by releaseInventory)
-    inventoryReserved    -> reviewOrder         (orders above 500 wait for a manager, 24 h)
+    inventoryReserved    -> reviewOrder         (orders above 500 wait for a manager: the
+                                                 managers group, then the directors, 24 h each)
     inventoryUnavailable -> notifyBackorder     (remembered; re-checked every night)
     orderApproved        -> processPayment      (charges the card; undone by refundPayment)
                          -> packOrder           (the warehouse packs it, meanwhile)
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 from shopsite.celery import app
 
 from celery_workflows import (
+    Deciders,
     Job,
     JobContext,
     Lifecycle,
@@ -171,7 +173,11 @@ def review_order(ctx: JobContext[Resources], job: Job[Order]) -> str:
         approve_event="orderApproved",
         reject_event="orderRejected",
         payload=order.model_dump(),
+        # only the shop's managers decide; undecided after a day, it passes to the directors
+        # for another day, and then expires
+        deciders=Deciders(groups=["managers"]),
         expires_in=timedelta(hours=24),
+        escalate_to=Deciders(groups=["directors"]),
         timeout_event="approvalExpired",
     )
     return "waiting for a manager"

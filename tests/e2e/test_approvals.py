@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.contrib.auth.models import Group, Permission, User
 from django.core.management import CommandError, call_command
+from django.test import Client
 
-from celery_workflows import GateClosedError, decide, get_workflow
+from celery_workflows import DecisionNotAllowedError, GateClosedError, decide, get_workflow
 from celery_workflows.testing import wait_for
 from django_app.models import AuditEntry, Job, WorkflowRun
 from tests.helpers import staff
@@ -143,3 +145,120 @@ def test_an_attempt_that_lost_its_lease_cannot_open_a_gate(recorder):
     assert run.status == "dead_lettered" and run.waiting_for is None
     (attempt,) = Job.objects.get(id=job.job_id).attempt_log
     assert attempt["outcome"] == "lease_expired"
+
+
+def manager_gate(order_id: str, **extra: object) -> WorkflowRun:
+    job = t.enqueue("needsManager", {"orderId": order_id, **extra})
+    return wait_for(
+        lambda: WorkflowRun.objects.filter(
+            correlation_id=job.correlation_id, status="waiting", waiting_for__isnull=False
+        ).first(),
+        timeout=15,
+        message="run never started waiting",
+    )
+
+
+def member(username: str, group: str) -> User:
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    for codename in ("view_workflowrun", "decide_workflowrun"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    if group:
+        user.groups.add(Group.objects.get_or_create(name=group)[0])
+    return user
+
+
+def logged_in(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_a_gate_for_managers_is_decided_by_a_manager_and_by_nobody_else(worker_env):
+    """deciders=Deciders(groups=["managers"], ...): a clerk who holds the admin's decide
+    permission sees no buttons, is refused in the admin, in code and on the command line; a
+    manager decides, and the audit trail names the user."""
+    from tests.helpers import manage
+
+    run = manager_gate("o-managers")
+    url = f"/admin/celery_workflows/workflowrun/{run.correlation_id}/"
+    clerk, manager = member("clerk", ""), member("manager", "managers")
+
+    page = logged_in(clerk).get(f"{url}change/").content.decode()
+    assert "Decided by group managers or permission auth.change_group" in page
+    assert "cw-approve" not in page and "You do not have permission to decide this one" in page
+    assert logged_in(clerk).post(f"{url}decide/", {"decision": "approve"}).status_code == 403
+    with pytest.raises(DecisionNotAllowedError, match="clerk may not decide it"):
+        decide(run.correlation_id, approve=True, user=clerk)
+    with pytest.raises(DecisionNotAllowedError, match="pass the deciding user"):
+        decide(run.correlation_id, approve=True, actor="a-script")
+    refused = manage(worker_env, "workflows", "decide", run.correlation_id, "--approve")
+    assert refused.returncode == 1 and "pass the deciding user" in refused.stderr
+    refused = manage(
+        worker_env, "workflows", "decide", run.correlation_id, "--approve", "--user", "clerk"
+    )
+    assert refused.returncode == 1 and "clerk may not decide it" in refused.stderr
+    assert get_workflow(run.correlation_id).status == "waiting"  # every refusal left it open
+
+    page = logged_in(manager).get(f"{url}change/").content.decode()
+    assert "cw-approve" in page
+    assert logged_in(manager).post(f"{url}decide/", {"decision": "approve"}).status_code == 302
+    settled(run.correlation_id)
+    (entry,) = AuditEntry.objects.filter(correlation_id=run.correlation_id)
+    assert (entry.action, entry.actor, entry.detail["user_id"]) == (
+        "approve",
+        "manager",
+        str(manager.pk),
+    )
+
+
+def test_a_permission_or_a_check_on_the_user_may_name_the_deciders_too(worker_env):
+    from tests.helpers import manage
+
+    by_permission = manager_gate("o-perm")
+    holder = member("group-admin", "")
+    holder.user_permissions.add(Permission.objects.get(codename="change_group"))
+    decide(by_permission.correlation_id, approve=False, comment="no", user=holder)
+
+    on_call = manager_gate("o-on-call", onCall="nina")
+    member("nina", "")
+    decided = manage(
+        worker_env, "workflows", "decide", on_call.correlation_id, "--approve", "--user", "nina"
+    )
+    assert decided.returncode == 0, decided.stderr
+    settled(on_call.correlation_id)
+
+
+def test_an_undecided_gate_escalates_to_directors_and_then_expires():
+    """escalate_to=Deciders(groups=["directors"]) with expires_in: when the gate expires
+    undecided it passes to the directors for as long again (audited), managers may no longer
+    decide it; when that expires too, it expires for good."""
+    run = manager_gate("o-escalates", escalateAfter=2)
+    manager, director = member("mgr", "managers"), member("director", "directors")
+
+    def escalated() -> bool:
+        return AuditEntry.objects.filter(
+            correlation_id=run.correlation_id, action="escalate"
+        ).exists()
+
+    wait_for(escalated, timeout=15, message="the gate never escalated")
+    (entry,) = AuditEntry.objects.filter(correlation_id=run.correlation_id)
+    assert (entry.actor, entry.detail["to"]) == ("system", "group directors")
+    assert get_workflow(run.correlation_id).status == "waiting"
+    with pytest.raises(DecisionNotAllowedError, match="decided by group directors"):
+        decide(run.correlation_id, approve=True, user=manager)
+    assert (
+        "cw-approve"
+        in logged_in(director)
+        .get(f"/admin/celery_workflows/workflowrun/{run.correlation_id}/change/")
+        .content.decode()
+    )
+
+    expired = wait_for(
+        lambda: (r := get_workflow(run.correlation_id)).status == "completed" and r,
+        timeout=15,
+        message="the escalated gate never expired",
+    )
+    assert [a.action for a in sorted(expired.audit, key=lambda a: a.at)] == ["escalate", "expire"]
+    assert [h.name for h in expired.history if h.kind == "event"].count("approvalExpired") == 1
+    with pytest.raises(GateClosedError):
+        decide(run.correlation_id, approve=True, user=director)

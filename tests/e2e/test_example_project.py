@@ -86,15 +86,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def signed_in(browser, url: str):  # type: ignore[no-untyped-def]
-    """A 1400 px page of ``make admin``'s user on the list at ``url``."""
+def signed_in(browser, url: str, user: str = "demo", ready: str = "#result_list"):  # type: ignore[no-untyped-def]
+    """A 1400 px page of one of ``make admin``'s users (password = name) at ``url``."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     site, path = url.split("/admin/", 1)
     page.goto(f"{site}/admin/login/?next=/admin/{path}")
-    page.fill("#id_username", "demo")
-    page.fill("#id_password", "demo")
+    page.fill("#id_username", user)
+    page.fill("#id_password", user)
     page.click("input[type=submit]")
-    page.wait_for_selector("#result_list")
+    page.wait_for_selector(ready)
     return page
 
 
@@ -193,17 +193,26 @@ def test_make_admin_shows_the_full_diagram_and_a_manager_approves_the_large_orde
     )
     page.screenshot(path=str(ARTIFACTS / "example-admin-waiting.png"), full_page=True)
 
-    page.fill(".cw-gate input[name=comment]", "ok for a regular customer")
-    page.click("button.cw-approve")
-    page.wait_for_selector(".messagelist")
-    assert "Approved: emitted orderApproved" in page.inner_text(".messagelist")
+    # the large orders' gate names the managers group: the clerk, who holds the same
+    # permissions, sees the question and no buttons; a manager approves
+    assert "Decided by group managers" in page.inner_text(".cw-gate")
+    run_url = page.url
+    clerk = signed_in(browser, run_url, user="clerk", ready=".cw-gate")
+    assert clerk.locator("button.cw-approve").count() == 0
+    assert "You do not have permission to decide this one" in clerk.inner_text(".cw-gate")
+    clerk.screenshot(path=str(ARTIFACTS / "example-admin-clerk.png"), full_page=True)
+    manager = signed_in(browser, run_url, user="manager", ready=".cw-gate")
+    manager.fill(".cw-gate input[name=comment]", "ok for a regular customer")
+    manager.click("button.cw-approve")
+    manager.wait_for_selector(".messagelist")
+    assert "Approved: emitted orderApproved" in manager.inner_text(".messagelist")
 
     def completed() -> bool:
         page.reload()
         return page.locator(".cw-run").get_attribute("data-status") == "completed"
 
     wait_for(completed, timeout=60, interval=1, message="the approved order never completed")
-    assert "approve by demo" in page.inner_text(".cw-run")
+    assert "approve by manager" in page.inner_text(".cw-run")
     page.screenshot(path=str(ARTIFACTS / "example-admin-approved.png"), full_page=True)
 
     # the queue dashboard fits the window: every queue's Pause button is in view

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from celery_workflows import (
     AttemptInfo,
     DeadLetterInfo,
+    Deciders,
     Event,
     Job,
     JobContext,
@@ -289,6 +290,31 @@ def needs_quick_approval(ctx: JobContext[Recorder], job: Job[Any]) -> str:
         timeout_event="approvalExpired",
     )
     return "waiting briefly"
+
+
+def on_call(user: Any, gate: dict[str, Any]) -> bool:
+    """A check on the user (Deciders(check=...)): whoever the gate's payload names."""
+    return bool(user.get_username() == gate["payload"].get("onCall"))
+
+
+@t.queue_worker(
+    "needsManager",
+    "Only managers (or holders of auth.change_group, or the person on call) decide",
+    emits=["orderApproved", "orderRejected", "approvalExpired"],
+)
+def needs_manager(ctx: JobContext[Recorder], job: Job[Any]) -> str:
+    escalates = "escalateAfter" in job.payload
+    ctx.wait_for_human(
+        f"Approve order {job.payload['orderId']}, managers?",
+        approve_event="orderApproved",
+        reject_event="orderRejected",
+        payload={"orderId": job.payload["orderId"], "onCall": job.payload.get("onCall")},
+        deciders=Deciders(groups=["managers"], permissions=["auth.change_group"], check=on_call),
+        expires_in=timedelta(seconds=job.payload["escalateAfter"]) if escalates else None,
+        timeout_event="approvalExpired" if escalates else None,
+        escalate_to=Deciders(groups=["directors"]) if escalates else None,
+    )
+    return "waiting for a manager"
 
 
 @t.queue_worker("tock", "Record a schedule's firing")

@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from celery_workflows import (
@@ -30,6 +31,9 @@ from celery_workflows.store import get_store
 from celery_workflows.sweeper import Sweeper
 from django_app import dashboard
 from django_app.models import WorkflowRun
+
+#: who acts when --actor is not given: the operator's OS user
+DEFAULT_ACTOR = f"manage.py:{getpass.getuser()}"
 
 
 class Command(BaseCommand):
@@ -57,6 +61,10 @@ class Command(BaseCommand):
         choice.add_argument("--approve", action="store_true")
         choice.add_argument("--reject", action="store_true")
         decide_cmd.add_argument("--comment", default="")
+        decide_cmd.add_argument(
+            "--user",
+            help="the deciding user's username (needed when the gate names who decides it)",
+        )
         rerun_cmd = sub.add_parser(
             "rerun", help="start a new run of a finished one from a step (earlier results kept)"
         )
@@ -104,7 +112,7 @@ class Command(BaseCommand):
         ):
             action.add_argument(
                 "--actor",
-                default=f"manage.py:{getpass.getuser()}",
+                default=DEFAULT_ACTOR,
                 help="who is acting, for the audit trail (default: manage.py:<os user>)",
             )
         sweep = sub.add_parser(
@@ -177,7 +185,18 @@ class Command(BaseCommand):
 
     def do_decide(self, options: dict[str, Any]) -> None:
         run = get_workflow(options["id"])
-        event = decide(run.correlation_id, options["approve"], options["actor"], options["comment"])
+        user = None
+        if options["user"]:
+            from django.contrib.auth import get_user_model
+
+            try:
+                user = get_user_model()._default_manager.get_by_natural_key(options["user"])
+            except ObjectDoesNotExist:
+                raise CommandError(f"--user: no user {options['user']!r}") from None
+        actor = options["actor"]
+        if user is not None and actor == DEFAULT_ACTOR:  # the audit trail names the user
+            actor = str(user.get_username())
+        event = decide(run.correlation_id, options["approve"], actor, options["comment"], user=user)
         verdict = "approved" if options["approve"] else "rejected"
         self.stdout.write(f"{verdict} {run.correlation_id}: emitted {event.name}")
 
