@@ -280,6 +280,45 @@ class WorkflowService(Generic[R]):
 
         return decorate
 
+    def from_task(
+        self,
+        task: Any,
+        name: str | None = None,
+        description: str = "",
+        *,
+        lifecycle: Lifecycle | None = None,
+        emits: Sequence[str] = (),
+        result_event: str | None = None,
+        continue_locally: bool | None = None,
+        compensate_with: str | Handler | None = None,
+        limits: Limits | None = None,
+        atomic: bool = False,
+    ) -> QueueSpec:
+        """Declare a queue worker that runs an existing Celery ``task`` unchanged (see
+        :mod:`celery_workflows.canvas` and docs/canvas.md): a job's payload is the task's
+        keyword arguments, checked against its signature at enqueue; its ``autoretry_for``
+        policy and time limit become the lifecycle (unless ``lifecycle`` is given); its
+        return value is the step's result (``result_event`` emits it). ``name`` defaults to
+        the task's function name. The task stays callable as a Celery task elsewhere."""
+        from .canvas import check_task, lifecycle_of, payload_schema, task_handler
+
+        task_name = check_task(task)
+        queue = name or task_name.rsplit(".", 1)[-1]
+        doc = (task.run.__doc__ or "").strip().splitlines()
+        self.queue_worker(
+            queue,
+            description or (doc[0] if doc else f"the Celery task {task_name}"),
+            payload=payload_schema(task),
+            lifecycle=lifecycle or lifecycle_of(task),
+            emits=emits,
+            result_event=result_event,
+            continue_locally=continue_locally,
+            compensate_with=compensate_with,
+            limits=limits,
+            atomic=atomic,
+        )(task_handler(task))
+        return self._queues[queue]
+
     def _compensation_queue(
         self, name: str, compensate_with: str | Handler | None, lifecycle: Lifecycle | None
     ) -> str | None:

@@ -26,3 +26,7 @@ from tests.proj import atomic, chaos, fanin, flows, interleavings, saga, workflo
 if not os.environ.get("DATABASE_URL", "").startswith("mysql"):
     # limits need PostgreSQL or SQLite (on MariaDB every command would stop at E006)
     from tests.proj import limited  # noqa: F401
+
+# modules a test writes and its workers import (tests/e2e/test_canvas_guide.py: a guide's code)
+for _module in filter(None, os.environ.get("TEST_EXTRA_MODULES", "").split(",")):
+    __import__(_module)
