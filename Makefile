@@ -15,7 +15,7 @@ VENV6 ?= .venv-django6
 DJANGO6_SUITE ?= tests/unit tests/e2e/test_django_tasks.py tests/e2e/test_tasks_contract.py \
 	tests/e2e/test_events.py
 
-.PHONY: demo admin test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
+.PHONY: demo admin docs test services test-postgres test-sqlite test-rabbitmq test-package test-mariadb chaos \
 	test-django6 \
 	lint bench bench-peers bench-processes bench-network bench-scaling bench-admin clean
 
@@ -107,6 +107,14 @@ test-mariadb: $(VENV)/.installed
 	$(VENV)/bin/pip install -q 'mysqlclient>=2.2'
 	DATABASE_URL=mysql://root@127.0.0.1:3306/test TEST_DB_NAME=test_cw_mariadb \
 	CELERY_BROKER_URL=redis://127.0.0.1:6379/9 $(PY) -m pytest $(PYTEST_ARGS)
+
+# the documentation site: the guides, the README, the changelog and an API reference from the
+# docstrings, in docs/_build/html (open index.html); any warning fails the build
+docs: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[docs]'
+	rm -rf docs/_build/html
+	$(PY) -m sphinx -W --keep-going -q -c docs -b html . docs/_build/html
+	@echo "docs: file://$(CURDIR)/docs/_build/html/index.html"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
