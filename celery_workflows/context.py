@@ -22,6 +22,7 @@ from .errors import (
     FatalJobError,
     JobFinished,
     LeaseLostError,
+    NotInAtomicStepError,
     RetryRequested,
 )
 from .records import ClaimedJob, Event
@@ -68,6 +69,7 @@ class JobContext(Generic[R]):
         open_gate: Callable[[Gate], None],
         start_map: Callable[[Iterable[Any]], int],
         start_child: Callable[[str, Any, str, str | None], str],
+        atomic: bool = False,
     ) -> None:
         self.job = job
         self.resources = resources
@@ -80,6 +82,7 @@ class JobContext(Generic[R]):
         self._open_gate = open_gate
         self._start_map = start_map
         self._start_child = start_child
+        self._atomic = atomic
         #: when this attempt's progress was last written (monotonic seconds)
         self._progress_written = -PROGRESS_INTERVAL
         #: this run's own documents (deleted with the run when it is pruned)
@@ -141,6 +144,7 @@ class JobContext(Generic[R]):
             raise ValueError(f"progress fraction must be a number from 0 to 1, got {fraction!r}")
         if not 0 <= fraction <= 1:
             raise ValueError(f"progress fraction must be from 0 to 1, got {fraction!r}")
+        self._refuse_in_atomic_step("report progress")
         now = time.monotonic()
         if fraction < 1 and now - self._progress_written < PROGRESS_INTERVAL:
             return False
@@ -253,9 +257,20 @@ class JobContext(Generic[R]):
         Call it periodically from long work. Raises :class:`LeaseLostError` if the lease
         already expired and the job may be running elsewhere: stop at once in that case.
         """
+        self._refuse_in_atomic_step("extend its lease")
         seconds = self._lease_seconds(seconds)
         expires = self._store.extend_lease(self.job.id, self._claimed.lease_token, seconds)
         return self._lease_extended(expires, seconds)
+
+    def _refuse_in_atomic_step(self, what: str) -> None:
+        # both write the job's row: inside the step's transaction nobody would see the write
+        # until it commits, and its row lock, taken before the run's, could deadlock with the
+        # sweeper (which locks the run, then the job)
+        if self._atomic:
+            raise NotInAtomicStepError(
+                f"queue {self.job.queue}: an atomic step cannot {what} (its job's row is "
+                "written only when the step commits); keep it shorter than its lease"
+            )
 
     def _lease_seconds(self, seconds: float | None) -> float:
         seconds = self._visibility_timeout if seconds is None else seconds
@@ -292,6 +307,8 @@ class JobContext(Generic[R]):
         payload: Any = None,
         expires_in: timedelta | None = None,
         timeout_event: str | None = None,
+        deciders: Deciders | None = None,
+        escalate_to: Deciders | None = None,
     ) -> None:
         """:meth:`wait_for_human`, awaitable."""
         await to_async(self.wait_for_human)(
@@ -301,6 +318,8 @@ class JobContext(Generic[R]):
             payload=payload,
             expires_in=expires_in,
             timeout_event=timeout_event,
+            deciders=deciders,
+            escalate_to=escalate_to,
         )
 
     async def aprogress(self, fraction: float, message: str = "") -> bool:

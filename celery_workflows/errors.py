@@ -135,6 +135,12 @@ class StepTransactionError(WorkflowError):
     connection) - and was rolled back whole; the attempt is recorded as failed and retried."""
 
 
+class NotInAtomicStepError(ConfigurationError, NonRetryableError):
+    """An atomic step asked for what it cannot have: extending its lease or reporting
+    progress (both write its job's row, which only its commit would make visible). Not
+    retried: every attempt would ask again."""
+
+
 class JobControl(WorkflowError):
     """Base of the exceptions that job-control methods (``ctx.retry()``, ``ctx.fail()``, ...)
     raise to end an attempt; let them propagate out of the handler."""

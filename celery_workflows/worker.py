@@ -371,6 +371,7 @@ class Attempt:
             open_gate=self._open_gate,
             start_map=self._start_map,
             start_child=self._start_child,
+            atomic=self.spec.atomic,
         )
         try:
             result = self.spec.handler(ctx, ctx.job)

@@ -143,6 +143,16 @@ def test_inside_the_handler_inner_blocks_and_commit_callbacks_keep_their_meaning
     assert [r["attempt"] for r in recorder.runs(job.job_id) if r.get("committed")] == [1]
 
 
+def test_an_atomic_step_may_not_extend_its_lease_and_says_so_once(atom_worker, wait_status):
+    # the extension would write the job's row inside the step's transaction: unseen until the
+    # commit, and a lock the sweeper could deadlock on - refused, not retried
+    job = atom.enqueue("ship", {"orderId": "o-extends", "extend": True})
+    wait_status(job.job_id, "dead", timeout=20)
+    (attempt,) = Job.objects.get(id=job.job_id).attempt_log
+    assert "an atomic step cannot extend its lease" in attempt["error"]
+    assert shipments("o-extends") == []
+
+
 def test_manage_py_check_warns_of_an_atomic_step_with_a_long_lease(worker_env):
     from tests.helpers import manage
 

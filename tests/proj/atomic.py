@@ -37,6 +37,8 @@ def ship(ctx: JobContext[Recorder], job: Job[Any]) -> str:
     if p.get("afterCommit"):  # the handler's own callback: runs once the step committed
         transaction.on_commit(lambda: ctx.resources.record(job, committed=True))
     ctx.resources.record(job, wrote=True)
+    if p.get("extend"):  # refused in an atomic step
+        ctx.extend_lease()
     if job.attempt in p.get("failOn", []):
         raise RuntimeError(f"failed after its write (attempt {job.attempt})")
     if job.attempt in p.get("sleepOn", []):
