@@ -38,25 +38,31 @@ def waiting(redis_client) -> int:  # type: ignore[no-untyped-def]
 def _backlog(start_worker, recorder, redis_client, name: str, jobs: int = 6):  # type: ignore[no-untyped-def]
     """A worker of one process whose first job runs while it holds the next ones (prefetch 4)."""
     worker = start_worker([SLOW], concurrency=1, name=name, republish_after=600)
-    ids = [crash.enqueue("held", {"seconds": 2}).job_id for _ in range(jobs)]
-    wait_for(lambda: recorder.runs(ids[0]), timeout=20, message="the first job never started")
-    wait_for(
-        lambda: waiting(redis_client) <= jobs - 5,
-        timeout=10,
-        message="the worker did not take the next notices",
-    )
-    # no more than the prefetch limit (4 for one process): a held notice counts against it as
-    # an unacknowledged one did, so the sixth waits in Redis for another worker
-    seen = []
-    until = time.monotonic() + 0.5
-    while time.monotonic() < until:
-        seen.append(waiting(redis_client))
-        time.sleep(0.02)
-    log = Path(worker.log_path).read_text()
-    assert min(seen) == 1, f"the worker took more than its prefetch limit: {seen}\n{log}"
-    if max(seen) > 1:  # its consumer restarted (and handed back what it held): say why
-        print(f"notices came back while the worker ran: {seen}\n{log}")
-    wait_for(lambda: waiting(redis_client) == 1, timeout=10, message="held notices not taken")
+    # each job runs 4 s: the first one is still running when the test stops or kills the
+    # worker, even on a loaded machine (so no held notice has started meanwhile)
+    try:
+        ids = [crash.enqueue("held", {"seconds": 4}).job_id for _ in range(jobs)]
+        wait_for(lambda: recorder.runs(ids[0]), timeout=20, message="the first job never started")
+        wait_for(
+            lambda: waiting(redis_client) <= jobs - 5,
+            timeout=10,
+            message="the worker did not take the next notices",
+        )
+        # no more than the prefetch limit (4 for one process): a held notice counts against it as
+        # an unacknowledged one did, so the sixth waits in Redis for another worker
+        seen = []
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:
+            seen.append(waiting(redis_client))
+            time.sleep(0.02)
+        log = Path(worker.log_path).read_text()
+        assert min(seen) == 1, f"the worker took more than its prefetch limit: {seen}\n{log}"
+        if max(seen) > 1:  # its consumer restarted (and handed back what it held): say why
+            print(f"notices came back while the worker ran: {seen}\n{log}")
+        wait_for(lambda: waiting(redis_client) == 1, timeout=10, message="held notices not taken")
+    except BaseException:
+        worker.kill()  # it lives for the session otherwise, and would take the next test's jobs
+        raise
     return worker, ids
 
 
@@ -73,13 +79,15 @@ def test_a_worker_stopped_warm_hands_back_the_notices_it_holds(
 
     stopped = time.monotonic()
     second = start_worker([SLOW], concurrency=2, name="next", republish_after=600)
-    for job_id in ids:
-        wait_status(job_id, "succeeded", timeout=30)
-    assert time.monotonic() - stopped < 30  # not the sweeper's 600 s re-publish
-    for job_id in ids[1:]:
-        assert starts(recorder, job_id) == 1
-        assert get_job(job_id).attempts == 1
-    second.stop()  # the workers of start_worker live for the session: no other test's queue
+    try:
+        for job_id in ids:
+            wait_status(job_id, "succeeded", timeout=40)
+        assert time.monotonic() - stopped < 60  # not the sweeper's 600 s re-publish
+        for job_id in ids[1:]:
+            assert starts(recorder, job_id) == 1
+            assert get_job(job_id).attempts == 1
+    finally:
+        second.stop()  # the workers of start_worker live for the session: no other test's queue
 
 
 def test_a_worker_killed_with_notices_in_hand_loses_no_job(
@@ -89,8 +97,10 @@ def test_a_worker_killed_with_notices_in_hand_loses_no_job(
     first.kill()  # the held notices are gone with it; the ledger still has their jobs queued
     assert waiting(redis_client) <= 1
     rescue = start_worker([SLOW], concurrency=2, name="rescue", republish_after=3)
-    for job_id in ids:
-        wait_status(job_id, "succeeded", timeout=40)
-    for job_id in ids[1:]:
-        assert starts(recorder, job_id) == 1  # sent again once, run once
-    rescue.stop()
+    try:
+        for job_id in ids:
+            wait_status(job_id, "succeeded", timeout=40)
+        for job_id in ids[1:]:
+            assert starts(recorder, job_id) == 1  # sent again once, run once
+    finally:
+        rescue.stop()
