@@ -232,7 +232,7 @@ def test_an_undecided_gate_escalates_to_directors_and_then_expires():
     """escalate_to=Deciders(groups=["directors"]) with expires_in: when the gate expires
     undecided it passes to the directors for as long again (audited), managers may no longer
     decide it; when that expires too, it expires for good."""
-    run = manager_gate("o-escalates", escalateAfter=2)
+    run = manager_gate("o-escalates", escalateAfter=6)  # each stage's window, on a busy machine
     manager, director = member("mgr", "managers"), member("director", "directors")
 
     def escalated() -> bool:
@@ -240,7 +240,7 @@ def test_an_undecided_gate_escalates_to_directors_and_then_expires():
             correlation_id=run.correlation_id, action="escalate"
         ).exists()
 
-    wait_for(escalated, timeout=15, message="the gate never escalated")
+    wait_for(escalated, timeout=20, message="the gate never escalated")
     (entry,) = AuditEntry.objects.filter(correlation_id=run.correlation_id)
     assert (entry.actor, entry.detail["to"]) == ("system", "group directors")
     assert get_workflow(run.correlation_id).status == "waiting"
@@ -255,7 +255,7 @@ def test_an_undecided_gate_escalates_to_directors_and_then_expires():
 
     expired = wait_for(
         lambda: (r := get_workflow(run.correlation_id)).status == "completed" and r,
-        timeout=15,
+        timeout=20,
         message="the escalated gate never expired",
     )
     assert [a.action for a in sorted(expired.audit, key=lambda a: a.at)] == ["escalate", "expire"]

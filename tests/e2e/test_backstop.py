@@ -21,14 +21,14 @@ pytestmark = [pytest.mark.usefixtures("transactional_db")]
 
 
 #: the grace these tests give their own sweepers; the session's other workers keep the
-#: default 10 s, so for the 7 s after it was left open a run is these sweepers' alone
+#: default 10 s, so for the 8.5 s after it was left open a run is these sweepers' alone
 GRACE = {"WORKFLOWS_IDLE_RUN_GRACE": "1"}
 
 
 def left_open(correlation_id: str) -> None:
     """What a bug would leave: the run's row says running, with nothing of it pending."""
     WorkflowRun.objects.filter(correlation_id=correlation_id).update(
-        status="running", finished_at=None, started_at=utcnow() - timedelta(seconds=3)
+        status="running", finished_at=None, started_at=utcnow() - timedelta(seconds=1.5)
     )
 
 

@@ -167,7 +167,7 @@ def slow(ctx: JobContext[Recorder], job: Job[Any]) -> str:
 crash.queue_worker(
     "held",
     "Takes a few seconds; its worker is stopped or killed holding the next notices",
-    lifecycle=Lifecycle(visibility_timeout=3, max_attempts=3, retry=FAST_RETRY),
+    lifecycle=Lifecycle(visibility_timeout=10, max_attempts=3, retry=FAST_RETRY),
 )(slow)
 
 
