@@ -22,7 +22,7 @@ def test_waiting_jobs_run_highest_priority_first(start_worker, redis_client):
     for priority in (1, 9, None, 5):  # they wait: no worker consumes the queue yet
         prio.enqueue("ordered", {"label": priority}, priority=priority)
     worker = start_worker(["prio.ordered"], concurrency=1, name="prio")
-    wait_for(lambda: redis_client.llen("prio:order") == 4, timeout=20)
+    wait_for(lambda: redis_client.llen("prio:order") == 4, timeout=45)  # a boot under load
     order = [json.loads(x) for x in redis_client.lrange("prio:order", 0, -1)]
     assert order == [9, 5, 1, None]  # no priority counts as the lowest
     worker.stop()
@@ -35,7 +35,7 @@ def test_waiting_django_tasks_run_highest_priority_first(start_worker, redis_cli
     for priority in (50, -100, 100, 0):  # the Tasks API's range: -100 to 100, higher first
         ranked.using(priority=priority).enqueue(priority)
     worker = start_worker(["tasks.ranked"], concurrency=1, name="ranked")
-    wait_for(lambda: redis_client.llen("ranked:order") == 4, timeout=20)
+    wait_for(lambda: redis_client.llen("ranked:order") == 4, timeout=45)
     assert [int(x) for x in redis_client.lrange("ranked:order", 0, -1)] == [100, 50, 0, -100]
     worker.stop()
 

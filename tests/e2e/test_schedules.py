@@ -136,7 +136,7 @@ def test_forbid_holds_over_many_firings_and_a_beat_restart_until_the_started_run
         # clock moved hours past its steps' leases)
         assert get_workflow(first).status in ("running", "compensating")
         cancel_workflow(first, actor="ops")
-        wait_for(lambda: get_workflow(first).status in ("cancelled", "compensated"))
+        wait_for(lambda: get_workflow(first).status in ("cancelled", "compensated"), timeout=30)
         clock.advance(timedelta(hours=1))
         assert firing(5)[-1] == "started"
         clock.advance(timedelta(hours=1))
