@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,28 @@ def worker_env(django_db_setup: None, django_db_blocker: object) -> dict[str, st
     return {"DATABASE_URL": url, "CELERY_BROKER_URL": BROKER_URL, "TEST_REDIS_URL": REDIS_URL}
 
 
+_STARTED_IN_THIS_MODULE: list[WorkerProcess] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_this_modules_workers() -> Iterator[None]:
+    """The workers a module's tests start stop when the module ends (the session's own workers
+    stay). Each idle worker sweeps every 0.2 s; kept to the end, the workers of earlier modules
+    took a core of a two-core machine and starved the timing of later modules' tests."""
+    yield
+    stopping, _STARTED_IN_THIS_MODULE[:] = list(_STARTED_IN_THIS_MODULE), []
+    stop_all(stopping)
+
+
+def stop_all(workers: list[WorkerProcess], timeout: float = 5.0) -> None:
+    """Warm shutdown for all at once (each hands back what it holds); SIGKILL after ``timeout``."""
+    for worker in workers:
+        worker.terminate()
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        worker.stop(timeout=max(0.1, deadline - time.monotonic()))
+
+
 @pytest.fixture(scope="session")
 def start_worker(
     worker_env: dict[str, str], redis_client: redis.Redis, django_db_blocker: object
@@ -137,7 +160,9 @@ def start_worker(
         continuations: int | None = None,
         log_format: str | None = None,
         extra_env: dict[str, str] | None = None,
+        for_session: bool = False,
     ) -> WorkerProcess:
+        """Start a worker; it stops when the module that started it ends, unless ``for_session``."""
         env = {**worker_env, **(extra_env or {})}
         if log_format is not None:
             env["WORKFLOWS_LOG_FORMAT"] = log_format
@@ -154,6 +179,10 @@ def start_worker(
             log_path=str(LOG_DIR / f"{name}{len(started)}.log"),
         ).start()
         started.append(worker)
+        # a test's timeouts count from a consuming worker, not from a boot slowed by a busy machine
+        worker.wait_ready(timeout=90)
+        if not for_session:
+            _STARTED_IN_THIS_MODULE.append(worker)
         return worker
 
     yield start
@@ -190,9 +219,8 @@ def session_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     """One worker (2 prefork children) consuming every queue of the ``t`` service."""
     from tests.proj.workflows import t
 
-    return start_worker(
-        [w.qualified_name for w in t.queues.values()], concurrency=2, name="session"
-    )
+    queues = [w.qualified_name for w in t.queues.values()]
+    return start_worker(queues, concurrency=2, name="session", for_session=True)
 
 
 @pytest.fixture(scope="session")
@@ -201,8 +229,10 @@ def shop_workers(start_worker: Callable[..., WorkerProcess]) -> tuple[WorkerProc
     from celery_workflows.celery_integration import EVENTS_QUEUE
     from tests.proj.flows import MAIN_QUEUES
 
-    main = start_worker([*MAIN_QUEUES, EVENTS_QUEUE], concurrency=2, name="shop")
-    backorders = start_worker(["shop.notifyBackorder"], concurrency=1, name="backorders")
+    main = start_worker([*MAIN_QUEUES, EVENTS_QUEUE], concurrency=2, name="shop", for_session=True)
+    backorders = start_worker(
+        ["shop.notifyBackorder"], concurrency=1, name="backorders", for_session=True
+    )
     return main, backorders
 
 

@@ -114,13 +114,18 @@ class WorkerProcess:
             self._log.close()
             self._log = None
 
+    def terminate(self) -> None:
+        """Ask for a warm shutdown (SIGTERM) without waiting; :meth:`stop` waits for it."""
+        if self.alive():
+            os.killpg(self.pid, signal.SIGTERM)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Warm shutdown (SIGTERM); SIGKILL if it takes longer than ``timeout``."""
         if not self.alive():
             self._close_log()
             return
         assert self.process is not None
-        os.killpg(self.pid, signal.SIGTERM)
+        self.terminate()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
