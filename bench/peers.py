@@ -11,11 +11,14 @@ worker and two jobs at a time:
 - ``django_tasks_db``: a standard Django Task on django-tasks' database backend, run by two
   ``manage.py db_worker`` processes (one task at a time each; polling every 50 ms when idle);
 - ``toolkit_tasks``: the same Django Task on the toolkit's Tasks backend
-  (``celery_workflows.contrib.tasks``), run by the toolkit's worker.
+  (``celery_workflows.contrib.tasks``), run by the toolkit's worker;
+- ``dbos`` (``workflow4`` only): a DBOS workflow of four steps on a DBOS queue, run by one
+  DBOS process taking two workflows at a time (``bench/peer_dbos.py``).
 
 Scenarios: ``jobs`` and ``jobs_io5ms`` (N jobs enqueued one by one, as in ``make bench``) and
 ``workflow4`` (W four-step workflows enqueued at once; procrastinate: each task defers the
-next). Rounds alternate between the sides; medians are compared. Each scenario ends with one
+next; DBOS: one workflow whose four steps are checkpointed). Rounds alternate between the
+sides; medians are compared. Each scenario ends with one
 line ``BENCH peers_<scenario> toolkit=.. celery=.. ratio=.. procrastinate=.. ...`` with
 ``peer_ratio`` (the toolkit against the fastest durable peer) and, on the jobs lines,
 ``tasks_ratio`` (the toolkit's Tasks backend against django-tasks' database backend). The
@@ -51,7 +54,7 @@ from bench.run import (  # noqa: E402
 )
 
 JOB_SIDES = ("celery", "toolkit", "procrastinate", "django_tasks_db", "toolkit_tasks")
-WORKFLOW_SIDES = ("celery", "toolkit", "procrastinate")
+WORKFLOW_SIDES = ("celery", "toolkit", "procrastinate", "dbos")
 
 
 def prepare_peers() -> None:
@@ -77,6 +80,9 @@ def clear_peers() -> None:
         cursor.execute(
             f"TRUNCATE procrastinate_jobs, {DBTaskResult._meta.db_table} RESTART IDENTITY CASCADE"
         )
+        cursor.execute("SELECT to_regclass('dbos.workflow_status')")
+        if cursor.fetchone()[0] is not None:  # DBOS's worker makes its schema when it starts
+            cursor.execute("TRUNCATE dbos.workflow_status CASCADE")
 
 
 def procrastinate_jobs(n: int, io_ms: float) -> float:
@@ -126,8 +132,35 @@ def procrastinate_workflows(w: int, sample_every: int = 10) -> tuple[float, list
     return rate, [float(x) for x in counter.lrange(hops, 0, -1)]
 
 
+def dbos_workflows(w: int, sample_every: int = 10) -> tuple[float, list[float]]:
+    from bench.peer_dbos import client, enqueue
+    from bench.work import STEPS, counter
+
+    key, hops = f"bench:{uuid.uuid4().hex}", f"hops:{uuid.uuid4().hex}"
+    producer = client()
+    try:
+        start = time.perf_counter()
+        for i in range(w):
+            payload = {
+                "counter": key,
+                "hops": hops,
+                "sample": i % sample_every == 0,
+                "t": time.time(),
+            }
+            enqueue(producer, payload)
+        wait_counter(key, w)
+        rate = w * STEPS / (time.perf_counter() - start)
+    finally:
+        producer.destroy()
+    return rate, [float(x) for x in counter.lrange(hops, 0, -1)]
+
+
 def workflow_side(side: str, w: int) -> tuple[float, list[float]]:
-    return procrastinate_workflows(w) if side == "procrastinate" else workflows(side, w)
+    if side == "procrastinate":
+        return procrastinate_workflows(w)
+    if side == "dbos":
+        return dbos_workflows(w)
+    return workflows(side, w)
 
 
 def machine_ms(run: Callable[[], float], n: int, spent: dict[str, float], side: str) -> float:
@@ -141,7 +174,7 @@ def machine_ms(run: Callable[[], float], n: int, spent: dict[str, float], side: 
 
 
 def line(name: str, medians: dict[str, float], extra: str) -> str:
-    peers = max(medians.get("procrastinate", 0.0), medians.get("django_tasks_db", 0.0))
+    peers = max(medians.get(side, 0.0) for side in ("procrastinate", "django_tasks_db", "dbos"))
     fields = " ".join(
         f"{side}={rate:.0f}" for side, rate in medians.items() if side not in ("toolkit", "celery")
     )
@@ -228,8 +261,9 @@ def start_workers() -> list[object]:
             env={**env, "DJANGO_SETTINGS_MODULE": "bench.plain_settings"},
         ).start(),
     ]
-    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "BENCH_DBOS_WORKERS": str(WORKERS)}
     commands = [
+        [sys.executable, "-m", "bench.peer_dbos"],
         [
             sys.executable,
             "-m",
