@@ -59,6 +59,7 @@ def test_the_guides_workflow_runs_the_unchanged_tasks_step_by_step(guide, worker
         log_path=str(directory / "worker.log"),
     ).start()
     try:
+        worker.wait_ready(timeout=90)  # the timeouts below count from a consuming worker
         correlation_id = module.place_order("o-guide", "book", 12.5)
         run = wait_for(
             lambda: (r := get_workflow(correlation_id)).status == "completed" and r,

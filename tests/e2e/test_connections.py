@@ -145,6 +145,7 @@ def test_workflows_run_behind_pgbouncer_in_transaction_mode_and_survive_its_rest
         log_path=str(Path(tempfile.gettempdir()) / "cw-pgbouncer-worker.log"),
     ).start()
     try:
+        worker.wait_ready(timeout=90)  # the timeouts below count from a consuming worker
         first = shop.emit("orderPlaced", {"orderId": "pgb-1"})
         wait_for(lambda: get_workflow("pgb-1").status == "completed", timeout=30)
         # drop every server and client connection PgBouncer holds, as a pooler restart would

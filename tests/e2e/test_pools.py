@@ -32,6 +32,7 @@ def test_an_overrunning_handler_is_taken_over_and_its_late_result_rejected(
         log_path=str(log),
     ).start()
     try:
+        worker.wait_ready(timeout=90)  # the timeouts below count from a consuming worker
         job = crash.enqueue("overrun", {"seconds": 4})
         wait_status(job.job_id, "succeeded", timeout=20)
         assert [a["outcome"] for a in get_job(job.job_id).attempt_log] == [
