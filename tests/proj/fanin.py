@@ -64,6 +64,7 @@ def barrier(ctx: JobContext[Recorder], job: Job[Any]) -> None:
                   compensate_with="refund")  # fmt: skip
 def charge(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
     order = job.payload["order"]
+    ctx.resources.redis.set(f"fan:charging:{order}", job.id, ex=60)
     if job.payload.get("stallOnce") and job.attempt == 1:
         ctx.resources.redis.set(f"fan:stalled:{order}", job.id)
         time.sleep(60)
@@ -75,6 +76,11 @@ def charge(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
 @fan.queue_worker("reserve", "Reserve the stock", result_event="fanReserved", lifecycle=SHORT)
 def reserve(ctx: JobContext[Recorder], job: Job[Any]) -> dict[str, Any]:
     if job.payload.get("reserveFails"):
+        # fail once the charge has started, so it has something to undo (a charge still queued
+        # when its run stops is cancelled, not undone - and the run ends dead-lettered)
+        key, until = f"fan:charging:{job.payload['order']}", time.monotonic() + 10
+        while not ctx.resources.redis.exists(key) and time.monotonic() < until:
+            time.sleep(0.01)
         raise NonRetryableError("out of stock")
     if job.payload.get("barrier"):
         barrier(ctx, job)
