@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 SQLITE_TEST_DB ?= /tmp/celery-workflows-test.sqlite3
 
-#: how many of the suites run side by side: each keeps a dozen idle session workers whose
-#: sweepers poll every 0.2 s, so on 2 cores more than two at once starve the timing-sensitive tests
+#: how many of the suites run side by side: each mostly waits on its workers (whose sweepers
+#: poll every 0.2 s); on 2 cores more than two at once starve the timing-sensitive tests
 TEST_JOBS ?= 2
 #: the suite that runs once per database; tests/acceptance (a fresh install) runs once
 SUITE ?= tests/unit tests/integration tests/e2e
