@@ -348,7 +348,15 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
             "gate_payload": preview(
                 (status.waiting_for or {}).get("payload") if see.gate_payload else None
             ),
-            "gate_opened": parse_datetime(str((status.waiting_for or {}).get("opened_at", ""))),
+            # the gate's times as datetimes, shown like every other time of the page
+            **{
+                f"gate_{name}": parse_datetime(str((status.waiting_for or {}).get(key) or ""))
+                for name, key in (
+                    ("opened", "opened_at"),
+                    ("expires", "expires_at"),
+                    ("escalated", "escalated_at"),
+                )
+            },
             "can_decide": (
                 request.user.has_perm("celery_workflows.decide_workflowrun")
                 and may_decide(status.waiting_for or {}, request.user)

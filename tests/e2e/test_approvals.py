@@ -246,12 +246,16 @@ def test_an_undecided_gate_escalates_to_directors_and_then_expires():
     assert get_workflow(run.correlation_id).status == "waiting"
     with pytest.raises(DecisionNotAllowedError, match="decided by group directors"):
         decide(run.correlation_id, approve=True, user=manager)
-    assert (
-        "cw-approve"
-        in logged_in(director)
+    page = (
+        logged_in(director)
         .get(f"/admin/celery_workflows/workflowrun/{run.correlation_id}/change/")
         .content.decode()
     )
+    assert "cw-approve" in page
+    # the escalation's time reads like the page's other times, not as a stored ISO string
+    gate = get_workflow(run.correlation_id).waiting_for
+    assert "(escalated " in page
+    assert gate["escalated_at"] not in page and gate["expires_at"] not in page
 
     expired = wait_for(
         lambda: (r := get_workflow(run.correlation_id)).status == "completed" and r,
