@@ -179,10 +179,10 @@ def start_worker(
             log_path=str(LOG_DIR / f"{name}{len(started)}.log"),
         ).start()
         started.append(worker)
-        # a test's timeouts count from a consuming worker, not from a boot slowed by a busy machine
-        worker.wait_ready(timeout=90)
         if not for_session:
             _STARTED_IN_THIS_MODULE.append(worker)
+        # a test's timeouts count from a consuming worker, not from a boot slowed by a busy machine
+        worker.wait_ready(timeout=90)
         return worker
 
     yield start
