@@ -118,41 +118,35 @@ def job_side(side: str, n: int, io_ms: float) -> float:
     return tasks_jobs(n, io_ms, "db" if side == "django_tasks_db" else "default")
 
 
-def procrastinate_workflows(w: int, sample_every: int = 10) -> tuple[float, list[float]]:
-    from bench.peer_procrastinate import procrastinate_wf
+def peer_workflows(
+    w: int, start_one: Callable[[dict[str, object]], object], sample_every: int = 10
+) -> tuple[float, list[float]]:
+    """W workflows started by ``start_one(payload)``, all at once; steps/s and sampled hops."""
     from bench.work import STEPS, counter
 
     key, hops = f"bench:{uuid.uuid4().hex}", f"hops:{uuid.uuid4().hex}"
     start = time.perf_counter()
     for i in range(w):
-        payload = {"counter": key, "hops": hops, "sample": i % sample_every == 0, "t": time.time()}
-        procrastinate_wf.defer(k=1, payload=payload)
+        start_one({"counter": key, "hops": hops, "sample": i % sample_every == 0, "t": time.time()})
     wait_counter(key, w)
     rate = w * STEPS / (time.perf_counter() - start)
     return rate, [float(x) for x in counter.lrange(hops, 0, -1)]
 
 
-def dbos_workflows(w: int, sample_every: int = 10) -> tuple[float, list[float]]:
-    from bench.peer_dbos import client, enqueue
-    from bench.work import STEPS, counter
+def procrastinate_workflows(w: int) -> tuple[float, list[float]]:
+    from bench.peer_procrastinate import procrastinate_wf
 
-    key, hops = f"bench:{uuid.uuid4().hex}", f"hops:{uuid.uuid4().hex}"
+    return peer_workflows(w, lambda payload: procrastinate_wf.defer(k=1, payload=payload))
+
+
+def dbos_workflows(w: int) -> tuple[float, list[float]]:
+    from bench.peer_dbos import client, enqueue
+
     producer = client()
     try:
-        start = time.perf_counter()
-        for i in range(w):
-            payload = {
-                "counter": key,
-                "hops": hops,
-                "sample": i % sample_every == 0,
-                "t": time.time(),
-            }
-            enqueue(producer, payload)
-        wait_counter(key, w)
-        rate = w * STEPS / (time.perf_counter() - start)
+        return peer_workflows(w, lambda payload: enqueue(producer, payload))
     finally:
         producer.destroy()
-    return rate, [float(x) for x in counter.lrange(hops, 0, -1)]
 
 
 def workflow_side(side: str, w: int) -> tuple[float, list[float]]:
