@@ -1,0 +1,45 @@
+"""How the ledger's hand-written SQL reaches the database (django_app/statements.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from django_app.statements import execute, native_sql
+from tests.helpers import postgres_only
+
+
+def test_placeholders_are_numbered_as_postgresql_numbers_its_own():
+    assert native_sql("SELECT %s, %s FROM t WHERE a = %s", "utf-8") == (
+        b"SELECT $1, $2 FROM t WHERE a = $3"
+    )
+
+
+def test_a_doubled_percent_sign_is_a_literal_one():
+    assert native_sql("SELECT 'a%%b' LIKE %s", "utf-8") == b"SELECT 'a%b' LIKE $1"
+
+
+def test_named_placeholders_are_refused_with_the_statement():
+    with pytest.raises(ValueError, match=r"only %s placeholders"):
+        native_sql("SELECT %(name)s", "utf-8")
+
+
+def test_the_same_statement_is_converted_once():
+    # the hot path runs the same outcome statement for every step
+    sql = "UPDATE t SET a = %s WHERE id = %s"
+    assert native_sql(sql, "utf-8") is native_sql(sql, "utf-8")
+
+
+@pytest.mark.usefixtures("transactional_db")
+def test_statements_run_with_their_parameters_and_literal_percent_signs():
+    rows = execute("SELECT %s || '%%', %s + 1", ["50", 41])
+    assert [tuple(r) for r in rows] == [("50%", 42)]
+
+
+@postgres_only("psycopg caches its own conversion only under 4 KB and 50 parameters")
+@pytest.mark.usefixtures("transactional_db")
+def test_on_postgresql_a_statement_longer_than_psycopgs_cache_limits_runs():
+    values = list(range(200))
+    sql = "SELECT " + " + ".join(["%s::int"] * len(values))
+    assert len(sql) > 1000
+    ((total,),) = execute(sql, values)
+    assert total == sum(values)
