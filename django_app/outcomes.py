@@ -19,6 +19,7 @@ of :mod:`.operations`, so no two writes of one run can deadlock.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
@@ -60,7 +61,7 @@ from .runcounters import (
     RunDelta,
     change_run,
     change_run_ended,
-    run_change,
+    run_change_sql,
     settled_status,
 )
 from .statements import (
@@ -175,12 +176,15 @@ def _changes(attempted: Attempted, outcome: Outcome) -> dict[str, Any]:
 
 
 def _fence(attempted: Attempted, now: datetime) -> tuple[str, list[Any]]:
-    sql = f"id = %s AND status = '{JobStatus.RUNNING}' AND lease_token = %s"
     params: list[Any] = [attempted.job_id, attempted.token]
     if attempted.held:
-        sql += " AND lease_expires_at > %s"
         params.append(dt(now))
-    return sql, params
+    return _fence_sql(attempted.held), params
+
+
+def _fence_sql(held: bool) -> str:
+    sql = f"id = %s AND status = '{JobStatus.RUNNING}' AND lease_token = %s"
+    return sql + " AND lease_expires_at > %s" if held else sql
 
 
 def _in_one_statement(
@@ -191,50 +195,31 @@ def _in_one_statement(
     in ONE statement. Every part selects from the job's UPDATE, so a refused write writes
     nothing; the run counts the jobs the statement really inserted (duplicates skipped)."""
     changes = _changes(attempted, outcome)
-    assignments = ", ".join(f"{column} = %s" for column in changes)
     fence, fence_params = _fence(attempted, now)
-    append = dialect().json_append("attempt_log")
+    final = outcome.status != JobStatus.QUEUED
+    sql = _one_statement_sql(
+        tuple(changes),
+        fence,
+        len(outbox.events),
+        len(outbox.jobs),
+        final,
+        outcome.status == JobStatus.DEAD,
+    )
     params: list[Any] = [
         attempted.correlation_id,
         *changes.values(),
         js(outcome.attempt.to_json()),
         *fence_params,
     ]
-    parts = [
-        f"WITH lock AS MATERIALIZED (SELECT ended_by, status FROM {RUN} "
-        "WHERE correlation_id = %s FOR UPDATE), "
-        f"done AS (UPDATE {JOB} SET {assignments}, attempt_log = {append} WHERE {fence} "
-        f"AND NOT EXISTS (SELECT 1 FROM lock WHERE {_STOPPING}) RETURNING 1)"
-    ]
-    for name, model, columns, rows in (
-        ("ev", EventRow, EVENT_COLUMNS, [event_values(e) for e in outbox.events]),
-        ("jb", Job, JOB_COLUMNS, [job_values(j, now) for j in outbox.jobs]),
-    ):
-        if not rows:
-            continue
-        row = cast_row(model, tuple(columns))
-        parts.append(
-            f", {name} AS (INSERT INTO {model._meta.db_table} ({', '.join(columns)}) "
-            f"SELECT * FROM (VALUES {', '.join([row] * len(rows))}) v ({', '.join(columns)}) "
-            "WHERE EXISTS (SELECT 1 FROM done) ON CONFLICT DO NOTHING RETURNING id)"
-        )
-        params += [r[c] for r in rows for c in columns]
-    final = outcome.status != JobStatus.QUEUED
-    inserted = "(SELECT count(*) FROM jb)" if outbox.jobs else "0"
-    settle = "NULL, NULL, NULL"
+    for event in outbox.events:
+        values = event_values(event)
+        params += [values[c] for c in EVENT_COLUMNS]
+    for job in outbox.jobs:
+        values = job_values(job, now)
+        params += [values[c] for c in JOB_COLUMNS]
     if final or outbox.jobs:
-        delta = RunDelta(
-            pending=f"{inserted} - {int(final)}", dead=int(outcome.status == JobStatus.DEAD)
-        )
-        run_sql, run_params = run_change(attempted.correlation_id, attempted.job_id, now, delta)
-        parts.append(
-            f", run AS ({run_sql} AND EXISTS (SELECT 1 FROM done) RETURNING {SETTLED_FIELDS})"
-        )
-        params += run_params
-        settle = ", ".join(f"(SELECT {f} FROM run)" for f in SETTLED_FIELDS.split(", "))
-    created = "(SELECT array_agg(id) FROM jb)" if outbox.jobs else "NULL"
-    parts.append(f" SELECT (SELECT count(*) FROM done), {created}, {settle}")
-    ((won, ids, *run_row),) = execute("".join(parts), params)
+        params += [dt(now), attempted.job_id, attempted.correlation_id]  # see run_change
+    ((won, ids, *run_row),) = execute(sql, params)
     if not won:
         return None
     created_ids = set(ids or ())
@@ -244,6 +229,47 @@ def _in_one_statement(
         settled,
         parent=run_row[2] if settled is not None else None,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _one_statement_sql(
+    columns: tuple[str, ...], fence: str, events: int, jobs: int, final: bool, dead: bool
+) -> str:
+    """The statement of :func:`_in_one_statement` for an outcome of this shape: the job
+    columns it sets, its fence, how many events and jobs it inserts, whether it ends the job
+    (``final``) and dead-letters it. Built once per shape: a worker's steps share a few."""
+    assignments = ", ".join(f"{column} = %s" for column in columns)
+    append = dialect().json_append("attempt_log")
+    parts = [
+        f"WITH lock AS MATERIALIZED (SELECT ended_by, status FROM {RUN} "
+        "WHERE correlation_id = %s FOR UPDATE), "
+        f"done AS (UPDATE {JOB} SET {assignments}, attempt_log = {append} WHERE {fence} "
+        f"AND NOT EXISTS (SELECT 1 FROM lock WHERE {_STOPPING}) RETURNING 1)"
+    ]
+    for name, model, names, rows in (
+        ("ev", EventRow, EVENT_COLUMNS, events),
+        ("jb", Job, JOB_COLUMNS, jobs),
+    ):
+        if not rows:
+            continue
+        row = cast_row(model, tuple(names))
+        parts.append(
+            f", {name} AS (INSERT INTO {model._meta.db_table} ({', '.join(names)}) "
+            f"SELECT * FROM (VALUES {', '.join([row] * rows)}) v ({', '.join(names)}) "
+            "WHERE EXISTS (SELECT 1 FROM done) ON CONFLICT DO NOTHING RETURNING id)"
+        )
+    inserted = "(SELECT count(*) FROM jb)" if jobs else "0"
+    settle = "NULL, NULL, NULL"
+    if final or jobs:
+        delta = RunDelta(pending=f"{inserted} - {int(final)}", dead=int(dead))
+        parts.append(
+            f", run AS ({run_change_sql(delta)} AND EXISTS (SELECT 1 FROM done) "
+            f"RETURNING {SETTLED_FIELDS})"
+        )
+        settle = ", ".join(f"(SELECT {f} FROM run)" for f in SETTLED_FIELDS.split(", "))
+    created = "(SELECT array_agg(id) FROM jb)" if jobs else "NULL"
+    parts.append(f" SELECT (SELECT count(*) FROM done), {created}, {settle}")
+    return "".join(parts)
 
 
 def _written_before(attempted: Attempted, outcome: Outcome, outbox: Outbox) -> Recorded | None:

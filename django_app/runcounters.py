@@ -9,6 +9,7 @@ run take turns, so exactly one write sees the count reach zero.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,6 +44,13 @@ def run_change(
 ) -> tuple[str, list[Any]]:
     """``UPDATE`` of a run's counters by ``delta`` (by the write that moves job ``job_id``),
     settling the run in the same statement when nothing of it is pending any more."""
+    return run_change_sql(delta), [dt(now), job_id, correlation_id]
+
+
+@functools.lru_cache(maxsize=64)
+def run_change_sql(delta: RunDelta) -> str:
+    """:func:`run_change`'s statement; its parameters: the time, the job, the run. Built once
+    per delta (a worker's forward steps all use the same few)."""
     p, comp = _sql(delta.pending), _sql(delta.compensation)
     added = {
         "failed_compensations": f"failed_compensations + {_sql(delta.failed_compensation)} > 0",
@@ -64,7 +72,7 @@ def run_change(
         else "status"
     )
     # the settling assignments come first: MySQL evaluates SET left to right with new values
-    sql = (
+    return (
         f"UPDATE {RUN} SET status = CASE WHEN {settles} THEN {final} ELSE {otherwise} END, "
         f"finished_at = CASE WHEN {settles} THEN %s ELSE finished_at END, "
         f"last_job_id = CASE WHEN {settles} THEN %s ELSE last_job_id END, "
@@ -75,7 +83,6 @@ def run_change(
         f"failed_compensations = failed_compensations + {_sql(delta.failed_compensation)} "
         "WHERE correlation_id = %s"
     )
-    return sql, [dt(now), job_id, correlation_id]
 
 
 #: what a run's change returns: enough to tell whether it settled, and whose child it is
