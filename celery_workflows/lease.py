@@ -39,7 +39,14 @@ _HOST = socket.gethostname()
 
 def worker_name() -> str:
     """``host:pid`` of this process, recorded on every attempt."""
-    return worker_name_of(os.getpid())
+    pid = os.getpid()
+    if _NAME[0] != pid:  # first call, or a forked child's first
+        _NAME[:] = [pid, worker_name_of(pid)]
+    return str(_NAME[1])
+
+
+#: this process's pid and name (a pool process is a fork: it has its own pid)
+_NAME: list[int | str] = [0, ""]
 
 
 def worker_name_of(pid: int) -> str:

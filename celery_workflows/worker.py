@@ -262,12 +262,25 @@ def _is_emitted(callback: object) -> bool:
 class Attempt:
     """One claimed attempt: run the handler, then record exactly one outcome under the lease."""
 
-    def __init__(self, spec: QueueSpec, claimed: ClaimedJob, store: Store, depth: int = 0) -> None:
+    def __init__(
+        self,
+        spec: QueueSpec,
+        claimed: ClaimedJob,
+        store: Store,
+        depth: int = 0,
+        limit: int | None = None,
+    ) -> None:
         self.spec = spec
         self.claimed = claimed
         self.store = store
         #: how many steps ran in this process in a row before this one (local continuations)
         self.depth = depth
+        #: how many may (``workflows_local_continuations`` of the app whose task runs them;
+        #: read once per task, not per step)
+        if limit is None:
+            assert spec.task is not None
+            limit = max_continuations(spec.task.app.conf)
+        self.limit = limit
         #: events the handler emitted whose enclosing transaction (if any) committed
         self.emitted: list[Event] = []
         #: the approval gate the handler asked for (opened with a successful outcome)
@@ -495,8 +508,7 @@ class Attempt:
         """Write the outcome (inside an atomic step's transaction when ``atomic``)."""
         outcome, outbox = judged
         c = self.claimed
-        assert self.spec.task is not None
-        limit = max_continuations(self.spec.task.app.conf)
+        limit = self.limit
         outbox, leased = lease_one(outbox, self.depth, limit, control.paused_queues(self.store))
         undo = undo_planner(self.spec.service)
         try:
@@ -554,7 +566,9 @@ class Attempt:
         )
         if hand_over:
             held = holding.take(self.store, self.spec)
-            return None if held is None else Attempt(self.spec, held, self.store, self.depth + 1)
+            if held is None:
+                return None
+            return Attempt(self.spec, held, self.store, self.depth + 1, limit)
         if leased is None or leased.id not in {j.id for j in recorded.created}:
             return None
         return Attempt(
@@ -562,6 +576,7 @@ class Attempt:
             claimed(leased, c.business_key),
             self.store,
             self.depth + 1,
+            limit,
         )
 
     def _record_outcome(
