@@ -215,12 +215,21 @@ def _cursor() -> Iterator[tuple[Any, Run]]:
     raw = db.connection
     prepare = _prepare(raw)
     encoding = raw.info.encoding
-    with db.wrap_database_errors, psycopg.RawCursor(raw) as cursor:
+    raw_cursor = getattr(psycopg, "RawCursor", None)
+    if raw_cursor is None:  # psycopg < 3.2 (Django accepts 3.1.8): it converts %s itself
+        with db.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+
+            def run_converted(sql: str, params: Sequence[Any]) -> None:
+                cursor.execute(sql, params, prepare=prepare)
+
+            yield cursor, run_converted
+        return
+    with db.wrap_database_errors, raw_cursor(raw) as raw_cur:
 
         def run(sql: str, params: Sequence[Any]) -> None:
-            cursor.execute(native_sql(sql, encoding), params, prepare=prepare)
+            raw_cur.execute(native_sql(sql, encoding), params, prepare=prepare)
 
-        yield cursor, run
+        yield raw_cur, run
 
 
 def _prepare(raw: Any) -> bool:

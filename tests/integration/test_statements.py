@@ -43,3 +43,14 @@ def test_on_postgresql_a_statement_longer_than_psycopgs_cache_limits_runs():
     assert len(sql) > 1000
     ((total,),) = execute(sql, values)
     assert total == sum(values)
+
+
+@postgres_only("the fallback is psycopg's own conversion")
+@pytest.mark.usefixtures("transactional_db")
+def test_with_psycopg_before_3_2_statements_run_through_its_own_conversion(monkeypatch):
+    # Django accepts psycopg 3.1.8, which has no RawCursor
+    import psycopg
+
+    monkeypatch.delattr(psycopg, "RawCursor")
+    rows = execute("SELECT %s || '%%', %s + 1", ["50", 41])
+    assert [tuple(r) for r in rows] == [("50%", 42)]
