@@ -241,9 +241,11 @@ def _prepare(raw: Any) -> bool:
 
 
 _PERCENT = re.compile("%(.?)", re.DOTALL)
+#: statements longer than this are converted on each call, not kept: a multi-row INSERT of
+#: ``enqueue_many()`` can be megabytes long and is rarely run twice with the same row count
+CACHED_SQL_LENGTH = 32_768
 
 
-@functools.lru_cache(maxsize=1024)
 def native_sql(sql: str, encoding: str) -> bytes:
     """``sql`` with its ``%s`` placeholders numbered as PostgreSQL's own ``$1, $2, ...`` (and
     ``%%`` as ``%``), encoded for the connection.
@@ -251,9 +253,15 @@ def native_sql(sql: str, encoding: str) -> bytes:
     psycopg converts ``%s`` itself on every call, with a Python loop over the statement's
     parts, and caches the result only for statements under 4 KB and 50 parameters - which the
     outcome statement (the hot path: the outcome, its events and jobs, the run's counters)
-    exceeds: the conversion was ~10 % of a worker's Python per step. Converted once here; the
-    same bytes object each time also lets psycopg's prepared-statement cache find it by a
-    hash computed once."""
+    exceeds: the conversion was ~10 % of a worker's Python per step. Converted once here (for
+    statements up to :data:`CACHED_SQL_LENGTH`); the same bytes object each time also lets
+    psycopg's prepared-statement cache find it by a hash computed once."""
+    if len(sql) > CACHED_SQL_LENGTH:
+        return _converted(sql, encoding)
+    return _cached(sql, encoding)
+
+
+def _converted(sql: str, encoding: str) -> bytes:
     out: list[str] = []
     count, last = 0, 0
     for match in _PERCENT.finditer(sql):
@@ -265,10 +273,15 @@ def native_sql(sql: str, encoding: str) -> bytes:
         elif mark == "%":
             out.append("%")
         else:
-            raise ValueError(f"only %s placeholders are supported in the ledger's SQL: {sql!r}")
+            raise ValueError(
+                f"only %s placeholders are supported in the ledger's SQL: {sql[:300]!r}"
+            )
         last = match.end()
     out.append(sql[last:])
     return "".join(out).encode(encoding)
+
+
+_cached = functools.lru_cache(maxsize=512)(_converted)
 
 
 def insert_rows(

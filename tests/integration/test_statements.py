@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from django_app.statements import execute, native_sql
+from django_app.statements import CACHED_SQL_LENGTH, execute, native_sql
 from tests.helpers import postgres_only
 
 
@@ -54,3 +54,13 @@ def test_with_psycopg_before_3_2_statements_run_through_its_own_conversion(monke
     monkeypatch.delattr(psycopg, "RawCursor")
     rows = execute("SELECT %s || '%%', %s + 1", ["50", 41])
     assert [tuple(r) for r in rows] == [("50%", 42)]
+
+
+def test_a_very_long_statement_is_converted_but_not_kept():
+    # enqueue_many() writes thousands of rows in one INSERT: keeping such texts would hold
+    # megabytes per distinct row count
+    long_sql = "SELECT " + ", ".join(["%s"] * 20_000)
+    assert len(long_sql) > CACHED_SQL_LENGTH
+    first = native_sql(long_sql, "utf-8")
+    assert first.startswith(b"SELECT $1, $2") and first.endswith(b"$20000")
+    assert native_sql(long_sql, "utf-8") is not first
