@@ -197,7 +197,7 @@ def _in_one_statement(
     changes = _changes(attempted, outcome)
     fence, fence_params = _fence(attempted, now)
     final = outcome.status != JobStatus.QUEUED
-    sql = _one_statement_sql(
+    shape = (
         tuple(changes),
         fence,
         len(outbox.events),
@@ -205,6 +205,10 @@ def _in_one_statement(
         final,
         outcome.status == JobStatus.DEAD,
     )
+    # a step's few events and jobs: a shape seen again and again; a large fan-out's statement
+    # is built each time (kept, hundreds of them would hold megabytes)
+    small = len(outbox.events) + len(outbox.jobs) <= _KEPT_ROWS
+    sql = _kept_statement(*shape) if small else _one_statement_sql(*shape)
     params: list[Any] = [
         attempted.correlation_id,
         *changes.values(),
@@ -231,13 +235,12 @@ def _in_one_statement(
     )
 
 
-@functools.lru_cache(maxsize=256)
 def _one_statement_sql(
     columns: tuple[str, ...], fence: str, events: int, jobs: int, final: bool, dead: bool
 ) -> str:
     """The statement of :func:`_in_one_statement` for an outcome of this shape: the job
     columns it sets, its fence, how many events and jobs it inserts, whether it ends the job
-    (``final``) and dead-letters it. Built once per shape: a worker's steps share a few."""
+    (``final``) and dead-letters it."""
     assignments = ", ".join(f"{column} = %s" for column in columns)
     append = dialect().json_append("attempt_log")
     parts = [
@@ -270,6 +273,12 @@ def _one_statement_sql(
     created = "(SELECT array_agg(id) FROM jb)" if jobs else "NULL"
     parts.append(f" SELECT (SELECT count(*) FROM done), {created}, {settle}")
     return "".join(parts)
+
+
+#: outcome statements with up to this many inserted rows (events and jobs) are built once per
+#: shape and kept
+_KEPT_ROWS = 16
+_kept_statement = functools.lru_cache(maxsize=256)(_one_statement_sql)
 
 
 def _written_before(attempted: Attempted, outcome: Outcome, outbox: Outbox) -> Recorded | None:
