@@ -44,7 +44,7 @@ from .errors import (
 from .events import announce, check_emits, new_event, plan, publish_created
 from .gathers import with_branches
 from .intake import notice_problem, stored_body
-from .lease import LeaseAlarm, new_lease_token, worker_name
+from .lease import LeaseAlarm, alarm_scope, new_lease_token, worker_name
 from .lifecycle import after_failure
 from .limits import Held
 from .logs import LogContext, attempt_context
@@ -112,8 +112,9 @@ def run(spec: QueueSpec, store: Store, job_id: str, attempt: int) -> None:
         holding.on_held(spec, job_id, attempt, claimed)
     elif claimed is not None:
         attempt_: Attempt | None = Attempt(spec, claimed, store)
-        while attempt_ is not None:  # local continuations: the next steps, run right here
-            attempt_ = attempt_.run()
+        with alarm_scope():
+            while attempt_ is not None:  # local continuations: the next steps, run right here
+                attempt_ = attempt_.run()
     elif control.is_paused(spec.qualified_name, store, refresh=True):
         # the claim refuses jobs of a paused queue: the job waits in the ledger and is
         # published again when the queue is resumed

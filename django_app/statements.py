@@ -11,10 +11,10 @@ chosen from the connection's vendor; no other module branches on the vendor.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import re
 import sqlite3
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -166,70 +166,75 @@ def _dialect_of(db: BaseDatabaseWrapper) -> Dialect:
 
 def execute(sql: str, params: Sequence[Any]) -> Any:
     """Run one statement; return the cursor's rows (empty when it returns none)."""
-    with _cursor() as (cursor, run):
-        run(sql, params)
-        return cursor.fetchall() if _returns_rows(cursor) else []
-
-
-def _returns_rows(cursor: Any) -> bool:
-    """Whether the statement just run returned rows (possibly none). psycopg's ``pgresult``
-    says so without building ``description`` (a column object per column, on every call)."""
-    result = getattr(cursor, "pgresult", None)
-    if result is not None:
-        return bool(result.nfields)
-    return cursor.description is not None
+    return _run(sql, params, _rows)
 
 
 def update(sql: str, params: Sequence[Any]) -> int:
     """Run one UPDATE; return how many rows it changed."""
-    with _cursor() as (cursor, run):
-        run(sql, params)
-        return int(cursor.rowcount)
+    return int(_run(sql, params, _rowcount))
 
 
-#: runs one statement on a cursor: ``run(sql, params)`` with ``%s`` placeholders
-Run = Callable[[str, Sequence[Any]], Any]
+def _rows(cursor: Any) -> Any:
+    """The rows the statement just run returned (none when it returns no rows). psycopg's
+    ``pgresult`` says whether it does without building ``description`` (a column object per
+    column, on every call)."""
+    result = getattr(cursor, "pgresult", None)
+    returns = bool(result.nfields) if result is not None else cursor.description is not None
+    return cursor.fetchall() if returns else []
 
 
-@contextlib.contextmanager
-def _cursor() -> Iterator[tuple[Any, Run]]:
-    """A cursor for the ledger's statements, and how to run one on it.
+def _rowcount(cursor: Any) -> int:
+    return int(cursor.rowcount)
 
-    On PostgreSQL a raw psycopg cursor, given the statement with PostgreSQL's own ``$n``
-    placeholders (:func:`native_sql`), so that with prepared statements on each statement is
-    parsed and planned once per connection: that halves the database's CPU per job (planning
-    the outcome statement costs more than running it). Errors are Django's, as from any Django
-    cursor. Elsewhere Django's cursor.
 
-    The thread's connection is looked up once here: each attribute read through Django's
-    ``connection`` proxy is a thread-local lookup, and the hot path makes many.
-    """
+def _run(sql: str, params: Sequence[Any], read: Callable[[Any], T]) -> T:
+    """Run one of the ledger's statements and ``read`` its result from the cursor.
+
+    On PostgreSQL through the connection's :class:`_RawStatements` (errors are Django's, as
+    from any Django cursor); elsewhere through Django's cursor. The thread's connection is
+    looked up once here: each attribute read through Django's ``connection`` proxy is a
+    thread-local lookup, and the hot path makes many."""
     db = connections[DEFAULT_DB_ALIAS]
     if not _dialect_of(db).server_prepared:
-        with db.cursor() as django_cursor:
-            yield django_cursor, django_cursor.execute
-        return
-    import psycopg  # the PostgreSQL backend's driver (psycopg 3)
-
+        with db.cursor() as cursor:
+            cursor.execute(sql, params)
+            return read(cursor)
     db.ensure_connection()
     raw = db.connection
-    prepare = _prepare(raw)
-    encoding = raw.info.encoding
-    raw_cursor = getattr(psycopg, "RawCursor", None)
-    if raw_cursor is None:  # psycopg < 3.2 (Django accepts 3.1.8): it converts %s itself
-        with db.wrap_database_errors, psycopg.Cursor(raw) as cursor:
+    statements = _RAW.get(db)
+    if statements is None or statements.connection is not raw:  # first use, or reconnected
+        statements = _RAW[db] = _RawStatements(raw)
+    with db.wrap_database_errors:
+        return read(statements.run(sql, params))
 
-            def run_converted(sql: str, params: Sequence[Any]) -> None:
-                cursor.execute(sql, params, prepare=prepare)
 
-            yield cursor, run_converted
-        return
-    with db.wrap_database_errors, raw_cursor(raw) as raw_cur:
+class _RawStatements:
+    """How the ledger's statements run on one psycopg connection: on one cursor kept with it
+    (making a cursor per statement cost ~5 % of a worker's Python per step), and on
+    psycopg >= 3.2 a raw cursor given PostgreSQL's own ``$n`` placeholders
+    (:func:`native_sql`). With prepared statements on, each statement is parsed and planned
+    once per connection: that halves the database's CPU per job (planning the outcome
+    statement costs more than running it)."""
 
-        def run(sql: str, params: Sequence[Any]) -> None:
-            raw_cur.execute(native_sql(sql, encoding), params, prepare=prepare)
+    def __init__(self, connection: Any) -> None:
+        import psycopg  # the PostgreSQL backend's driver (psycopg 3)
 
-        yield raw_cur, run
+        self.connection = connection
+        self.prepare = _prepare(connection)
+        self.encoding = connection.info.encoding
+        raw_cursor = getattr(psycopg, "RawCursor", None)
+        # psycopg < 3.2 (Django accepts 3.1.8) has none: it converts %s itself
+        self.native = raw_cursor is not None
+        self.cursor = (raw_cursor or psycopg.Cursor)(connection)
+
+    def run(self, sql: str, params: Sequence[Any]) -> Any:
+        query = native_sql(sql, self.encoding) if self.native else sql
+        self.cursor.execute(query, params, prepare=self.prepare)
+        return self.cursor
+
+
+#: each Django connection's statements (Django keeps one connection object per thread)
+_RAW: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _RawStatements] = weakref.WeakKeyDictionary()
 
 
 def _prepare(raw: Any) -> bool:
