@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -65,6 +66,37 @@ CLAIM_FIELDS = [
     "coalesce_key",
     "gather_id",
 ]
+
+
+#: what a claim reads back: the job's fields, and its run's business key for the attempt's log
+#: lines (one index lookup)
+_CLAIM_RETURNS = ", ".join(
+    [
+        *CLAIM_FIELDS,
+        f"(SELECT r.business_key FROM {RUN} r WHERE r.correlation_id = {JOB}.correlation_id)",
+    ]
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_sql(slot_sql: str, relaxed: bool, returning: bool) -> str:
+    """The claim's statement (built once per form; ``slot_sql``: a limited queue's slot
+    conditions). The second branch matches only this claim's own token: running the same
+    claim again (its reply was lost with the connection) wins it again instead of losing the
+    job. ``relaxed``: committed without waiting for its WAL flush (PostgreSQL) - a claim lost
+    in a database crash only means the attempt's outcome is fenced and the job runs again;
+    outcomes are always durable."""
+    sql = (
+        f"UPDATE {JOB} SET status = '{JobStatus.RUNNING}', attempts = %s, lease_token = %s, "
+        "lease_expires_at = %s, worker = %s, started_at = %s "
+        f"WHERE id = %s AND ((status = '{JobStatus.QUEUED}' AND attempts = %s "
+        f"AND NOT EXISTS (SELECT 1 FROM {CONTROL} c WHERE c.queue = {JOB}.queue "
+        f"AND c.paused){slot_sql}) "
+        f"OR (status = '{JobStatus.RUNNING}' AND attempts = %s AND lease_token = %s))"
+    )
+    if relaxed:
+        sql = dialect().relaxed_commit(sql)
+    return f"{sql} RETURNING {_CLAIM_RETURNS}" if returning else sql
 
 
 class SqlLedger:
@@ -233,19 +265,6 @@ class SqlLedger:
     ) -> ClaimedJob | None:
         expires = now + timedelta(seconds=lease_seconds)
         slot_sql, slot_params = slots.slot_conditions(limits, queue, now) if limits else ("", [])
-        # the second branch matches only this claim's own token: running the same claim again
-        # (its reply was lost with the connection) wins it again instead of losing the job.
-        # The claim commits without waiting for its WAL flush (PostgreSQL): a claim lost in a
-        # database crash only means the attempt's outcome is fenced and the job runs again -
-        # outcomes are always durable
-        sql = (
-            f"UPDATE {JOB} SET status = '{JobStatus.RUNNING}', attempts = %s, lease_token = %s, "
-            "lease_expires_at = %s, worker = %s, started_at = %s "
-            f"WHERE id = %s AND ((status = '{JobStatus.QUEUED}' AND attempts = %s "
-            f"AND NOT EXISTS (SELECT 1 FROM {CONTROL} c WHERE c.queue = {JOB}.queue "
-            f"AND c.paused){slot_sql}) "
-            f"OR (status = '{JobStatus.RUNNING}' AND attempts = %s AND lease_token = %s))"
-        )
         params = [
             attempt,
             lease_token,
@@ -258,15 +277,12 @@ class SqlLedger:
             attempt,
             lease_token,
         ]
-        # the run's business key comes along for the attempt's log lines (one index lookup)
-        key = f"(SELECT r.business_key FROM {RUN} r WHERE r.correlation_id = {JOB}.correlation_id)"
-        fields = ", ".join([*CLAIM_FIELDS, key])
-        if not connection.in_atomic_block:
-            sql = dialect().relaxed_commit(sql)
-        if dialect().returning:
-            rows = execute(f"{sql} RETURNING {fields}", params)
+        d = dialect()
+        sql = _claim_sql(slot_sql, relaxed=not connection.in_atomic_block, returning=d.returning)
+        if d.returning:
+            rows = execute(sql, params)
         elif update(sql, params):
-            rows = execute(f"SELECT {fields} FROM {JOB} WHERE id = %s", [job_id])
+            rows = execute(f"SELECT {_CLAIM_RETURNS} FROM {JOB} WHERE id = %s", [job_id])
         else:
             rows = []
         if not rows:
