@@ -14,6 +14,7 @@ rejects whatever the overrunning handler writes afterwards.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -40,20 +41,17 @@ _HOST = socket.gethostname()
 
 
 def worker_name() -> str:
-    """``host:pid`` of this process, recorded on every attempt."""
-    pid = os.getpid()
-    if _NAME[0] != pid:  # first call, or a forked child's first
-        _NAME[:] = [pid, worker_name_of(pid)]
-    return str(_NAME[1])
-
-
-#: this process's pid and name (a pool process is a fork: it has its own pid)
-_NAME: list[int | str] = [0, ""]
+    """``host:pid`` of this process, recorded on every attempt (made once per pid: a pool
+    process is a fork, with a pid of its own)."""
+    return _name_of_pid(os.getpid())
 
 
 def worker_name_of(pid: int) -> str:
     """``host:pid`` of process ``pid`` of this host."""
     return f"{_HOST}:{pid}"
+
+
+_name_of_pid = functools.lru_cache(maxsize=1)(worker_name_of)
 
 
 def _in_greenlet() -> bool:
