@@ -45,6 +45,7 @@ from .statements import (
     JOB_COLUMNS,
     RUN,
     RUN_COLUMNS,
+    Dialect,
     batches,
     dialect,
     execute,
@@ -79,13 +80,13 @@ _CLAIM_RETURNS = ", ".join(
 
 
 @functools.lru_cache(maxsize=64)
-def _claim_sql(slot_sql: str, relaxed: bool, returning: bool) -> str:
-    """The claim's statement (built once per form; ``slot_sql``: a limited queue's slot
-    conditions). The second branch matches only this claim's own token: running the same
-    claim again (its reply was lost with the connection) wins it again instead of losing the
-    job. ``relaxed``: committed without waiting for its WAL flush (PostgreSQL) - a claim lost
-    in a database crash only means the attempt's outcome is fenced and the job runs again;
-    outcomes are always durable."""
+def _claim_sql(d: Dialect, slot_sql: str, relaxed: bool) -> str:
+    """The claim's statement in dialect ``d`` (built once per form; ``slot_sql``: a limited
+    queue's slot conditions). The second branch matches only this claim's own token: running
+    the same claim again (its reply was lost with the connection) wins it again instead of
+    losing the job. ``relaxed``: committed without waiting for its WAL flush (PostgreSQL) - a
+    claim lost in a database crash only means the attempt's outcome is fenced and the job runs
+    again; outcomes are always durable."""
     sql = (
         f"UPDATE {JOB} SET status = '{JobStatus.RUNNING}', attempts = %s, lease_token = %s, "
         "lease_expires_at = %s, worker = %s, started_at = %s "
@@ -95,8 +96,8 @@ def _claim_sql(slot_sql: str, relaxed: bool, returning: bool) -> str:
         f"OR (status = '{JobStatus.RUNNING}' AND attempts = %s AND lease_token = %s))"
     )
     if relaxed:
-        sql = dialect().relaxed_commit(sql)
-    return f"{sql} RETURNING {_CLAIM_RETURNS}" if returning else sql
+        sql = d.relaxed_commit(sql)
+    return f"{sql} RETURNING {_CLAIM_RETURNS}" if d.returning else sql
 
 
 class SqlLedger:
@@ -278,7 +279,7 @@ class SqlLedger:
             lease_token,
         ]
         d = dialect()
-        sql = _claim_sql(slot_sql, relaxed=not connection.in_atomic_block, returning=d.returning)
+        sql = _claim_sql(d, slot_sql, relaxed=not connection.in_atomic_block)
         if d.returning:
             rows = execute(sql, params)
         elif update(sql, params):

@@ -61,6 +61,7 @@ from .runcounters import (
     RunDelta,
     change_run,
     change_run_ended,
+    run_change_params,
     run_change_sql,
     settled_status,
 )
@@ -222,7 +223,7 @@ def _in_one_statement(
         values = job_values(job, now)
         params += [values[c] for c in JOB_COLUMNS]
     if final or outbox.jobs:
-        params += [dt(now), attempted.job_id, attempted.correlation_id]  # see run_change
+        params += run_change_params(attempted.correlation_id, attempted.job_id, now)
     ((won, ids, *run_row),) = execute(sql, params)
     if not won:
         return None

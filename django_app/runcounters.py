@@ -44,7 +44,12 @@ def run_change(
 ) -> tuple[str, list[Any]]:
     """``UPDATE`` of a run's counters by ``delta`` (by the write that moves job ``job_id``),
     settling the run in the same statement when nothing of it is pending any more."""
-    return run_change_sql(delta), [dt(now), job_id, correlation_id]
+    return run_change_sql(delta), run_change_params(correlation_id, job_id, now)
+
+
+def run_change_params(correlation_id: str, job_id: str, now: datetime) -> list[Any]:
+    """The parameters of :func:`run_change_sql`'s statement, whatever the delta."""
+    return [dt(now), job_id, correlation_id]
 
 
 @functools.lru_cache(maxsize=64)
