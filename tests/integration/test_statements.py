@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import weakref
 
+import pytest
+from django.db import connection
+
+from django_app import statements
 from django_app.statements import CACHED_SQL_LENGTH, execute, native_sql
 from tests.helpers import postgres_only
 
@@ -51,9 +55,22 @@ def test_with_psycopg_before_3_2_statements_run_through_its_own_conversion(monke
     # Django accepts psycopg 3.1.8, which has no RawCursor
     import psycopg
 
+    raw_cursor = psycopg.RawCursor
+    monkeypatch.setattr(statements, "_RAW", weakref.WeakKeyDictionary())  # none kept yet
     monkeypatch.delattr(psycopg, "RawCursor")
     rows = execute("SELECT %s || '%%', %s + 1", ["50", 41])
     assert [tuple(r) for r in rows] == [("50%", 42)]
+    (kept,) = statements._RAW.values()
+    assert not kept.native and not isinstance(kept.cursor, raw_cursor)
+
+
+@postgres_only("the kept cursor is PostgreSQL's")
+@pytest.mark.usefixtures("transactional_db")
+def test_after_a_reconnect_statements_run_on_the_new_connection():
+    # the cursor is kept with its connection: a closed one's must not be used again
+    assert [tuple(r) for r in execute("SELECT %s", [1])] == [(1,)]
+    connection.close()
+    assert [tuple(r) for r in execute("SELECT %s", [2])] == [(2,)]
 
 
 def test_a_very_long_statement_is_converted_but_not_kept():
